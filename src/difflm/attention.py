@@ -1,0 +1,102 @@
+"""Attention patterns as boolean [L, L] matrices (True = query i may attend to key j), and their
+conversion into the 4-D masks that transformers models accept.
+
+Stock transformers attention falls back to causal when it gets no mask, so the model wrapper always
+passes an explicit 4-D mask built here.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import ConfigError
+
+
+def causal_attention_mask(length: int, *, device: torch.device | str | None = None) -> torch.Tensor:
+    """Lower-triangular pattern (each query sees itself and the past). BoolTensor [L, L]."""
+    return torch.ones(length, length, dtype=torch.bool, device=device).tril()
+
+
+def bidirectional_attention_mask(length: int, *, device: torch.device | str | None = None) -> torch.Tensor:
+    """Every query sees every key. BoolTensor [L, L]."""
+    return torch.ones(length, length, dtype=torch.bool, device=device)
+
+
+def anneal_ratio(step: int | None, anneal_steps: int) -> float:
+    """Fraction of future entries opened at a training step: min(1, (step + 1) / anneal_steps).
+    ``step=None`` means annealing is over (ratio 1)."""
+    if step is None:
+        return 1.0
+    if step < 0:
+        raise ConfigError(f"step must be >= 0, got {step}")
+    return min(1.0, (step + 1) / anneal_steps)
+
+
+def annealed_attention_mask(
+    length: int,
+    ratio: float,
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """DiffuLLaMA's attention-mask annealing: the causal part is always open; each future entry
+    (i, j > i) is opened independently with probability ``ratio``. One draw per call, to be shared
+    by the batch, heads and layers. BoolTensor [L, L]."""
+    if not 0.0 <= ratio <= 1.0:
+        raise ConfigError(f"anneal ratio must be in [0, 1], got {ratio}")
+    causal = causal_attention_mask(length, device=device)
+    if ratio >= 1.0:
+        return torch.ones_like(causal)
+    if ratio <= 0.0:
+        return causal
+    opened = torch.rand(length, length, generator=generator, device=device) < ratio
+    return causal | opened
+
+
+def attention_pattern(
+    mode: str,
+    length: int,
+    *,
+    ratio: float = 1.0,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """The [L, L] pattern of an attention mode ("causal" | "bidirectional" | "annealed")."""
+    if mode == "causal":
+        return causal_attention_mask(length, device=device)
+    if mode == "bidirectional":
+        return bidirectional_attention_mask(length, device=device)
+    if mode == "annealed":
+        return annealed_attention_mask(length, ratio, generator=generator, device=device)
+    raise ConfigError(f"unknown attention mode {mode!r}; choose one of causal, bidirectional, annealed")
+
+
+def to_4d(
+    pattern: torch.Tensor,
+    padding_mask: torch.Tensor | None = None,
+    *,
+    batch_size: int = 1,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Combine a pattern with a key-padding mask into the 4-D mask transformers expects.
+
+    Args:
+        pattern: BoolTensor [L, L] or [B, L, L]; True = may attend.
+        padding_mask: [B, L], 1/True for real tokens. Padded keys are hidden from every query.
+        dtype: None gives a boolean mask (True = attend; for sdpa); a float dtype gives the
+            additive form (0 or the dtype's minimum; for eager attention).
+    Returns:
+        [B, 1, L, L] mask. The diagonal is always open so no row is empty (an empty row would
+        turn the softmax of a padded query into NaN).
+    """
+    allowed = pattern if pattern.dim() == 3 else pattern[None]
+    if padding_mask is not None:
+        allowed = allowed & padding_mask.bool()[:, None, :]
+    eye = torch.eye(allowed.shape[-1], dtype=torch.bool, device=allowed.device)
+    allowed = (allowed | eye)[:, None]
+    if padding_mask is None and allowed.shape[0] == 1 and batch_size > 1:
+        allowed = allowed.expand(batch_size, -1, -1, -1)
+    if dtype is None:
+        return allowed
+    additive = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    return additive.masked_fill(~allowed, torch.finfo(dtype).min)

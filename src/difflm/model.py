@@ -1,0 +1,316 @@
+"""`DiffusionLM`: a masked diffusion LM on top of any transformers causal-LM backbone.
+
+The wrapper owns the two conventions that differ between DLM families, so nothing downstream has
+to think about them:
+
+* attention: the backbone always gets an explicit 4-D mask (causal, bidirectional, or DiffuLLaMA's
+  annealed pattern), because stock transformers attention silently turns causal without one;
+* shift: `logits()` returns *aligned* logits, ``logits[:, i]`` predicts token ``i``, whether the
+  backbone predicts token i at position i-1 (shift, AR-style) or at i (no shift, LLaDA-style).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from .attention import anneal_ratio, attention_pattern, to_4d
+from .config import DiffusionConfig
+from .errors import ConfigError, InputError, ModelLoadError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+NEW_MASK_TOKEN = "<|mask|>"
+_MASKABLE_IMPLEMENTATIONS = ("sdpa", "eager")
+
+
+class DiffusionLM(nn.Module):
+    """A diffusion LM = a causal-LM backbone + a `DiffusionConfig` (+ an optional tokenizer)."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        config: DiffusionConfig,
+        tokenizer: "PreTrainedTokenizerBase | None" = None,
+    ) -> None:
+        super().__init__()
+        impl = getattr(model.config, "_attn_implementation", None) or "eager"
+        if impl not in _MASKABLE_IMPLEMENTATIONS:
+            raise ConfigError(
+                f"attention implementation {impl!r} cannot take a custom attention mask; "
+                "load the backbone with attn_implementation='sdpa' or 'eager'"
+            )
+        self.model = model
+        self.config = config
+        self.tokenizer = tokenizer
+        config.validate(vocab_size=self.vocab_size)
+
+    # -- properties ----------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        """Number of rows of the output head (the ids the model can predict)."""
+        head = self.model.get_output_embeddings()
+        if head is not None:
+            return int(head.weight.shape[0])
+        return int(self.model.get_input_embeddings().weight.shape[0])
+
+    @property
+    def max_length(self) -> int | None:
+        """Longest sequence the backbone's position encoding supports (None if unbounded)."""
+        cfg = self.model.config
+        for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            value = getattr(cfg, name, None)
+            if isinstance(value, int):
+                return value
+        return None
+
+    @property
+    def mask_token_id(self) -> int:
+        return self.config.mask_token_id
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    # -- the forward pass ----------------------------------------------------------------------
+    def attention_mask_4d(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        attention: str | None = None,
+        step: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """The 4-D mask [B, 1, L, L] the backbone gets for these inputs (see `logits`)."""
+        mode = attention or self.config.attention
+        ratio = anneal_ratio(step, self.config.anneal_steps) if mode == "annealed" else 1.0
+        pattern = attention_pattern(mode, input_ids.shape[1], ratio=ratio, generator=generator, device=input_ids.device)
+        eager = self.model.config._attn_implementation == "eager"
+        return to_4d(pattern, attention_mask, batch_size=input_ids.shape[0], dtype=torch.float32 if eager else None)
+
+    def logits(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        attention: str | None = None,
+        step: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Aligned logits: ``logits[:, i]`` is the prediction for token ``i``.
+
+        Args:
+            input_ids: LongTensor [B, L].
+            attention_mask: [B, L], 1 for real tokens, 0 for padding (left or right). Padded keys
+                are hidden; position ids count real tokens only.
+            attention: override the configured mode ("causal" | "bidirectional" | "annealed").
+            step: training step, for "annealed": ratio = min(1, (step + 1) / anneal_steps); each
+                future entry is opened with that probability, one draw per call shared by batch,
+                heads and layers. Without a step, "annealed" means annealing is over (bidirectional).
+            generator: RNG for the annealing draw.
+        Returns:
+            FloatTensor [B, L, V]. With ``shift`` the backbone's prediction made at i-1 is moved to
+            i; position 0 has no prediction of its own and holds a copy of position 1's (Dream's
+            convention) - never score or sample position 0 of a shifted model.
+        """
+        if input_ids.dim() != 2:
+            raise InputError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
+        length = input_ids.shape[1]
+        if self.max_length is not None and length > self.max_length:
+            raise InputError(
+                f"sequence of {length} tokens is longer than the model's context of {self.max_length}; "
+                "shorten the prompt or ask for fewer new tokens"
+            )
+        mask4d = self.attention_mask_4d(input_ids, attention_mask, attention=attention, step=step, generator=generator)
+        position_ids = None
+        if attention_mask is not None:
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=input_ids, attention_mask=mask4d, position_ids=position_ids, use_cache=False)
+        raw = out.logits
+        if self.config.shift:
+            return torch.cat([raw[:, :1], raw[:, :-1]], dim=1)
+        return raw
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+        """Same as `logits` (so accelerate/DDP can wrap the module)."""
+        return self.logits(input_ids, attention_mask, **kwargs)
+
+    # -- sampling (delegates to difflm.sampling) -----------------------------------------------
+    def generate(self, prompt_ids: Any, **kwargs: Any) -> torch.Tensor:
+        """See `difflm.sampling.generate`."""
+        from .sampling import generate
+
+        return generate(self, prompt_ids, **kwargs)
+
+    def infill(self, prefix_ids: Any, suffix_ids: Any, **kwargs: Any) -> torch.Tensor:
+        """See `difflm.sampling.infill`."""
+        from .sampling import infill
+
+        return infill(self, prefix_ids, suffix_ids, **kwargs)
+
+    # -- construction --------------------------------------------------------------------------
+    @classmethod
+    def from_causal_lm(
+        cls,
+        model_or_path: PreTrainedModel | str | os.PathLike,
+        *,
+        mask_token: int | str | None = None,
+        shift: bool = True,
+        tokenizer: "PreTrainedTokenizerBase | None" = None,
+        dtype: torch.dtype | str | None = None,
+        attn_implementation: str = "sdpa",
+        **config: Any,
+    ) -> "DiffusionLM":
+        """Wrap an autoregressive checkpoint for adaptation into a DLM (DiffuGPT / DiffuLLaMA).
+
+        Args:
+            model_or_path: a transformers causal LM, or a directory holding one (its tokenizer,
+                if present, is loaded too).
+            mask_token: an existing token id or token string to reuse as [MASK] (DiffuGPT-S
+                reuses a rare token); a string not in the vocabulary, or None when the tokenizer
+                has no mask token, adds a new token (DiffuGPT-M): the embedding matrix grows by a
+                row initialised to the mean of the existing rows.
+            shift: keep the AR convention (hidden state i-1 predicts token i). The paper's recipe.
+            config: other `DiffusionConfig` fields; ``attention`` defaults to "annealed".
+        """
+        if isinstance(model_or_path, (str, os.PathLike)):
+            from .formats import load_tokenizer, require_model_dir
+
+            path = require_model_dir(model_or_path)
+            try:
+                model = AutoModelForCausalLM.from_pretrained(
+                    path, dtype=dtype or "auto", attn_implementation=attn_implementation
+                )
+            except (OSError, ValueError, KeyError) as exc:
+                raise ModelLoadError(f"could not load a causal LM from {path}: {exc}") from None
+            tokenizer = tokenizer or load_tokenizer(path)
+        else:
+            model = model_or_path
+        mask_id = _resolve_mask_token(model, tokenizer, mask_token)
+        config.setdefault("attention", "annealed")
+        for name, value in _special_ids(model, tokenizer).items():
+            config.setdefault(name, value)
+        return cls(model, DiffusionConfig(mask_token_id=mask_id, shift=shift, **config), tokenizer)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        *,
+        format: str | None = None,
+        dtype: torch.dtype | str | None = None,
+        attn_implementation: str = "sdpa",
+        **overrides: Any,
+    ) -> "DiffusionLM":
+        """Load a DLM from a local directory; the layout is detected from its files.
+
+        Supported: a directory saved by difflm; a DiffuGPT-layout directory (gpt2 config.json +
+        wrapper keys ``embed_tokens`` / ``denoise_model.*``); a plain transformers causal-LM
+        directory when ``mask_token_id`` is given in ``overrides``. ``format`` skips detection.
+        ``overrides`` are `DiffusionConfig` fields that replace the stored ones.
+        """
+        from .formats import load_checkpoint
+
+        return load_checkpoint(cls, path, format=format, dtype=dtype, attn_implementation=attn_implementation, **overrides)
+
+    def save_pretrained(self, path: str | os.PathLike) -> Path:
+        """Write the Hugging Face layout (config.json, model.safetensors, tokenizer files) plus
+        difflm_config.json. The directory is written beside the target and renamed into place,
+        so an interrupted save never leaves a half-written model behind."""
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        try:
+            self.model.save_pretrained(tmp)
+            if self.tokenizer is not None:
+                self.tokenizer.save_pretrained(tmp)
+            self.config.save(tmp)
+            replace_directory(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return target
+
+
+def replace_directory(src: Path, target: Path) -> None:
+    """Move directory ``src`` to ``target``, replacing any existing ``target`` with two renames."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(src, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _special_ids(model: PreTrainedModel, tokenizer: "PreTrainedTokenizerBase | None") -> dict[str, int]:
+    """pad/bos/eos ids from the tokenizer, else the model config; ids outside the vocabulary
+    (stale config defaults such as GPT-2's 50256 on a smaller model) are ignored."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    ids = {}
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        value = getattr(tokenizer, name, None) if tokenizer is not None else None
+        if value is None:
+            value = getattr(model.config, name, None)
+        if isinstance(value, list):  # some configs list several EOS ids
+            value = value[0] if value else None
+        if isinstance(value, int) and 0 <= value < rows:
+            ids[name] = value
+    return ids
+
+
+def _resolve_mask_token(model: PreTrainedModel, tokenizer: "PreTrainedTokenizerBase | None", mask_token: int | str | None) -> int:
+    rows = model.get_input_embeddings().weight.shape[0]
+    if isinstance(mask_token, bool):
+        raise ConfigError("mask_token must be a token id, a token string or None")
+    if isinstance(mask_token, int):
+        if not 0 <= mask_token < rows:
+            raise ConfigError(
+                f"mask token id {mask_token} is outside the vocabulary (size {rows}); "
+                "pass an existing id, or mask_token=None to add a new [MASK] token"
+            )
+        return mask_token
+    if isinstance(mask_token, str) and tokenizer is None:
+        raise ConfigError(f"mask_token={mask_token!r} is a string but there is no tokenizer; pass a token id instead")
+    if tokenizer is not None:
+        if mask_token is None and tokenizer.mask_token_id is not None:
+            return int(tokenizer.mask_token_id)
+        if isinstance(mask_token, str):
+            existing = tokenizer.convert_tokens_to_ids(mask_token)
+            if existing is not None and existing != tokenizer.unk_token_id:
+                return int(existing)
+        tokenizer.add_special_tokens({"mask_token": mask_token or NEW_MASK_TOKEN})
+        new_id = int(tokenizer.mask_token_id)
+    else:
+        new_id = rows
+    _add_embedding_row(model, new_id)
+    return new_id
+
+
+@torch.no_grad()
+def _add_embedding_row(model: PreTrainedModel, new_id: int) -> None:
+    """Make row ``new_id`` exist and set it (input and output side) to the mean of the old rows:
+    a neutral start for a token the backbone never saw."""
+    old_rows = model.get_input_embeddings().weight.shape[0]
+    if new_id >= old_rows:
+        model.resize_token_embeddings(new_id + 1, mean_resizing=False)
+    limit = min(old_rows, new_id) or old_rows
+    emb = model.get_input_embeddings().weight
+    emb[new_id] = emb[:limit].float().mean(0).to(emb.dtype)
+    head = model.get_output_embeddings()
+    if head is not None and head.weight.data_ptr() != emb.data_ptr():
+        head.weight[new_id] = head.weight[:limit].float().mean(0).to(head.weight.dtype)
+        if getattr(head, "bias", None) is not None:
+            head.bias[new_id] = head.bias[:limit].mean()

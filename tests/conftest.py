@@ -1,0 +1,59 @@
+"""Tiny random backbones of the three architectures difflm must support (no network)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+VOCAB = 64
+ARCHITECTURES = ("gpt2", "llama", "qwen2")
+IMPLEMENTATIONS = ("sdpa", "eager")
+
+
+def tiny_backbone(arch: str = "llama", attn: str = "sdpa", vocab: int = VOCAB, seed: int = 0, positions: int = 64):
+    """A 2-layer random causal LM of the given architecture, in float32, eval mode."""
+    torch.manual_seed(seed)
+    if arch == "gpt2":
+        cfg = GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=positions,
+                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                         bos_token_id=0, eos_token_id=0)
+        model = GPT2LMHeadModel(cfg)
+    elif arch == "llama":
+        cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=positions)
+        model = LlamaForCausalLM(cfg)
+    elif arch == "qwen2":
+        cfg = Qwen2Config(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=positions)
+        model = Qwen2ForCausalLM(cfg)
+    else:
+        raise ValueError(arch)
+    model.config._attn_implementation = attn
+    return model.eval()
+
+
+def tiny_dlm(arch: str = "llama", attn: str = "sdpa", *, shift: bool = True, attention: str = "bidirectional", **kw):
+    from difflm import DiffusionLM
+
+    return DiffusionLM.from_causal_lm(tiny_backbone(arch, attn), mask_token=VOCAB - 1, shift=shift,
+                                      attention=attention, **kw).eval()
+
+
+@pytest.fixture(params=[(a, i) for a in ARCHITECTURES for i in IMPLEMENTATIONS], ids=lambda p: f"{p[0]}-{p[1]}")
+def arch_impl(request):
+    return request.param
+
+
+def tiny_tokenizer(with_mask: bool = False):
+    """A word-level tokenizer over 40 words + specials, built in memory (no network)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<pad>", "<bos>", "<eos>", "<unk>"] + [f"w{i}" for i in range(40)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    extra = {"mask_token": "<mask>"} if with_mask else {}
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>",
+                                   unk_token="<unk>", **extra)
+    return fast
