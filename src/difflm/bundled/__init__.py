@@ -1,0 +1,28 @@
+"""Files shipped with difflm: the corpus, the tokenizer and the small models trained on it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+BUNDLED_DIR = Path(__file__).resolve().parent
+CORPUS_DIR = BUNDLED_DIR / "corpus"
+TOKENIZER_DIR = BUNDLED_DIR / "tokenizer"
+MODELS_DIR = BUNDLED_DIR / "models"
+
+# name -> directory; `difflm ... --model NAME` accepts these names as well as paths.
+MODELS = {
+    "ar-base": MODELS_DIR / "ar-base",  # LLaMA-architecture AR base trained on the corpus
+    "dlm-adapted": MODELS_DIR / "dlm-adapted",  # the DLM adapted from ar-base (DiffuLLaMA recipe)
+    "dlm-scratch": MODELS_DIR / "dlm-scratch",  # a DLM trained from scratch on the same token budget
+}
+DEFAULT_DLM = "dlm-adapted"
+
+
+def corpus_file(split: str) -> Path:
+    """Path of a corpus split ("train" | "validation" | "test"): JSONL.gz with source/title/text."""
+    return CORPUS_DIR / f"{split}.jsonl.gz"
+
+
+def resolve_model(name_or_path: str | Path) -> Path:
+    """A bundled model name, or a path, as a Path."""
+    return MODELS.get(str(name_or_path), Path(name_or_path))

@@ -1,0 +1,51 @@
+"""The `difflm` command. Each subcommand lives in its own module of this package and exposes
+``register(subparsers)``, which adds its parser and sets ``func`` (args -> exit code)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .. import __version__
+from ..errors import DiffLMError
+
+# Modules of this package that define subcommands, in the order `difflm --help` lists them.
+COMMAND_MODULES = ("generate", "train", "eval", "demo", "inspect", "convert", "data")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="difflm", description="Diffusion language models: adapt, train, sample, evaluate."
+    )
+    parser.add_argument("--version", action="version", version=f"difflm {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"{__name__}.{name}":  # not written yet
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except DiffLMError as exc:
+        print(f"difflm: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("difflm: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
