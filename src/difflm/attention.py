@@ -53,6 +53,18 @@ def annealed_attention_mask(
     return causal | opened
 
 
+def block_causal_attention_mask(block_ids: torch.Tensor) -> torch.Tensor:
+    """Block-causal pattern (block diffusion, BD3-LM): query i sees key j iff j's block is not
+    after i's, so attention is bidirectional inside a block and causal across blocks.
+
+    Args:
+        block_ids: LongTensor [L] or [B, L], non-decreasing block index of every position.
+    Returns:
+        BoolTensor [L, L] or [B, L, L].
+    """
+    return block_ids.unsqueeze(-2) <= block_ids.unsqueeze(-1)
+
+
 def attention_pattern(
     mode: str,
     length: int,

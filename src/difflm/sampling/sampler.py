@@ -1,33 +1,37 @@
 """The denoising loop: canvas -> { denoiser -> strategy commits tokens -> callback } -> tokens.
 
-A canvas is [left padding | prompt | MASK * n | suffix] per row. The positions to generate are
-split into blocks (semi-autoregressive decoding; one block by default) that are finished in order;
-within a block, each step runs the model once, draws a token for every masked position, and lets
-the strategy commit some of them. Prompt and suffix tokens are never written.
+A canvas is [left padding | template] per row, where the mask id marks the positions to generate
+(a continuation, one infilling gap or several). The positions to generate are split into blocks
+(semi-autoregressive decoding; one block by default) that are finished in order; within a block,
+each step runs the model once (`Denoiser`: candidates only, optional CFG and KV cache), draws a
+token for every masked position, and lets the strategy commit some of them. Tokens outside the
+generated positions are never written.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 
 from ..errors import InputError
-from .strategies import StepContext, Strategy, commit_counts, get_strategy
-from .tokens import check_sampling_args, sample_tokens
-
-TokenIds = torch.Tensor | Sequence[int] | Sequence[Sequence[int]]
+from .canvas import TokenIds, as_rows, attention_block_ids, block_masks, build_canvas, template_canvas
+from .forward import Denoiser
+from .options import SamplerOptions
+from .strategies import StepContext, commit_schedule
+from .tokens import sample_tokens
 
 
 @dataclass
 class SamplerStep:
     """What a callback receives after every step.
 
-    step: global step index (0-based); total_steps: steps of the whole run; block: block index.
-    canvas: LongTensor [B, L] after this step's commits (mask id where still masked).
-    committed: BoolTensor [B, L], positions written at this step.
-    generate_mask: BoolTensor [B, L], all positions being generated.
+    step: global step index (0-based); total_steps: the step budget of the whole run; block:
+    block index. canvas: LongTensor [B, L] after this step's commits (mask id where still
+    masked). committed: BoolTensor [B, L], positions written at this step. generate_mask:
+    BoolTensor [B, L], all positions being generated. proposals: LongTensor [B, L], the token
+    drawn at every candidate position this step (canvas values elsewhere), or None.
     """
 
     step: int
@@ -36,77 +40,41 @@ class SamplerStep:
     canvas: torch.Tensor
     committed: torch.Tensor
     generate_mask: torch.Tensor
+    proposals: torch.Tensor | None = None
 
 
 Callback = Callable[[SamplerStep], None]
 
 
-def _rows(ids: TokenIds, attention_mask: torch.Tensor | None = None) -> list[list[int]]:
-    """Normalise token ids (1-D/2-D tensor, list, list of lists) into a list of rows; padding
-    marked by ``attention_mask`` is dropped."""
-    if isinstance(ids, torch.Tensor):
-        if ids.dim() == 1:
-            ids = ids[None]
-        if ids.dim() != 2:
-            raise InputError(f"token ids must be 1-D or 2-D, got shape {tuple(ids.shape)}")
-        if attention_mask is not None:
-            return [row[m.bool()].tolist() for row, m in zip(ids, attention_mask)]
-        return ids.tolist()
-    ids = list(ids)
-    if not ids or isinstance(ids[0], int):
-        return [[int(i) for i in ids]]
-    return [[int(i) for i in row] for row in ids]
+@dataclass
+class Generation:
+    """The result of `denoise` with ``return_dict=True``.
 
-
-def build_canvas(
-    model,
-    prefixes: list[list[int]],
-    middle_length: int,
-    suffixes: list[list[int]] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Left-padded canvas [B, L] = [pad | prefix | MASK * middle_length | suffix] per row.
-
-    Returns (canvas, attention_mask [B, L] or None when no row is padded, generate_mask [B, L]).
+    sequences: LongTensor [B, L], the final canvas (left-padded prompt, generated tokens, suffix).
+    generate_mask: BoolTensor [B, L], the generated positions.
+    new_tokens: per row, the generated tokens in order; with ``stop_at_eos`` cut before the
+        first EOS/pad (variable length).
+    steps: denoising steps run (= model calls; with CFG each call runs a doubled batch).
+    history: the canvas after every step (``output_history=True``), else None.
     """
+
+    sequences: torch.Tensor
+    generate_mask: torch.Tensor
+    new_tokens: list[list[int]]
+    steps: int
+    history: list[torch.Tensor] | None = field(default=None, repr=False)
+
+
+def stop_token_ids(model) -> list[int]:
+    """Ids that end a text: EOS and pad (SFT responses are padded with them)."""
     cfg = model.config
-    suffixes = suffixes or [[] for _ in prefixes]
-    if len(suffixes) != len(prefixes):
-        raise InputError(f"{len(prefixes)} prefixes but {len(suffixes)} suffixes")
-    if cfg.shift and any(len(p) == 0 for p in prefixes):
-        raise InputError("a shifted model needs at least one token (e.g. BOS) before the first masked position")
-    vocab = model.vocab_size
-    for row in prefixes + suffixes:
-        if any(not 0 <= tok < vocab for tok in row):
-            raise InputError(f"token ids must lie in [0, {vocab}); got {row}")
-        if cfg.mask_token_id in row:
-            raise InputError("the prompt contains the mask token; use infill() to mark positions to generate")
-    rows = [p + [cfg.mask_token_id] * middle_length + s for p, s in zip(prefixes, suffixes)]
-    length = max(len(r) for r in rows)
-    if model.max_length is not None and length > model.max_length:
-        raise InputError(
-            f"prompt plus {middle_length} new tokens is {length} tokens, longer than the model's context of "
-            f"{model.max_length}; shorten the prompt or ask for fewer tokens"
-        )
-    pad = next((i for i in (cfg.pad_token_id, cfg.eos_token_id) if i is not None), 0)
-    canvas = torch.full((len(rows), length), pad, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
-    generate_mask = torch.zeros((len(rows), length), dtype=torch.bool)
-    for b, (p, row) in enumerate(zip(prefixes, rows)):
-        start = length - len(row)
-        canvas[b, start:] = torch.tensor(row)
-        attention_mask[b, start:] = 1
-        generate_mask[b, start + len(p) : start + len(p) + middle_length] = True
-    device = model.device
-    has_padding = bool((attention_mask == 0).any())
-    return canvas.to(device), attention_mask.to(device) if has_padding else None, generate_mask.to(device)
+    return sorted({i for i in (cfg.eos_token_id, cfg.pad_token_id) if i is not None})
 
 
-def _block_masks(generate_mask: torch.Tensor, block_length: int) -> list[torch.Tensor]:
-    """Split each row's generated positions, in order, into chunks of ``block_length``."""
-    rank = generate_mask.long().cumsum(-1) - 1
-    block_id = torch.where(generate_mask, rank // block_length, -1)
-    n_blocks = int(block_id.max()) + 1
-    return [block_id == b for b in range(n_blocks)]
+def trim_at_stop(tokens: list[int], stop_ids: list[int]) -> list[int]:
+    """The tokens before the first stop token."""
+    cut = next((i for i, tok in enumerate(tokens) if tok in stop_ids), len(tokens))
+    return tokens[:cut]
 
 
 @torch.inference_mode()
@@ -116,70 +84,94 @@ def denoise(
     generate_mask: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
     *,
-    steps: int,
-    strategy: str | Strategy = "low_confidence",
-    block_length: int | None = None,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
-) -> torch.Tensor:
-    """Fill every masked position of ``generate_mask`` in ``steps`` model calls (at most).
+    output_history: bool = False,
+    **options: Any,
+) -> Generation:
+    """Fill every position of ``generate_mask`` in at most ``steps`` model calls.
 
     Blocks of ``block_length`` generated positions are finished left to right, the steps split
-    evenly between them (a last shorter block when the length is not a multiple). A fixed-count
-    strategy commits an equal share of a block per step; when a block has fewer tokens than its
-    steps, it takes only as many steps as tokens. Returns the canvas LongTensor [B, L].
+    evenly between them. A fixed-count strategy commits an equal share of a block per step (the
+    remainder over the first steps); a block with fewer tokens than steps takes only as many
+    steps as tokens. ``options`` are the fields of `SamplerOptions`.
+
+    Args:
+        canvas: LongTensor [B, L]; generate_mask: BoolTensor [B, L]; attention_mask: [B, L] or None.
+    Returns:
+        a `Generation`.
     """
-    strategy = get_strategy(strategy)
-    check_sampling_args(temperature, top_p)
+    opts = SamplerOptions(**options)
+    strategy = opts.strategy
+    mask_id = model.config.mask_token_id
     n = int(generate_mask.sum(-1).max())
-    if steps < 1:
-        raise InputError(f"steps must be >= 1, got {steps}")
-    block_length = block_length or n
-    if block_length < 1:
-        raise InputError(f"block_length must be >= 1, got {block_length}")
-    blocks = _block_masks(generate_mask, block_length)
+    if n == 0:
+        raise InputError("nothing to generate: no masked position in the canvas")
+    steps = opts.steps or n
+    blocks = block_masks(generate_mask, opts.block_length or n)
     if steps < len(blocks):
         raise InputError(f"steps ({steps}) must be at least the number of blocks ({len(blocks)})")
-    mask_id = model.config.mask_token_id
-    canvas = canvas.clone()
-    canvas[generate_mask] = mask_id
-    total, step = steps, 0
-    for b, (block, block_steps) in enumerate(zip(blocks, commit_counts(steps, len(blocks)))):
-        block_n = int(block.sum(-1).max())
+    block_ids = attention_block_ids(blocks, model.config.shift) if opts.attention == "block_causal" else None
+    denoiser = Denoiser(
+        model, canvas, attention_mask, generate_mask, attention=opts.attention, block_ids=block_ids,
+        cfg_scale=opts.cfg_scale, cache=opts.cache,
+    )
+    stop_ids = torch.tensor(stop_token_ids(model), dtype=torch.long, device=canvas.device)
+    if (opts.stop_at_eos or opts.suppress_eos) and stop_ids.numel() == 0:
+        raise InputError("stop_at_eos/suppress_eos need an eos_token_id or pad_token_id in the model's config")
+    canvas = canvas.masked_fill(generate_mask, mask_id)
+    history: list[torch.Tensor] | None = [] if output_history else None
+    step = 0
+    for b, block in enumerate(blocks):
+        block_steps = steps // len(blocks) + (1 if b < steps % len(blocks) else 0)
+        block_n = (block & (canvas == mask_id)).sum(-1)
         if strategy.fixed_count:
-            block_steps = min(block_steps, block_n)
-            counts = commit_counts(block_n, block_steps)
+            block_steps = max(1, min(block_steps, int(block_n.max())))
+        counts = commit_schedule(block_n, block_steps)
+        denoiser.start_block(block)
         for i in range(block_steps):
             candidates = block & (canvas == mask_id)
             if not candidates.any():
                 break
-            logits = model.logits(canvas, attention_mask)
-            cand_logits = logits[candidates]  # [N, V]: only positions that need a token
-            cand_logits[:, mask_id] = float("-inf")  # the mask token is never a prediction
-            drawn, probs = sample_tokens(cand_logits, temperature=temperature, top_p=top_p, generator=generator)
-            tokens = canvas.clone()
-            tokens[candidates] = drawn
-            confidence = torch.full(canvas.shape, float("-inf"), device=canvas.device)
-            confidence[candidates] = probs.gather(-1, drawn[:, None]).squeeze(-1)
-            k = counts[i] if strategy.fixed_count else 0
-            ctx = StepContext(
-                step=i,
-                steps=block_steps,
-                candidates=candidates,
-                tokens=tokens,
-                confidence=confidence,
-                probs=probs,
-                num_to_commit=torch.full((canvas.shape[0],), k, device=canvas.device),
+            logits = denoiser(canvas, candidates)
+            logits[:, mask_id] = float("-inf")  # the mask token is never a prediction
+            drawn, probs = sample_tokens(
+                logits, temperature=opts.temperature, top_p=opts.top_p, top_k=opts.top_k, gumbel=opts.gumbel,
                 generator=generator,
             )
+            proposals = canvas.masked_scatter(candidates, drawn)
+            ctx = StepContext(
+                step=i, steps=block_steps, candidates=candidates, tokens=proposals,
+                confidence=_on_grid(candidates, probs.gather(-1, drawn[:, None]).squeeze(-1)),
+                probs=probs, num_to_commit=counts[i], generator=generator,
+                logits=logits if opts.temperature > 0 else None, drawn=drawn,
+                suppressed=candidates & torch.isin(proposals, stop_ids) if opts.suppress_eos else None,
+            )
             committed = strategy.select(ctx) & candidates
-            canvas = torch.where(committed, tokens, canvas)
+            canvas = torch.where(committed, proposals, canvas)
+            if history is not None:
+                history.append(canvas.clone())
             if callback is not None:
-                callback(SamplerStep(step, total, b, canvas, committed, generate_mask))
+                callback(SamplerStep(step, steps, b, canvas, committed, generate_mask, proposals))
             step += 1
-    return canvas
+        if opts.stop_at_eos:
+            stopped = (generate_mask & torch.isin(canvas, stop_ids)).any(-1)
+            canvas = canvas.masked_fill(stopped[:, None] & (canvas == mask_id), int(stop_ids[0]))
+            if bool(stopped.all()):
+                break
+    new_tokens = [row[m].tolist() for row, m in zip(canvas, generate_mask)]
+    if opts.stop_at_eos:
+        new_tokens = [trim_at_stop(row, stop_ids.tolist()) for row in new_tokens]
+    return Generation(canvas, generate_mask, new_tokens, step, history)
+
+
+def _on_grid(candidates: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Per-candidate values [N] on the [B, L] grid, -inf elsewhere."""
+    return torch.full(candidates.shape, float("-inf"), device=values.device).masked_scatter(candidates, values.float())
+
+
+def _finish(result: Generation, return_dict: bool) -> Generation | torch.Tensor:
+    return result if return_dict else result.sequences
 
 
 def generate(
@@ -187,15 +179,13 @@ def generate(
     prompt_ids: TokenIds,
     *,
     max_new_tokens: int,
-    steps: int | None = None,
-    strategy: str | Strategy = "low_confidence",
-    block_length: int | None = None,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
+    attention_mask: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
-    attention_mask: torch.Tensor | None = None,
-) -> torch.Tensor:
+    return_dict: bool = False,
+    output_history: bool = False,
+    **options: Any,
+) -> torch.Tensor | Generation:
     """Generate ``max_new_tokens`` after each prompt by iterative denoising.
 
     Args:
@@ -203,25 +193,23 @@ def generate(
         prompt_ids: one prompt (1-D tensor or list of ids) or a batch (2-D tensor, list of lists;
             prompts of different lengths are left-padded). With ``attention_mask`` [B, P] a
             padded 2-D tensor is unpadded first.
-        max_new_tokens: tokens to generate per prompt.
-        steps: model calls (default: max_new_tokens); may be fewer than the tokens.
-        strategy: "low_confidence" (commit the most probable, an equal share per step) or
-            "random" (the reference DiffuLLaMA sampler), or a `Strategy` instance.
-        block_length: semi-autoregressive block size (default: one block).
-        temperature, top_p: token sampling (0 = greedy).
+        max_new_tokens: tokens to generate per prompt (the budget, with ``stop_at_eos``).
         generator: torch.Generator for reproducible sampling.
-        callback: called with a `SamplerStep` after every step.
+        callback: called with a `SamplerStep` after every step (streaming, visualisation).
+        return_dict: return a `Generation` (trimmed new tokens, step count, history).
+        output_history: keep the canvas after every step in ``Generation.history``.
+        options: `SamplerOptions` fields: steps, strategy, block_length, temperature, top_p,
+            top_k, gumbel, threshold, alg_temp, cfg_scale, cache, attention, stop_at_eos,
+            suppress_eos.
     Returns:
-        LongTensor [B, P_max + max_new_tokens]: left-padded prompts followed by the new tokens.
+        LongTensor [B, P_max + max_new_tokens] (left-padded prompts followed by the new tokens),
+        or a `Generation` with ``return_dict``.
     """
     if max_new_tokens < 1:
         raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    prefixes = _rows(prompt_ids, attention_mask)
-    canvas, attn, gen = build_canvas(model, prefixes, max_new_tokens)
-    return denoise(
-        model, canvas, gen, attn, steps=max_new_tokens if steps is None else steps, strategy=strategy, block_length=block_length,
-        temperature=temperature, top_p=top_p, generator=generator, callback=callback,
-    )
+    canvas, attn, gen = build_canvas(model, as_rows(prompt_ids, attention_mask), max_new_tokens)
+    result = denoise(model, canvas, gen, attn, generator=generator, callback=callback, output_history=output_history, **options)
+    return _finish(result, return_dict)
 
 
 def infill(
@@ -230,16 +218,27 @@ def infill(
     suffix_ids: TokenIds,
     *,
     middle_length: int,
-    steps: int | None = None,
-    **kwargs,
-) -> torch.Tensor:
+    return_dict: bool = False,
+    **kwargs: Any,
+) -> torch.Tensor | Generation:
     """Generate ``middle_length`` tokens between a prefix and a suffix (no reordering needed:
     the model attends both ways). Takes the options of `generate`. Returns LongTensor
-    [B, L] = left-padded [prefix | middle | suffix]."""
+    [B, L] = left-padded [prefix | middle | suffix] (or a `Generation`)."""
     if middle_length < 1:
         raise InputError(f"middle_length must be >= 1, got {middle_length}")
-    prefixes, suffixes = _rows(prefix_ids), _rows(suffix_ids)
+    prefixes, suffixes = as_rows(prefix_ids), as_rows(suffix_ids)
     if len(suffixes) == 1 and len(prefixes) > 1:
         suffixes = suffixes * len(prefixes)
     canvas, attn, gen = build_canvas(model, prefixes, middle_length, suffixes)
-    return denoise(model, canvas, gen, attn, steps=middle_length if steps is None else steps, **kwargs)
+    return _finish(denoise(model, canvas, gen, attn, **kwargs), return_dict)
+
+
+def fill(model, template_ids: TokenIds, *, return_dict: bool = False, **kwargs: Any) -> torch.Tensor | Generation:
+    """Generate every position of each template that holds the mask id: several gaps at once.
+
+    ``template_ids`` is one row or a batch of rows (left-padded when lengths differ). Blocks run
+    over the masked positions in reading order, across gaps. Takes the options of `generate`.
+    Returns LongTensor [B, L], the filled templates (or a `Generation`).
+    """
+    canvas, attn, gen = template_canvas(model, as_rows(template_ids))
+    return _finish(denoise(model, canvas, gen, attn, **kwargs), return_dict)

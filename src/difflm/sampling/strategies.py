@@ -2,28 +2,52 @@
 
 A strategy sees one `StepContext` and returns a BoolTensor [B, L] of positions to commit (a subset
 of ``ctx.candidates``). Scoring strategies rank candidates and commit the ``ctx.num_to_commit`` best
-of each row; adding one is a matter of writing its score.
+of each row (or, with ``alg_temp`` > 0, sample that many positions with probabilities
+softmax(score / alg_temp), as Dream does); adding one is a matter of writing its score.
+
+| name             | origin    | score of a candidate position                                   |
+|------------------|-----------|-----------------------------------------------------------------|
+| `random`         | DiffuLLaMA| none: each position is revealed with probability 1/(steps left)  |
+| `low_confidence` | LLaDA     | softmax(raw logits) at the drawn token (temperature-free)        |
+| `maskgit_plus`   | Dream     | probability of the drawn token under the sampling distribution  |
+| `topk_margin`    | Dream     | top-1 minus top-2 probability of the sampling distribution       |
+| `entropy`        | Dream     | negative entropy of the sampling distribution                    |
+| `threshold`      | Fast-dLLM | every candidate whose LLaDA confidence exceeds the threshold,    |
+|                  |           | and at least the scheduled count (the most confident ones)       |
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
 from ..errors import InputError
 
+# Subtracted from the score of suppressed positions (EOS suppression): below every real score
+# (probabilities, margins and entropies are all far smaller), above the -inf of non-candidates.
+_SUPPRESSED_PENALTY = 1e6
+
 
 @dataclass
 class StepContext:
-    """Everything a strategy may look at, for a canvas of B rows and L positions.
+    """Everything a strategy may look at, for a canvas of B rows and L positions and the N
+    candidate positions in row-major order.
 
-    step / steps: this step's index (0-based) and the number of steps of the current region.
+    step / steps: this step's index (0-based) and the number of steps of the current block.
     candidates: BoolTensor [B, L], positions still masked that may be committed now.
     tokens: LongTensor [B, L], the token drawn for every candidate (canvas values elsewhere).
-    confidence: FloatTensor [B, L], probability of the drawn token (-inf outside candidates).
-    probs: FloatTensor [N, V], the distributions of the N candidate positions (row-major order).
+    confidence: FloatTensor [B, L], probability of the drawn token under ``probs`` (-inf
+        outside candidates).
+    probs: FloatTensor [N, V], the distributions the candidates' tokens were drawn from.
     num_to_commit: LongTensor [B], how many tokens a fixed-count strategy commits in each row.
+    generator: RNG for strategies that draw positions.
+    logits: FloatTensor [N, V], the model's raw logits of the candidates (mask token at -inf);
+        None means ``probs`` came from untempered, unfiltered logits.
+    drawn: LongTensor [N], the drawn tokens of the candidates.
+    suppressed: BoolTensor [B, L] or None, candidates that drew a stop token (EOS/pad) while EOS
+        suppression is on: committed only when nothing else is left to commit.
     """
 
     step: int
@@ -34,6 +58,24 @@ class StepContext:
     probs: torch.Tensor
     num_to_commit: torch.Tensor
     generator: torch.Generator | None = None
+    logits: torch.Tensor | None = None
+    drawn: torch.Tensor | None = None
+    suppressed: torch.Tensor | None = None
+
+    def scatter(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-candidate values [N] placed on the canvas grid: FloatTensor [B, L], -inf elsewhere."""
+        grid = torch.full(self.candidates.shape, float("-inf"), device=values.device, dtype=values.dtype)
+        grid[self.candidates] = values
+        return grid
+
+    @cached_property
+    def raw_confidence(self) -> torch.Tensor:
+        """LLaDA's confidence: softmax of the raw logits at the drawn token, FloatTensor [B, L]
+        (equals ``confidence`` for greedy, untruncated sampling)."""
+        if self.logits is None or self.drawn is None:
+            return self.confidence
+        raw = self.logits.float().softmax(-1).gather(-1, self.drawn[:, None]).squeeze(-1)
+        return self.scatter(raw)
 
 
 def topk_mask(scores: torch.Tensor, candidates: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -50,30 +92,111 @@ def topk_mask(scores: torch.Tensor, candidates: torch.Tensor, k: torch.Tensor) -
 
 
 class Strategy:
-    """Base class. ``fixed_count``: commits exactly ctx.num_to_commit per row and step."""
+    """Base class of the scoring strategies.
+
+    ``fixed_count``: commits exactly ctx.num_to_commit per row and step (at least that many for
+    `Threshold`). ``alg_temp`` > 0 samples the positions instead of taking the top scores: a
+    Gumbel-top-k draw, i.e. sampling without replacement from softmax(score / alg_temp).
+    """
 
     name = "base"
     fixed_count = True
 
+    def __init__(self, alg_temp: float = 0.0) -> None:
+        if not alg_temp >= 0:
+            raise InputError(f"alg_temp must be >= 0, got {alg_temp}")
+        self.alg_temp = float(alg_temp)
+
     def score(self, ctx: StepContext) -> torch.Tensor:
+        """FloatTensor [B, L]: higher = commit sooner (values outside candidates are ignored)."""
         raise NotImplementedError
 
+    def ranking(self, ctx: StepContext) -> torch.Tensor:
+        """The score, perturbed for sampling (alg_temp) and pushed down for suppressed positions."""
+        scores = self.score(ctx).double()
+        if self.alg_temp > 0:
+            uniform = torch.rand(scores.shape, generator=ctx.generator, device=scores.device, dtype=torch.float64)
+            scores = scores / self.alg_temp - torch.log(-torch.log(uniform.clamp_min(1e-300)))
+        if ctx.suppressed is not None:
+            scores = scores - _SUPPRESSED_PENALTY * ctx.suppressed
+        return scores
+
     def select(self, ctx: StepContext) -> torch.Tensor:
-        return topk_mask(self.score(ctx), ctx.candidates, ctx.num_to_commit)
+        return topk_mask(self.ranking(ctx), ctx.candidates, ctx.num_to_commit)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(alg_temp={self.alg_temp})"
 
 
 class LowConfidence(Strategy):
-    """LLaDA's 'low_confidence' remasking: commit the most probable candidates."""
+    """LLaDA's 'low_confidence' remasking: commit the candidates whose drawn token has the highest
+    probability under the raw (untempered) model distribution."""
 
     name = "low_confidence"
+
+    def score(self, ctx: StepContext) -> torch.Tensor:
+        return ctx.raw_confidence
+
+
+class MaskGITPlus(Strategy):
+    """Dream's 'maskgit_plus': the probability of the drawn token under the sampling distribution."""
+
+    name = "maskgit_plus"
 
     def score(self, ctx: StepContext) -> torch.Tensor:
         return ctx.confidence
 
 
+class TopKMargin(Strategy):
+    """Dream's 'topk_margin': top-1 minus top-2 probability (a confident, unambiguous position)."""
+
+    name = "topk_margin"
+
+    def score(self, ctx: StepContext) -> torch.Tensor:
+        top2 = ctx.probs.topk(2, dim=-1).values
+        return ctx.scatter(top2[:, 0] - top2[:, 1])
+
+
+class Entropy(Strategy):
+    """Dream's 'entropy': negative entropy of the sampling distribution (peaked = commit first)."""
+
+    name = "entropy"
+
+    def score(self, ctx: StepContext) -> torch.Tensor:
+        p = ctx.probs
+        return ctx.scatter((p * torch.log(p + 1e-10)).sum(-1))
+
+
+class Threshold(Strategy):
+    """Fast-dLLM's parallel decoding: commit every candidate whose LLaDA confidence exceeds
+    ``threshold``, and at least the ``num_to_commit`` most confident ones (with steps = tokens,
+    the default, that is Fast-dLLM's "at least one per step"; fewer steps guarantee the budget)."""
+
+    name = "threshold"
+
+    def __init__(self, threshold: float = 0.9, alg_temp: float = 0.0) -> None:
+        super().__init__(alg_temp)
+        if not 0.0 < threshold <= 1.0:
+            raise InputError(f"threshold must be in (0, 1], got {threshold}")
+        self.threshold = float(threshold)
+
+    def score(self, ctx: StepContext) -> torch.Tensor:
+        return ctx.raw_confidence
+
+    def select(self, ctx: StepContext) -> torch.Tensor:
+        confident = ctx.candidates & (ctx.raw_confidence > self.threshold)
+        if ctx.suppressed is not None:
+            confident &= ~ctx.suppressed
+        return confident | super().select(ctx)
+
+    def __repr__(self) -> str:
+        return f"Threshold(threshold={self.threshold}, alg_temp={self.alg_temp})"
+
+
 class RandomOrder(Strategy):
     """The reference DiffuLLaMA sampler: each still-masked position is revealed independently with
-    probability 1 / (remaining steps), taking this step's sample; the last step reveals the rest."""
+    probability 1 / (remaining steps), taking this step's sample; the last step reveals the rest.
+    EOS suppression and alg_temp do not apply (there is no score)."""
 
     name = "random"
     fixed_count = False
@@ -84,16 +207,28 @@ class RandomOrder(Strategy):
         return ctx.candidates & (draw < 1.0 / remaining)
 
 
-STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (LowConfidence, RandomOrder)}
+STRATEGIES: dict[str, type[Strategy]] = {
+    cls.name: cls for cls in (RandomOrder, LowConfidence, MaskGITPlus, TopKMargin, Entropy, Threshold)
+}
 
 
-def get_strategy(strategy: str | Strategy) -> Strategy:
-    """A strategy instance from a name (see `STRATEGIES`) or an instance."""
+def get_strategy(strategy: str | Strategy, *, threshold: float | None = None, alg_temp: float = 0.0) -> Strategy:
+    """A strategy instance from a name (see `STRATEGIES`) or an instance.
+
+    ``threshold`` belongs to "threshold" only (default 0.9, Fast-dLLM's recommendation);
+    ``alg_temp`` to the scoring strategies (not "random").
+    """
     if isinstance(strategy, Strategy):
         return strategy
     if strategy not in STRATEGIES:
-        raise InputError(f"unknown strategy {strategy!r}; choose one of {', '.join(sorted(STRATEGIES))}")
-    return STRATEGIES[strategy]()
+        raise InputError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if threshold is not None and strategy != "threshold":
+        raise InputError(f"threshold applies to strategy 'threshold' only, not {strategy!r}")
+    if alg_temp and strategy == "random":
+        raise InputError("alg_temp applies to the scoring strategies, not 'random'")
+    if strategy == "threshold":
+        return Threshold(0.9 if threshold is None else threshold, alg_temp)
+    return STRATEGIES[strategy](alg_temp)
 
 
 def commit_counts(num_masked: int, steps: int) -> list[int]:
@@ -101,3 +236,10 @@ def commit_counts(num_masked: int, steps: int) -> list[int]:
     (LLaDA's schedule). Sums to ``num_masked``."""
     base, extra = divmod(num_masked, steps)
     return [base + (1 if i < extra else 0) for i in range(steps)]
+
+
+def commit_schedule(num_masked: torch.Tensor, steps: int) -> torch.Tensor:
+    """`commit_counts` for every row at once: LongTensor [B] -> LongTensor [steps, B]."""
+    base, extra = num_masked // steps, num_masked % steps
+    step = torch.arange(steps, device=num_masked.device)[:, None]
+    return base[None, :] + (step < extra[None, :]).long()

@@ -1,4 +1,4 @@
-"""Drawing tokens from logits: greedy, temperature and nucleus (top-p) sampling."""
+"""Drawing tokens from logits: greedy, temperature, top-k, nucleus (top-p) and Gumbel-max sampling."""
 
 from __future__ import annotations
 
@@ -7,11 +7,14 @@ import torch
 from ..errors import InputError
 
 
-def check_sampling_args(temperature: float, top_p: float) -> None:
+def check_sampling_args(temperature: float, top_p: float, top_k: int = 0) -> None:
+    """Raise `InputError` unless temperature >= 0, top_p in (0, 1] and top_k >= 0."""
     if not temperature >= 0:
         raise InputError(f"temperature must be >= 0, got {temperature}")
     if not 0.0 < top_p <= 1.0:
         raise InputError(f"top_p must be in (0, 1], got {top_p}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise InputError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
 
 
 def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -20,10 +23,29 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     if top_p >= 1.0:
         return logits
     sorted_logits, order = logits.sort(dim=-1, descending=True)
-    cumulative = sorted_logits.softmax(-1).cumsum(-1)
-    drop_sorted = cumulative - sorted_logits.softmax(-1) >= top_p  # mass before this token already enough
+    sorted_probs = sorted_logits.softmax(-1)
+    drop_sorted = sorted_probs.cumsum(-1) - sorted_probs >= top_p  # mass before this token already enough
     drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
     return logits.masked_fill(drop, float("-inf"))
+
+
+def top_k_filter(logits: torch.Tensor, top_k: int) -> torch.Tensor:
+    """Keep the ``top_k`` most likely tokens of each row (0 = keep all). logits: [N, V] -> [N, V]."""
+    if top_k <= 0 or top_k >= logits.shape[-1]:
+        return logits
+    kth = logits.topk(top_k, dim=-1).values[:, -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def gumbel_max(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """argmax(logits + Gumbel noise) in float64: an exact draw from softmax(logits).
+
+    LLaDA draws this way in float64 because Gumbel noise in low precision collapses the tails
+    (few distinct values of -log(-log u)), which lowers diversity. logits: [N, V] -> LongTensor [N].
+    """
+    uniform = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
+    gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-300)))
+    return (logits.double() + gumbel).argmax(-1)
 
 
 def sample_tokens(
@@ -31,22 +53,31 @@ def sample_tokens(
     *,
     temperature: float = 0.0,
     top_p: float = 1.0,
+    top_k: int = 0,
+    gumbel: bool = False,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw one token per row and report its probability.
+    """Draw one token per row and report the distribution it came from.
 
     Args:
         logits: FloatTensor [N, V] (only the rows that need a token: the masked positions).
         temperature: 0 = greedy (argmax); otherwise logits / temperature.
-        top_p: nucleus mass kept before sampling.
+        top_p: nucleus mass kept before sampling (1 = off).
+        top_k: keep only the k most likely tokens before sampling (0 = off).
+        gumbel: draw by Gumbel-max in float64 (LLaDA) instead of torch.multinomial; the same
+            distribution, a different random stream.
+        generator: RNG for the draw.
     Returns:
         (tokens LongTensor [N], probs FloatTensor [N, V]) where probs is the distribution the
-        token was drawn from (after temperature and top-p; the softmax of the logits when greedy).
+        token was drawn from (after temperature, top-k and top-p; the softmax of the logits when
+        greedy).
     """
     logits = logits.float()
     if temperature == 0.0:
         probs = logits.softmax(-1)
         return probs.argmax(-1), probs
-    probs = top_p_filter(logits / temperature, top_p).softmax(-1)
-    tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-    return tokens, probs
+    filtered = top_p_filter(top_k_filter(logits / temperature, top_k), top_p)
+    probs = filtered.softmax(-1)
+    if gumbel:
+        return gumbel_max(filtered, generator), probs
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1), probs

@@ -1,0 +1,132 @@
+"""The sampler's forward pass: candidate-only logits, CFG and the block-wise KV cache.
+
+What each cache mode promises: under block-causal attention the cached logits equal the uncached
+ones at every step (exact); under bidirectional attention the first step of every block is exact
+and later steps are an approximation whose error is bounded here (random tiny models) and in
+test_sampling_bundled.py (the bundled model)."""
+
+import pytest
+import torch
+
+from difflm.sampling import Denoiser, attention_block_ids, block_masks, build_canvas, generate
+from conftest import tiny_dlm
+from test_sampling import single_thread  # noqa: F401 (autouse fixture)
+
+MASK = 63
+
+
+def _run_block(model, mode, attention, *, prompts, n=12, block_length=4, commits_per_step=2, seed=0):
+    """Denoise the first two blocks by committing random tokens at fixed positions, recording
+    the candidates' logits of every step. Returns a list of FloatTensor [N, V]."""
+    canvas, attn, gen = build_canvas(model, prompts, n)
+    canvas = canvas.masked_fill(gen, MASK)
+    blocks = block_masks(gen, block_length)
+    ids = attention_block_ids(blocks, model.config.shift) if attention == "block_causal" else None
+    den = Denoiser(model, canvas, attn, gen, attention=attention, block_ids=ids, cache=mode)
+    rng = torch.Generator().manual_seed(seed)
+    recorded = []
+    for block in blocks[:2]:
+        den.start_block(block)
+        while True:
+            candidates = block & (canvas == MASK)
+            if not candidates.any():
+                break
+            recorded.append(den(canvas, candidates))
+            # commit the first `commits_per_step` candidates of each row with random tokens
+            rank = candidates.long().cumsum(-1)
+            commit = candidates & (rank <= commits_per_step)
+            canvas = canvas.masked_scatter(commit, torch.randint(4, 60, (int(commit.sum()),), generator=rng))
+    return recorded
+
+
+PROMPTS = [[1, 2, 3], [4, 5, 6, 7, 8, 9]]
+
+
+@pytest.mark.parametrize("shift", [True, False])
+def test_uncached_denoiser_matches_model_logits(shift):
+    model = tiny_dlm("llama", shift=shift)
+    canvas, attn, gen = build_canvas(model, PROMPTS, 6)
+    canvas = canvas.masked_fill(gen, MASK)
+    den = Denoiser(model, canvas, attn, gen)
+    den.start_block(gen)
+    expected = model.logits(canvas, attn)[gen]
+    assert torch.allclose(den(canvas, gen), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
+@pytest.mark.parametrize("shift", [True, False])
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+def test_cache_is_exact_under_block_causal_attention(arch, shift, mode):
+    model = tiny_dlm(arch, shift=shift)
+    reference = _run_block(model, "none", "block_causal", prompts=PROMPTS)
+    cached = _run_block(model, mode, "block_causal", prompts=PROMPTS)
+    assert len(reference) == len(cached) == 4
+    for ref, got in zip(reference, cached):
+        assert torch.allclose(ref, got, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+def test_cache_is_an_approximation_under_bidirectional_attention(mode):
+    model = tiny_dlm("llama")
+    reference = _run_block(model, "none", None, prompts=PROMPTS)
+    cached = _run_block(model, mode, None, prompts=PROMPTS)
+    errors = [(ref.log_softmax(-1) - got.log_softmax(-1)).abs().max().item() for ref, got in zip(reference, cached)]
+    # The refresh step of each block (steps 0 and 2) is exact; the others read stale keys.
+    assert errors[0] < 1e-5 and errors[2] < 1e-5
+    assert errors[1] > 1e-4 and errors[3] > 1e-4
+    # bounded: a stale cache of a few tokens moves log-probabilities of a random model only a little
+    assert max(errors) < 0.5
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("strategy", ["low_confidence", "threshold", "entropy"])
+def test_cached_generation_identical_under_block_causal(arch, strategy):
+    model = tiny_dlm(arch)
+    kw = dict(max_new_tokens=12, block_length=4, strategy=strategy, attention="block_causal")
+    base = generate(model, PROMPTS, **kw)
+    for mode in ("prefix", "dual"):
+        assert torch.equal(generate(model, PROMPTS, cache=mode, **kw), base)
+
+
+def test_cache_recomputes_only_the_window():
+    """The point of the cache: later steps of a block feed only the window to the backbone."""
+    model = tiny_dlm("llama")  # shift: the window starts one position before the block
+    lengths = {}
+    for mode in ("none", "prefix", "dual"):
+        seen = []
+        hook = model.model.register_forward_hook(lambda m, args, kw, out: seen.append(kw["input_ids"].shape[1]), with_kwargs=True)
+        try:
+            generate(model, [1, 2, 3, 4], max_new_tokens=12, block_length=4, cache=mode)
+        finally:
+            hook.remove()
+        lengths[mode] = seen
+    assert lengths["none"] == [16] * 12
+    # block b covers positions 4+4b .. 7+4b; each block: one full refresh, then the window
+    assert lengths["prefix"] == [16, 13, 13, 13, 16, 9, 9, 9, 16, 5, 5, 5]
+    assert lengths["dual"] == [16, 5, 5, 5, 16, 5, 5, 5, 16, 5, 5, 5]
+
+
+@pytest.mark.parametrize("mode", ["none", "dual"])
+def test_cfg_combines_conditional_and_unconditional(mode):
+    model = tiny_dlm("llama", shift=False)
+    scale = 1.5
+    canvas, attn, gen = build_canvas(model, [[1, 2, 3, 4]], 6)
+    canvas = canvas.masked_fill(gen, MASK)
+    den = Denoiser(model, canvas, attn, gen, cfg_scale=scale, cache=mode, attention="block_causal",
+                   block_ids=attention_block_ids([gen], False))
+    den.start_block(gen)
+    got = den(canvas, gen)
+    uncond_canvas = canvas.clone()
+    uncond_canvas[:, :4] = MASK  # the prompt fully masked
+    cond = Denoiser(model, canvas, attn, gen, attention="block_causal", block_ids=attention_block_ids([gen], False))
+    uncond = Denoiser(model, uncond_canvas, attn, gen, attention="block_causal", block_ids=attention_block_ids([gen], False))
+    c, u = cond(canvas, gen), uncond(uncond_canvas, gen)
+    assert torch.allclose(got, u + (scale + 1) * (c - u), atol=1e-4)
+    assert not torch.allclose(got, c, atol=1e-3)
+
+
+def test_cfg_zero_is_off_and_cfg_changes_generation():
+    model = tiny_dlm("llama")
+    plain = generate(model, [[1, 2, 3, 4]], max_new_tokens=8)
+    assert torch.equal(generate(model, [[1, 2, 3, 4]], max_new_tokens=8, cfg_scale=0.0), plain)
+    assert not torch.equal(generate(model, [[1, 2, 3, 4]], max_new_tokens=8, cfg_scale=3.0), plain)
