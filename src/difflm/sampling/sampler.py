@@ -32,6 +32,7 @@ class SamplerStep:
     masked). committed: BoolTensor [B, L], positions written at this step. generate_mask:
     BoolTensor [B, L], all positions being generated. proposals: LongTensor [B, L], the token
     drawn at every candidate position this step (canvas values elsewhere), or None.
+    attention_mask: [B, L] 1 = real token (None: no padding); mask_token_id: the mask id.
     """
 
     step: int
@@ -41,6 +42,8 @@ class SamplerStep:
     committed: torch.Tensor
     generate_mask: torch.Tensor
     proposals: torch.Tensor | None = None
+    attention_mask: torch.Tensor | None = None
+    mask_token_id: int | None = None
 
 
 Callback = Callable[[SamplerStep], None]
@@ -152,7 +155,7 @@ def denoise(
             if history is not None:
                 history.append(canvas.clone())
             if callback is not None:
-                callback(SamplerStep(step, steps, b, canvas, committed, generate_mask, proposals))
+                callback(SamplerStep(step, steps, b, canvas, committed, generate_mask, proposals, attention_mask, mask_id))
             step += 1
         if opts.stop_at_eos:
             stopped = (generate_mask & torch.isin(canvas, stop_ids)).any(-1)

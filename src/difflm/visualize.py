@@ -1,0 +1,111 @@
+"""A live terminal view of denoising: masked positions fill in step by step.
+
+`DenoisingView` is a sampler callback and a context manager around a `rich.live.Live` display::
+
+    with DenoisingView(model.tokenizer) as view:
+        model.generate(ids, max_new_tokens=64, callback=view)
+
+Prompt text is shown plain, tokens still masked as dim blocks, tokens committed at this step
+highlighted, and earlier commits in green. Used by ``difflm generate --show-steps``,
+``difflm infill --show-steps`` and ``difflm demo``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.text import Text
+
+from .sampling import SamplerStep
+
+STYLES = {"prompt": "", "masked": "dim", "new": "bold black on bright_green", "done": "green"}
+
+
+class DenoisingView:
+    """Render `SamplerStep`s of a sampler run live in the terminal.
+
+    Args:
+        tokenizer: decodes single token ids (``decode([id])``).
+        rows: which batch rows to show (default: all).
+        console: a `rich.console.Console` (default: stdout).
+        title: panel title.
+        mask_glyph: what a masked position looks like.
+        delay: seconds to pause after each step, so fast runs stay watchable.
+        transient: clear the view when the run ends.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        *,
+        rows: list[int] | None = None,
+        console: Console | None = None,
+        title: str = "denoising",
+        mask_glyph: str = "░░",
+        delay: float = 0.0,
+        transient: bool = False,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.rows = rows
+        self.console = console or Console()
+        self.title = title
+        self.mask_glyph = mask_glyph
+        self.delay = delay
+        self.transient = transient
+        self.last: SamplerStep | None = None
+        self._live: Live | None = None
+        self._pieces: dict[int, str] = {}
+
+    # -- context manager ------------------------------------------------------------------------
+    def __enter__(self) -> "DenoisingView":
+        self._live = Live(Text(f"{self.title}: starting ..."), console=self.console, refresh_per_second=20,
+                          transient=self.transient)
+        self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._live is not None:
+            if self.last is not None:
+                self._live.update(self.render(self.last))
+            self._live.__exit__(*exc)
+            self._live = None
+
+    # -- callback -------------------------------------------------------------------------------
+    def __call__(self, step: SamplerStep) -> None:
+        self.last = step
+        if self._live is not None:
+            self._live.update(self.render(step))
+            if self.delay:
+                time.sleep(self.delay)
+
+    def render(self, step: SamplerStep) -> Panel:
+        """The view of one step: one block of text per shown row under a progress line."""
+        canvas, gen, committed = step.canvas.cpu(), step.generate_mask.cpu(), step.committed.cpu()
+        real = step.attention_mask.cpu().bool() if step.attention_mask is not None else torch.ones_like(gen)
+        masked = gen & (canvas == step.mask_token_id) if step.mask_token_id is not None else torch.zeros_like(gen)
+        rows = self.rows if self.rows is not None else range(canvas.shape[0])
+        done, total = int((gen & ~masked).sum()), int(gen.sum())
+        header = Text(f"step {step.step + 1}/{step.total_steps}  block {step.block + 1}  {done}/{total} tokens", style="bold")
+        texts = []
+        for b in rows:
+            text = Text()
+            for pos in real[b].nonzero().flatten().tolist():
+                if masked[b, pos]:
+                    text.append(self.mask_glyph, style=STYLES["masked"])
+                    continue
+                piece = self._piece(int(canvas[b, pos]))
+                style = STYLES["new"] if committed[b, pos] else STYLES["done"] if gen[b, pos] else STYLES["prompt"]
+                text.append(piece, style=style)
+            texts.append(text)
+        return Panel(Group(header, *texts), title=self.title, title_align="left")
+
+    def _piece(self, token: int) -> str:
+        """Text of one token (cached; special tokens such as BOS show as nothing)."""
+        if token not in self._pieces:
+            self._pieces[token] = self.tokenizer.decode([token], skip_special_tokens=True)
+        return self._pieces[token]
