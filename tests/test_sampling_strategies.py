@@ -156,3 +156,29 @@ def test_gumbel_max_draws_from_the_softmax():
 def test_bad_options(model, kwargs, match):
     with pytest.raises(InputError, match=match):
         generate(model, [1], max_new_tokens=8, **kwargs)
+
+
+@pytest.mark.parametrize("top_k, top_p", [(0, 0.9), (0, 0.999), (5, 1.0), (40, 0.8), (3, 0.5)])
+def test_truncated_distribution_equals_the_filters(top_k, top_p):
+    """The fast path of sample_tokens ranks only what the nucleus needs; it must give the same
+    distribution as filtering the whole vocabulary (flat rows need more than 64 tokens)."""
+    from difflm.sampling import top_p_filter
+    from difflm.sampling.tokens import truncated_distribution
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.cat([torch.randn(3, 1000, generator=gen) * 4, torch.randn(3, 1000, generator=gen) * 0.05])
+    expected = top_p_filter(top_k_filter(logits, top_k), top_p).softmax(-1)
+    kept, ids = truncated_distribution(logits, top_k, top_p)
+    got = torch.zeros_like(logits).scatter(-1, ids, kept)
+    assert torch.allclose(got, expected, atol=1e-6)
+    _, probs = sample_tokens(logits, temperature=1.0, top_k=top_k, top_p=top_p, generator=gen)
+    assert torch.allclose(probs, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("gumbel", [False, True])
+def test_truncated_draws_follow_the_kept_distribution(gumbel):
+    logits = torch.tensor([0.0, 1.0, 2.0, -1.0, 0.5]).repeat(40000, 1)
+    tokens, probs = sample_tokens(logits, temperature=1.0, top_k=3, gumbel=gumbel, generator=torch.Generator().manual_seed(0))
+    freq = torch.bincount(tokens, minlength=5).float() / tokens.numel()
+    expected = torch.tensor([float("-inf"), 1.0, 2.0, float("-inf"), 0.5]).softmax(-1)
+    assert torch.allclose(freq, expected, atol=0.01) and torch.allclose(probs[0], expected, atol=1e-6)
