@@ -1,0 +1,282 @@
+"""Likelihood of text: the ELBO bound of a diffusion LM by Monte Carlo, and the exact NLL of an AR model.
+
+For an absorbing-state (masked) diffusion LM, the negative log-likelihood of N target tokens x_T given
+the context x_C (never masked) is bounded by
+
+    B = integral_0^1 w(t) E_{x_t ~ q_t} [ sum_{i in T, masked} -log p(x_i | x_t) ] dt   >=  -log p(x_T | x_C)
+
+where each target is masked with probability 1 - alpha(t) and w(t) = -alpha'(t) / (1 - alpha(t)) (1/t for
+the linear schedule). B does not depend on the schedule (substitute alpha for t). Two unbiased Monte
+Carlo estimators, both with one forward pass per sample:
+
+* ``"time"``  draw t (stratified across samples optionally), mask each target with probability 1 - alpha(t),
+  weight w(t). The weight is unbounded near t = 0, so the variance is large.
+* ``"count"`` (LLaDA) draw the number of masked targets l in {1..N} (stratified across samples), mask l
+  targets uniformly at random, weight N / l. Given that l targets are masked, t has a Beta(l+1, N-l+1)
+  law and E[w(t) | l] = (N + 1) / l, so both estimators have the same mean; this one's weight is at most N.
+
+``reference_score`` is DiffuGPT's unweighted multiple-choice score (not a bound): the mean cross-entropy
+per masked token, averaged over masking rates k / T, k = 1..T.
+
+Each request gets its own random generator, seeded from (seed, request index): results do not depend on
+the batch size or on which other requests are scored together. The standard error is std / sqrt(n) over a
+request's samples; with stratification the samples are negatively correlated, so it errs on the
+conservative side (bench/eval_estimators.py checks it against the spread over seeds).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError
+from ..noise import get_schedule, sample_t
+from .progress import progress_bar
+from .stats import mean_stderr
+
+ESTIMATORS = ("count", "time")
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """Score ``ids[start:end]`` (the targets) given the other tokens of ``ids`` (the context).
+
+    A DLM conditions on the context on both sides of the targets; an AR model only on ``ids[:start]``
+    (tokens after the targets are neither scored nor seen).
+    """
+
+    ids: tuple[int, ...]
+    start: int
+    end: int
+
+    @classmethod
+    def continuation(cls, context: Sequence[int], continuation: Sequence[int]) -> "ScoreRequest":
+        """-log p(continuation | context): the targets are the tokens after the context."""
+        ids = tuple(int(i) for i in context) + tuple(int(i) for i in continuation)
+        return cls(ids, len(context), len(ids))
+
+    @property
+    def num_targets(self) -> int:
+        return self.end - self.start
+
+
+@dataclass(frozen=True)
+class NLLEstimate:
+    """nll: nats summed over the targets (a DLM: an estimate of the upper bound B; an AR model: exact).
+    stderr: Monte Carlo standard error of ``nll`` (0 when exact). greedy: whether greedy decoding
+    reproduces the targets (AR models; None when not computed)."""
+
+    nll: float
+    stderr: float
+    num_tokens: int
+    num_samples: int
+    greedy: bool | None = None
+
+
+def item_seed(seed: int, index: int) -> int:
+    """A deterministic 63-bit seed for item ``index`` of a run seeded with ``seed`` (two odd
+    multipliers spread neighbouring seeds and indices apart)."""
+    return (seed * 0x9E3779B97F4A7C15 + (index + 1) * 0xBF58476D1CE4E5B9) % (2**63)
+
+
+def check_requests(requests: Sequence[ScoreRequest], *, vocab_size: int, max_length: int | None,
+                   first_target: int, forbidden_id: int | None = None) -> None:
+    """Raise `InputError` for a request a model cannot score (see the messages)."""
+    for n, r in enumerate(requests):
+        if not first_target <= r.start < r.end <= len(r.ids):
+            raise InputError(
+                f"request {n}: targets [{r.start}, {r.end}) of a {len(r.ids)}-token sequence are empty or out of range"
+                + (" (position 0 has no prediction: prepend a BOS token)" if r.start == 0 and first_target else "")
+            )
+        if max_length is not None and len(r.ids) > max_length:
+            raise InputError(f"request {n}: {len(r.ids)} tokens exceed the model's context of {max_length}; shorten the context")
+        if any(not 0 <= i < vocab_size for i in r.ids):
+            raise InputError(f"request {n}: token ids must lie in [0, {vocab_size})")
+        if forbidden_id is not None and forbidden_id in r.ids:
+            raise InputError(f"request {n}: the text contains the mask token (id {forbidden_id}); remove it")
+
+
+# -- which targets each Monte Carlo sample masks ------------------------------------------------
+@dataclass
+class _Row:
+    """One forward pass: mask ``positions`` (absolute) of request ``request``; the sample's value is
+    ``weight`` times the summed cross-entropy there."""
+
+    request: int
+    positions: torch.Tensor
+    weight: float
+
+
+def _uniform01(n: int, stratified: bool, gen: torch.Generator) -> torch.Tensor:
+    """n numbers in [0, 1): one per stratum (u0 + s) / n with a shared random offset, or independent."""
+    if stratified:
+        return (torch.rand((), generator=gen) + torch.arange(n)) / n
+    return torch.rand(n, generator=gen)
+
+
+def _count_plan(num: int, n: int, stratified: bool, gen: torch.Generator) -> list[tuple[torch.Tensor, float]]:
+    counts = (_uniform01(n, stratified, gen) * num).long().clamp(max=num - 1) + 1  # l in {1..num}
+    return [(torch.randperm(num, generator=gen)[:l], num / int(l)) for l in counts]
+
+
+def _time_plan(num: int, n: int, stratified: bool, gen: torch.Generator, schedule, eps: float) -> list[tuple[torch.Tensor, float]]:
+    t = sample_t(n, antithetic=stratified, eps=eps, generator=gen)  # uniform on [eps, 1]
+    plan = []
+    for ts in t:
+        masked = torch.rand(num, generator=gen) < schedule.mask_prob(ts)
+        # (1 - eps) turns the mean over U[eps, 1] into the integral over [eps, 1].
+        plan.append((masked.nonzero().flatten(), float((1.0 - eps) * schedule.weight(ts))))
+    return plan
+
+
+def _reference_plan(num: int, steps: int, gen: torch.Generator) -> list[tuple[torch.Tensor, float]]:
+    plan = []
+    for k in range(steps, 0, -1):
+        masked = torch.rand(num, generator=gen) < k / steps
+        if not masked.any():  # the reference would average over nothing (NaN); mask one token instead
+            masked[torch.randint(num, (), generator=gen)] = True
+        plan.append((masked.nonzero().flatten(), 1.0 / int(masked.sum())))
+    return plan
+
+
+def _score_rows(model, requests: Sequence[ScoreRequest], rows: list[_Row], *, batch_size: int,
+                progress: bool, description: str) -> list[list[float]]:
+    """Run every row through the model; return each request's sample values in row order."""
+    values: list[list[float]] = [[] for _ in requests]
+    slots: list[tuple[int, int]] = []
+    for row in rows:
+        slots.append((row.request, len(values[row.request])))
+        values[row.request].append(0.0)  # a row that masks nothing is worth 0 and costs no forward
+    live = [i for i, row in enumerate(rows) if row.positions.numel()]
+    live.sort(key=lambda i: len(requests[rows[i].request].ids))  # similar lengths share a batch
+    cfg = model.config
+    pad = next((i for i in (cfg.pad_token_id, cfg.eos_token_id) if i is not None), 0)
+    with progress_bar(len(live), description, enabled=progress) as advance:
+        for lo in range(0, len(live), batch_size):
+            chunk = [rows[i] for i in live[lo : lo + batch_size]]
+            length = max(len(requests[r.request].ids) for r in chunk)
+            x0 = torch.full((len(chunk), length), pad, dtype=torch.long)
+            attn = torch.zeros_like(x0)
+            masked = torch.zeros_like(x0, dtype=torch.bool)
+            for b, r in enumerate(chunk):
+                ids = requests[r.request].ids
+                x0[b, : len(ids)] = torch.tensor(ids)
+                attn[b, : len(ids)] = 1
+                masked[b, r.positions] = True
+            x0, attn, masked = x0.to(model.device), attn.to(model.device), masked.to(model.device)
+            xt = x0.masked_fill(masked, cfg.mask_token_id)
+            logits = model.logits(xt, attn if not bool(attn.all()) else None)
+            ce = F.cross_entropy(logits[masked].float(), x0[masked], reduction="none")
+            sums = torch.zeros(len(chunk), device=ce.device).index_add_(0, masked.nonzero()[:, 0], ce)
+            for b, r in enumerate(chunk):
+                req, slot = slots[live[lo + b]]
+                values[req][slot] = r.weight * float(sums[b])
+            advance(len(chunk))
+    return values
+
+
+def _targets(model, requests: Sequence[ScoreRequest]) -> None:
+    check_requests(requests, vocab_size=model.vocab_size, max_length=model.max_length,
+                   first_target=1 if model.config.shift else 0, forbidden_id=model.config.mask_token_id)
+
+
+@torch.inference_mode()
+def elbo_nll(
+    model,
+    requests: Sequence[ScoreRequest],
+    *,
+    n_samples: int = 32,
+    estimator: str = "count",
+    stratified: bool = True,
+    seed: int = 0,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> list[NLLEstimate]:
+    """Monte Carlo estimates of the ELBO bound B on -log p(targets | context), one per request.
+
+    Args:
+        model: a `DiffusionLM`.
+        requests: what to score (targets must avoid position 0 of a shifted model).
+        n_samples: forward passes per request (>= 1).
+        estimator: "count" (LLaDA, low variance) or "time" (t-sampling with schedule weights).
+        stratified: spread the samples of one request over strata of l (or t); else independent.
+        seed: base seed; request i uses `item_seed(seed, i)`.
+        batch_size: forward passes per model call.
+    Returns:
+        NLLEstimate per request: nll (nats, summed over targets), stderr, num_tokens, num_samples.
+    """
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+        raise InputError(f"n_samples must be an integer >= 1, got {n_samples!r}")
+    if estimator not in ESTIMATORS:
+        raise InputError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+    _targets(model, requests)
+    schedule = get_schedule(model.config.schedule, eps=model.config.eps)
+    rows: list[_Row] = []
+    for i, r in enumerate(requests):
+        gen = torch.Generator().manual_seed(item_seed(seed, i))
+        if estimator == "count":
+            plan = _count_plan(r.num_targets, n_samples, stratified, gen)
+        else:
+            plan = _time_plan(r.num_targets, n_samples, stratified, gen, schedule, model.config.eps)
+        rows.extend(_Row(i, positions + r.start, weight) for positions, weight in plan)
+    values = _score_rows(model, requests, rows, batch_size=batch_size, progress=progress, description="ELBO")
+    out = []
+    for r, v in zip(requests, values):
+        est = mean_stderr(v, source="monte-carlo")
+        out.append(NLLEstimate(est.value, est.stderr, r.num_targets, n_samples))
+    return out
+
+
+@torch.inference_mode()
+def reference_score(
+    model, requests: Sequence[ScoreRequest], *, steps: int = 32, seed: int = 0, batch_size: int = 32,
+    progress: bool = True,
+) -> list[float]:
+    """DiffuGPT's multiple-choice score (lower is better; not a likelihood bound): mask the targets at
+    rates k / steps for k = steps..1, take the unweighted mean cross-entropy over the masked tokens, and
+    average over k. Returns one float per request."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise InputError(f"steps must be an integer >= 1, got {steps!r}")
+    _targets(model, requests)
+    rows: list[_Row] = []
+    for i, r in enumerate(requests):
+        gen = torch.Generator().manual_seed(item_seed(seed, i))
+        rows.extend(_Row(i, p + r.start, w) for p, w in _reference_plan(r.num_targets, steps, gen))
+    values = _score_rows(model, requests, rows, batch_size=batch_size, progress=progress, description="reference score")
+    return [sum(v) / len(v) for v in values]
+
+
+@torch.inference_mode()
+def ar_nll(
+    model, requests: Sequence[ScoreRequest], *, pad_token_id: int = 0, batch_size: int = 32, progress: bool = True,
+) -> list[NLLEstimate]:
+    """Exact -log p(targets | ids[:start]) under a transformers causal LM, one per request, with
+    ``greedy`` = every target token is the argmax of its prediction. Position 0 cannot be a target."""
+    vocab = model.get_output_embeddings().weight.shape[0]
+    max_len = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    check_requests(requests, vocab_size=vocab, max_length=max_len, first_target=1)
+    out: list[NLLEstimate | None] = [None] * len(requests)
+    order = sorted(range(len(requests)), key=lambda i: len(requests[i].ids))
+    with progress_bar(len(order), "NLL", enabled=progress) as advance:
+        for lo in range(0, len(order), batch_size):
+            chunk = order[lo : lo + batch_size]
+            length = max(len(requests[i].ids) for i in chunk)
+            x = torch.full((len(chunk), length), pad_token_id, dtype=torch.long)
+            attn = torch.zeros_like(x)
+            for b, i in enumerate(chunk):
+                x[b, : len(requests[i].ids)] = torch.tensor(requests[i].ids)
+                attn[b, : len(requests[i].ids)] = 1
+            device = model.get_output_embeddings().weight.device
+            x, attn = x.to(device), attn.to(device)
+            logits = model(input_ids=x, attention_mask=attn).logits[:, :-1].float()  # position j predicts j + 1
+            token_nll = F.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none")  # [B, L-1]
+            hits = logits.argmax(-1) == x[:, 1:]
+            for b, i in enumerate(chunk):
+                r = requests[i]
+                span = slice(r.start - 1, r.end - 1)
+                out[i] = NLLEstimate(float(token_nll[b, span].sum()), 0.0, r.num_targets, 1, bool(hits[b, span].all()))
+            advance(len(chunk))
+    return out  # type: ignore[return-value]

@@ -1,0 +1,89 @@
+"""Running tasks on a model and reporting the scores: a JSON document, a terminal table, markdown.
+
+The JSON holds everything needed to reproduce and judge a number: per-task metrics with standard errors
+(and what the error measures), the protocol notes, the settings and seed, the model's diffusion config,
+library versions, and a few predictions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from .lm import EvalLM
+from .tasks import Task
+
+REPORT_VERSION = 1
+
+
+def _versions() -> dict[str, str]:
+    import torch
+    import transformers
+
+    from .. import __version__
+
+    return {"difflm": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def run_evaluation(lm: EvalLM, tasks: Sequence[Task]) -> dict[str, Any]:
+    """Run every task on ``lm``; return the report (a JSON-serialisable dict)."""
+    results = {}
+    for task in tasks:
+        results[task.name] = task.run(lm).to_dict()
+    return {
+        "report_version": REPORT_VERSION, "model": lm.describe(), "seed": lm.settings.seed,
+        "settings": lm.settings.to_dict(), "versions": _versions(), "tasks": results,
+    }
+
+
+def write_report(report: dict[str, Any], path: str | os.PathLike) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(report, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    return p
+
+
+def _cell(metric: dict[str, Any]) -> str:
+    if metric["stderr_source"] == "exact":
+        return f"{metric['value']:.4g}"
+    return f"{metric['value']:.4g} ± {metric['stderr']:.2g}"
+
+
+def results_table(report: dict[str, Any]) -> Table:
+    """A rich table: one row per task metric, value ± standard error."""
+    model = report["model"]
+    table = Table(title=f"{model['name']} ({model['kind']}), seed {report['seed']}")
+    for column in ("task", "metric", "value ± stderr", "stderr of", "n", "seconds"):
+        table.add_column(column, justify="right" if column in ("n", "seconds") else "left")
+    for name, result in report["tasks"].items():
+        for i, (metric, m) in enumerate(result["metrics"].items()):
+            table.add_row(name if i == 0 else "", metric, _cell(m), m["stderr_source"], str(result["n_examples"]),
+                          f"{result['seconds']:.1f}" if i == 0 else "")
+    return table
+
+
+def print_report(report: dict[str, Any], console: Console | None = None) -> None:
+    (console or Console()).print(results_table(report))
+
+
+def comparison_markdown(reports: Sequence[dict[str, Any]], metrics: dict[str, Sequence[str]] | None = None) -> str:
+    """A markdown table comparing models (columns) on every task metric (rows) they share.
+
+    ``metrics`` maps a task name to the metrics to show (default: all)."""
+    names = [r["model"]["name"] for r in reports]
+    lines = ["| task | metric | " + " | ".join(names) + " |", "|---|---|" + "---:|" * len(names)]
+    tasks = [t for t in reports[0]["tasks"] if all(t in r["tasks"] for r in reports)]
+    for task in tasks:
+        chosen = metrics.get(task) if metrics else None
+        for metric in chosen or reports[0]["tasks"][task]["metrics"]:
+            cells = []
+            for r in reports:
+                m = r["tasks"][task]["metrics"].get(metric)
+                cells.append(_cell(m) if m else "-")
+            lines.append(f"| {task} | {metric} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

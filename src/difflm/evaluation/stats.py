@@ -1,0 +1,54 @@
+"""Point estimates with standard errors: every number the evaluator reports carries one.
+
+Two kinds of uncertainty appear in an evaluation and are never mixed up:
+
+* ``monte-carlo``: the noise of a stochastic estimator (the ELBO) on a fixed data set - it shrinks
+  with more samples per sequence;
+* ``examples``: the sampling error of a mean over a finite set of examples (accuracy, ROUGE) - it
+  shrinks with more examples;
+* ``exact``: no uncertainty from the estimator (an AR model's NLL is computed exactly).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable, Sequence
+
+STDERR_SOURCES = ("monte-carlo", "examples", "exact")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A value, its standard error, and what the standard error measures (see module doc)."""
+
+    value: float
+    stderr: float
+    n: int
+    stderr_source: str = "examples"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def scaled(self, factor: float) -> "Estimate":
+        """The same estimate times a constant (e.g. nats -> bits, fraction -> percent)."""
+        return Estimate(self.value * factor, self.stderr * abs(factor), self.n, self.stderr_source)
+
+    def __str__(self) -> str:
+        return f"{self.value:.4g} ± {self.stderr:.2g}"
+
+
+def mean_stderr(values: Sequence[float] | Iterable[float], *, source: str = "examples") -> Estimate:
+    """Sample mean and its standard error std(ddof=1) / sqrt(n); the error is 0 for n = 1.
+
+    For 0/1 outcomes (accuracy) this is lm-evaluation-harness's ``mean_stderr``, so numbers compare."""
+    xs = [float(v) for v in values]
+    n = len(xs)
+    if n == 0:
+        return Estimate(float("nan"), float("nan"), 0, source)
+    mean = sum(xs) / n
+    if n == 1:
+        return Estimate(mean, 0.0, 1, source)
+    var = sum((x - mean) ** 2 for x in xs) / (n - 1)
+    return Estimate(mean, math.sqrt(var / n), n, source)
+
