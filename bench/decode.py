@@ -25,7 +25,6 @@ import re
 import sys
 import tempfile
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from rich.progress import Progress
 
 from difflm import DiffusionLM
 from difflm.bundled import corpus_file, resolve_model
+from difflm.evaluation.metrics import rouge_l, rouge_n, rouge_tokens
 from difflm.sampling import generate, infill
 
 HERE = Path(__file__).resolve().parent
@@ -136,38 +136,6 @@ def distinct_n(samples: list[list[int]], n: int) -> float:
     return sum(scores) / max(len(scores), 1)
 
 
-def rouge_n(ref: list[str], hyp: list[str], n: int) -> float:
-    """ROUGE-n F1 on words."""
-    grams = lambda words: Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))  # noqa: E731
-    r, h = grams(ref), grams(hyp)
-    overlap = sum((r & h).values())
-    if not overlap:
-        return 0.0
-    precision, recall = overlap / sum(h.values()), overlap / sum(r.values())
-    return 2 * precision * recall / (precision + recall)
-
-
-def rouge_l(ref: list[str], hyp: list[str]) -> float:
-    """ROUGE-L F1 (longest common subsequence) on words."""
-    if not ref or not hyp:
-        return 0.0
-    prev = [0] * (len(hyp) + 1)
-    for a in ref:
-        cur = [0]
-        for j, b in enumerate(hyp):
-            cur.append(prev[j] + 1 if a == b else max(prev[j + 1], cur[j]))
-        prev = cur
-    lcs = prev[-1]
-    if not lcs:
-        return 0.0
-    precision, recall = lcs / len(hyp), lcs / len(ref)
-    return 2 * precision * recall / (precision + recall)
-
-
-def words(tokenizer, ids: list[int]) -> list[str]:
-    return re.findall(r"\w+", tokenizer.decode(ids, skip_special_tokens=True).lower())
-
-
 # -- running ---------------------------------------------------------------------------------------
 def run_method(method: Method, ar, dlm, prompt: list[int], length: int, seed: int) -> tuple[list[int], float, int]:
     """(generated ids, seconds, model calls) for one prompt."""
@@ -231,11 +199,11 @@ def bench_infill(args, ar, dlm, tokenizer, examples, progress) -> list[dict]:
                 res = infill(dlm, prefix, suffix, middle_length=len(middle), return_dict=True,
                              generator=torch.Generator().manual_seed(args.seed), **options)
                 filled = res.new_tokens[0]
-            ref, hyp = words(tokenizer, middle), words(tokenizer, filled)
-            em.append(float(ref == hyp))
-            r1.append(rouge_n(ref, hyp, 1))
-            r2.append(rouge_n(ref, hyp, 2))
-            rl.append(rouge_l(ref, hyp))
+            ref, hyp = (tokenizer.decode(ids, skip_special_tokens=True) for ids in (middle, filled))
+            em.append(float(rouge_tokens(ref) == rouge_tokens(hyp)))
+            r1.append(rouge_n(hyp, ref, 1))
+            r2.append(rouge_n(hyp, ref, 2))
+            rl.append(rouge_l(hyp, ref))
             progress.advance(task)
         mean = lambda xs: 100 * sum(xs) / len(xs)  # noqa: E731
         rows.append({"method": name, "exact_match": mean(em), "rouge_1": mean(r1), "rouge_2": mean(r2), "rouge_l": mean(rl)})
@@ -374,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dlm", default="dlm-adapted", help="diffusion LM (bundled name or directory)")
     parser.add_argument("--random-models", action="store_true", help="random-weight stand-ins (pipeline check)")
     parser.add_argument("--quick", action="store_true", help="fewer prompts, lengths and setups")
-    parser.add_argument("--prompts", type=int, help="prompts per length (default 4; quick 2)")
+    parser.add_argument("--prompts", type=int, help="prompts per length (default 3; quick 2)")
     parser.add_argument("--lengths", type=int, nargs="+", help="new tokens (default 128 224: 256 does not fit the "
                         "bundled context of 256 after a prompt; quick 64)")
     parser.add_argument("--prompt-tokens", type=int, default=32)
@@ -386,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print only: no JSON, plot or RESULTS.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    prompts_n = args.prompts or (2 if args.quick else 4)
+    prompts_n = args.prompts or (2 if args.quick else 3)
     lengths = args.lengths or ([64] if args.quick else [128, 224])
     infill_n = args.infill_examples or (10 if args.quick else 40)
 

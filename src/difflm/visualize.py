@@ -74,6 +74,8 @@ class DenoisingView:
                 self._live.update(self.render(self.last))
             self._live.__exit__(*exc)
             self._live = None
+            if not self.console.is_terminal:  # rich ends the last line only on terminals
+                self.console.line()
 
     # -- callback -------------------------------------------------------------------------------
     def __call__(self, step: SamplerStep) -> None:

@@ -70,7 +70,9 @@ def truncated_distribution(logits: torch.Tensor, top_k: int, top_p: float) -> tu
         norm = logits.logsumexp(-1, keepdim=True)
     k = k_max if k_max < vocab or top_p >= 1.0 else min(64, vocab)
     while True:
-        if k < k_max or k_max == vocab:
+        if k == vocab:
+            values, ids = logits.sort(dim=-1, descending=True)
+        elif k < k_max or k_max == vocab:
             values, ids = logits.topk(k, dim=-1)
         probs = (values - norm).exp()
         if top_p >= 1.0:
@@ -79,6 +81,8 @@ def truncated_distribution(logits: torch.Tensor, top_k: int, top_p: float) -> tu
         if k == k_max or bool((cumulative[:, -1] >= top_p).all()):
             break
         k = min(k * 8, k_max)
+        if k > k_max // 8:  # a flat row: ranking most of the vocabulary, one sort is cheaper
+            k = k_max
     kept = probs.masked_fill(cumulative - probs >= top_p, 0.0)  # mass before this token already enough
     return kept / kept.sum(-1, keepdim=True), ids
 
@@ -120,7 +124,8 @@ def sample_tokens(
     kept, ids = truncated_distribution(scaled, top_k, top_p)
     if gumbel:
         choice = gumbel_max(kept.double().log(), generator)
-    else:
-        choice = torch.multinomial(kept, 1, generator=generator).squeeze(-1)
+    else:  # inverse CDF: one uniform per row instead of multinomial's noise over every kept token
+        uniform = torch.rand(kept.shape[0], 1, generator=generator, device=kept.device)
+        choice = torch.searchsorted(kept.cumsum(-1), uniform, right=True).squeeze(-1).clamp(max=kept.shape[-1] - 1)
     probs = torch.zeros_like(scaled).scatter_(-1, ids, kept)
     return ids.gather(-1, choice[:, None]).squeeze(-1), probs
