@@ -53,7 +53,7 @@ def test_infill_template_with_two_gaps(model_dir, capsys):
     (row,) = _json_lines(capsys)
     tok = tiny_tokenizer()
     assert len(row["new_tokens"]) == 5
-    gap1, gap2 = tok.decode(row["new_tokens"][:2]), tok.decode(row["new_tokens"][2:])
+    gap1, gap2 = (tok.decode(ids, skip_special_tokens=True) for ids in (row["new_tokens"][:2], row["new_tokens"][2:]))
     expected = " ".join(w for w in ["w1 w2", gap1, "w7", gap2, "w9"] if w)  # ids outside the tiny vocab decode to ""
     assert row["text"] == expected
 
