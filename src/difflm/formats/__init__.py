@@ -1,141 +1,104 @@
 """Checkpoint layouts: detection and loading of local directories onto stock transformers classes.
 
-Each layout ("format") is a small module with ``detect(ckpt) -> bool`` and
-``load(cls, ckpt, dtype, attn_implementation, overrides) -> DiffusionLM``. Detection looks at
-config.json and the weight keys, never at the directory name. Order matters: the first format
-whose ``detect`` accepts the checkpoint wins; the plain causal LM is the fallback.
+A layout ("format") is a small module with
+
+* ``detect(ckpt) -> str | None``: why the checkpoint is in this layout (one line), or None;
+* ``plan(ckpt, tokenizer, overrides) -> LoadPlan``: the stock config, key mapping and diffusion
+  conventions, decided from config.json and the safetensors headers alone.
+
+Detection looks at config.json and the weight names, never at the directory name. The first
+format whose ``detect`` answers wins (registration order below); a plain causal LM comes last
+and is refused unless the caller says how to use it. Loading itself is shared by all formats
+(`loading.load_backbone`: meta device, shard by shard). No checkpoint code is ever run.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from ..errors import ModelLoadError
+from .checkpoint import (
+    WEIGHTS_INDEX_NAME,
+    WEIGHTS_NAME,
+    Checkpoint,
+    TensorInfo,
+    inspect_checkpoint,
+    iter_tensors,
+    load_tokenizer,
+    require_model_dir,
+    weight_files,
+)
+from .loading import LoadPlan, empty_model, load_backbone, parameter_count, plan_key_mapping
 
 if TYPE_CHECKING:
     from ..model import DiffusionLM
 
-WEIGHTS_NAME = "model.safetensors"
-WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+__all__ = [
+    "FORMATS", "WEIGHTS_INDEX_NAME", "WEIGHTS_NAME", "Checkpoint", "Detection", "LoadPlan", "TensorInfo",
+    "describe_checkpoint", "detect_format", "inspect_checkpoint", "iter_tensors", "load_checkpoint",
+    "load_tokenizer", "register_format", "require_model_dir", "weight_files",
+]
+
+Detector = Callable[[Checkpoint], "str | None"]
+Planner = Callable[[Checkpoint, Any, dict[str, Any]], LoadPlan]
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    detect: Detector
+    plan: Planner
+    tokenizer_fallback: type | None = None  # stock tokenizer class for checkpoints whose own is custom code
+
+
+FORMATS: dict[str, Format] = {}
+
+
+def register_format(name: str, detect: Detector, plan: Planner, tokenizer_fallback: type | None = None) -> None:
+    """Add a layout; it is tried after the ones registered before it."""
+    FORMATS[name] = Format(name, detect, plan, tokenizer_fallback)
 
 
 @dataclass
-class Checkpoint:
-    """What detection sees of a directory: its config.json and the names of its weights."""
+class Detection:
+    """Which layout a checkpoint is in and why."""
 
-    path: Path
-    hf_config: dict[str, Any]
-    weight_files: list[Path]
-    weight_keys: set[str] = field(default_factory=set)
-    has_difflm_config: bool = False
-
-    @property
-    def model_type(self) -> str | None:
-        return self.hf_config.get("model_type")
+    checkpoint: Checkpoint
+    format: str
+    reason: str
 
 
-def require_model_dir(path: str | os.PathLike) -> Path:
-    """Return ``path`` as a Path if it is a directory with a config.json, else raise a clear error."""
-    p = Path(path)
-    if not p.is_dir():
-        raise ModelLoadError(f"{p} is not a directory; point to a model directory (config.json + weights)")
-    if not (p / "config.json").is_file():
-        raise ModelLoadError(f"{p} holds no model: config.json is missing")
-    return p
-
-
-def weight_files(path: Path) -> list[Path]:
-    """The safetensors files of a checkpoint: one file, or the shards its index names."""
-    index = path / WEIGHTS_INDEX_NAME
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as exc:
-            raise ModelLoadError(f"{index} is not a valid safetensors index: {exc}") from None
-        shards = sorted(set(weight_map.values()))
-        missing = [s for s in shards if not (path / s).is_file()]
-        if missing:
-            raise ModelLoadError(f"{path} is missing shard(s) named in its index: {', '.join(missing)}")
-        return [path / s for s in shards]
-    single = path / WEIGHTS_NAME
-    if single.is_file():
-        return [single]
-    found = sorted(path.glob("*.safetensors"))
-    if found:
-        return found
-    raise ModelLoadError(f"{path} holds no weights: expected {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME}")
-
-
-def inspect_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Read config.json and the weight names (safetensors headers only, no tensors)."""
-    from safetensors import safe_open
-
-    p = require_model_dir(path)
-    try:
-        hf_config = json.loads((p / "config.json").read_text())
-    except json.JSONDecodeError as exc:
-        raise ModelLoadError(f"{p / 'config.json'} is not valid JSON: {exc}") from None
-    files = weight_files(p)
-    keys: set[str] = set()
-    for f in files:
-        try:
-            with safe_open(str(f), framework="pt") as handle:
-                keys.update(handle.keys())
-        except Exception as exc:  # safetensors raises its own error types
-            raise ModelLoadError(f"{f} is not a readable safetensors file: {exc}") from None
-    return Checkpoint(p, hf_config, files, keys, (p / "difflm_config.json").is_file())
-
-
-def iter_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (name, tensor) from safetensors files one file at a time."""
-    from safetensors import safe_open
-
-    for f in files:
-        with safe_open(str(f), framework="pt") as handle:
-            for key in handle.keys():
-                yield key, handle.get_tensor(key)
-
-
-def load_tokenizer(path: str | os.PathLike) -> Any:
-    """The tokenizer saved in ``path``, or None if the directory has none."""
-    p = Path(path)
-    if not any((p / name).is_file() for name in _TOKENIZER_FILES):
-        return None
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(p)
-    except Exception as exc:  # a broken tokenizer should not block loading the weights
-        import warnings
-
-        warnings.warn(f"could not load the tokenizer in {p}: {exc}", stacklevel=2)
-        return None
-
-
-# -- the registry ----------------------------------------------------------------------------------
-Detector = Callable[[Checkpoint], bool]
-Loader = Callable[..., "DiffusionLM"]
-FORMATS: dict[str, tuple[Detector, Loader]] = {}
-
-
-def register_format(name: str, detect: Detector, load: Loader) -> None:
-    FORMATS[name] = (detect, load)
+def detect(path: str | os.PathLike, format: str | None = None) -> Detection:
+    """Detect the layout of ``path`` (or take ``format``) and say why."""
+    ckpt = inspect_checkpoint(path)
+    if format is not None:
+        if format not in FORMATS:
+            raise ModelLoadError(f"unknown format {format!r}; supported: {', '.join(FORMATS)}")
+        return Detection(ckpt, format, "format given by the caller")
+    for fmt in FORMATS.values():
+        reason = fmt.detect(ckpt)
+        if reason:
+            return Detection(ckpt, fmt.name, reason)
+    raise ModelLoadError(
+        f"{ckpt.path}: unknown checkpoint layout ({ckpt.summary()}); supported: {', '.join(FORMATS)} - "
+        "pass format=... if it is one of them"
+    )
 
 
 def detect_format(path: str | os.PathLike) -> str:
     """Name of the layout of a checkpoint directory (see `FORMATS`)."""
-    ckpt = inspect_checkpoint(path)
-    for name, (detect, _) in FORMATS.items():
-        if detect(ckpt):
-            return name
-    raise ModelLoadError(f"{path}: unknown checkpoint layout; supported: {', '.join(FORMATS)}")
+    return detect(path).format
+
+
+def plan_checkpoint(found: Detection, overrides: dict[str, Any]) -> tuple[LoadPlan, Any]:
+    """The load plan of a detected checkpoint and its tokenizer (no tensor is read)."""
+    fmt = FORMATS[found.format]
+    tokenizer = load_tokenizer(found.checkpoint.path, fmt.tokenizer_fallback)
+    return fmt.plan(found.checkpoint, tokenizer, dict(overrides)), tokenizer
 
 
 def load_checkpoint(
@@ -145,22 +108,65 @@ def load_checkpoint(
     format: str | None = None,
     dtype: torch.dtype | str | None = None,
     attn_implementation: str = "sdpa",
+    progress: bool | None = None,
     **overrides: Any,
 ) -> "DiffusionLM":
-    """Detect (or take) the layout of ``path`` and load it as a `DiffusionLM`."""
-    ckpt = inspect_checkpoint(path)
-    if format is None:
-        format = next((name for name, (detect, _) in FORMATS.items() if detect(ckpt)), None)
-        if format is None:
-            raise ModelLoadError(f"{path}: unknown checkpoint layout; supported: {', '.join(FORMATS)}")
-    elif format not in FORMATS:
-        raise ModelLoadError(f"unknown format {format!r}; supported: {', '.join(FORMATS)}")
-    _, load = FORMATS[format]
-    return load(cls, ckpt, dtype=dtype, attn_implementation=attn_implementation, overrides=overrides)
+    """Detect (or take) the layout of ``path`` and load it as a `DiffusionLM` (see `DiffusionLM.from_pretrained`)."""
+    found = detect(path, format)
+    plan, tokenizer = plan_checkpoint(found, overrides)
+    model = load_backbone(plan, found.checkpoint, dtype=dtype, attn_implementation=attn_implementation, progress=progress)
+    return cls(model, plan.config, tokenizer)
 
 
-from . import causal_lm, diffugpt, native  # noqa: E402  (registration order = detection order)
+def describe_checkpoint(path: str | os.PathLike, *, format: str | None = None, **overrides: Any) -> dict[str, Any]:
+    """Everything `difflm inspect` shows, read from config.json, the headers and the tokenizer;
+    the backbone is built on the meta device only, to count parameters and check every shape."""
+    found = detect(path, format)
+    ckpt = found.checkpoint
+    plan, tokenizer = plan_checkpoint(found, overrides)
+    model = empty_model(plan.hf_config, "sdpa")
+    plan_key_mapping(plan, ckpt, model)  # raises if names or shapes do not fit
+    cfg = plan.config
+    named = {"bos": cfg.bos_token_id, "eos": cfg.eos_token_id, "pad": cfg.pad_token_id, "mask": cfg.mask_token_id}
+    for name, value in sorted(cfg.extra.items()):
+        if name.endswith("_ids"):
+            for i, v in enumerate(value):
+                named[f"{name[:-4]}[{i}]"] = v
+        elif name.endswith("_id"):
+            named[name[:-3]] = value
+    tokens = {name: (tid, _token_text(tokenizer, tid)) for name, tid in named.items() if tid is not None}
+    return {
+        "path": str(ckpt.path),
+        "format": found.format,
+        "reason": found.reason,
+        "family": cfg.family,
+        "architecture": type(model).__name__,
+        "parameters": parameter_count(model),
+        "stored_dtype": str(ckpt.stored_dtype).removeprefix("torch."),
+        "stored_bytes": ckpt.stored_bytes,
+        "files": len(ckpt.weight_files),
+        "vocab_size": model.get_input_embeddings().weight.shape[0],
+        "config": cfg,
+        "tokens": tokens,
+        "tokenizer": type(tokenizer).__name__ if tokenizer is not None else None,
+        "chat_template": bool(getattr(tokenizer, "chat_template", None)),
+        "notes": plan.notes,
+    }
 
-register_format("difflm", native.detect, native.load)
-register_format("diffugpt", diffugpt.detect, diffugpt.load)
-register_format("causal-lm", causal_lm.detect, causal_lm.load)
+
+def _token_text(tokenizer: Any, token_id: int) -> str | None:
+    if tokenizer is None:
+        return None
+    text = tokenizer.convert_ids_to_tokens(token_id)
+    return text if isinstance(text, str) else None
+
+
+from . import causal_lm, diffugpt, diffullama, dream, llada, native  # noqa: E402
+
+# registration order = detection order: explicit markers first, the plain causal LM last
+register_format("difflm", native.detect, native.plan)
+register_format("diffugpt", diffugpt.detect, diffugpt.plan)
+register_format("llada", llada.detect, llada.plan)
+register_format("dream", dream.detect, dream.plan, dream.TOKENIZER_FALLBACK)
+register_format("diffullama", diffullama.detect, diffullama.plan)
+register_format("causal-lm", causal_lm.detect, causal_lm.plan)

@@ -8,30 +8,32 @@ from __future__ import annotations
 
 from typing import Any
 
-from transformers import AutoModelForCausalLM
-
-from ..config import DiffusionConfig
 from ..errors import ModelLoadError
-from . import Checkpoint, load_tokenizer
+from .checkpoint import Checkpoint
+from .conventions import diffusion_config, special_ids
+from .loading import LoadPlan, stock_config
 
 
-def detect(ckpt: Checkpoint) -> bool:
-    return bool(ckpt.hf_config.get("architectures") or ckpt.model_type)
+def detect(ckpt: Checkpoint) -> str | None:
+    from transformers import CONFIG_MAPPING
 
-
-def load(cls: Any, ckpt: Checkpoint, *, dtype: Any, attn_implementation: str, overrides: dict[str, Any]) -> Any:
-    if "mask_token_id" not in overrides:
-        raise ModelLoadError(
-            f"{ckpt.path} is a plain causal LM ({ckpt.model_type or 'unknown type'}), not a diffusion LM: "
-            "adapt it with DiffusionLM.from_causal_lm(path) / `difflm train --objective adapt`, "
-            "or pass mask_token_id=... (and shift=..., attention=...) to use it as a DLM as it is"
+    if ckpt.model_type in CONFIG_MAPPING:
+        return (
+            f"a stock {ckpt.model_type} config.json without diffusion markers "
+            "(no difflm_config.json, no mask_token_id): a plain causal LM"
         )
-    try:
-        model = AutoModelForCausalLM.from_pretrained(ckpt.path, dtype=dtype or "auto", attn_implementation=attn_implementation)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise ModelLoadError(f"could not load a causal LM from {ckpt.path}: {exc}") from None
-    tokenizer = load_tokenizer(ckpt.path)
-    from ..model import _special_ids
+    return None
 
-    fields = {**_special_ids(model, tokenizer), "family": "causal-lm", **overrides}
-    return cls(model, DiffusionConfig(**fields), tokenizer)
+
+def plan(ckpt: Checkpoint, tokenizer: Any, overrides: dict[str, Any]) -> LoadPlan:
+    hf_config = stock_config(ckpt)
+    if "mask_token_id" not in overrides:
+        arch = (ckpt.architectures or [ckpt.model_type or "unknown type"])[0]
+        hint = " pass format='diffullama' (CLI: --format diffullama) if it is DiffuLLaMA," if ckpt.model_type == "llama" else ""
+        raise ModelLoadError(
+            f"{ckpt.path} is a plain causal LM ({arch}), not a diffusion LM: adapt it with "
+            f"DiffusionLM.from_causal_lm(path) / `difflm train --objective adapt`,{hint} or pass "
+            "mask_token_id=... (CLI: --mask-token-id; and shift=..., attention=...) to use it as a DLM as it is"
+        )
+    fields = {**special_ids(hf_config, tokenizer, hf_config.vocab_size), "family": "causal-lm"}
+    return LoadPlan("causal-lm", hf_config, diffusion_config(fields, overrides))

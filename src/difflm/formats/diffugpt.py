@@ -3,26 +3,29 @@ keys belong to the paper's wrapper - ``embed_tokens.weight``, ``denoise_model.{w
 and an ``lm_head.weight`` tied to the embedding (often not stored). Weights may be float16.
 
 Conventions: shift, bidirectional attention, no time embedding. DiffuGPT-S reuses GPT-2 token
-10541 as [MASK] (vocab 50257); DiffuGPT-M adds token 50257 (vocab 50258).
+10541 as [MASK] (vocab 50257); DiffuGPT-M adds token "[¨M¨]" = 50257 (vocab 50258) and uses "¨"
+as pad and "======" as the prompt/response separator (ids read from the tokenizer when present).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import torch
-from transformers import GPT2Config, GPT2LMHeadModel
-
-from ..config import DiffusionConfig
 from ..errors import ModelLoadError
-from . import Checkpoint, iter_tensors, load_tokenizer
+from .checkpoint import Checkpoint
+from .conventions import diffusion_config, first_id, pick_mask_id, token_id
+from .loading import LoadPlan, stock_config
 
 DIFFUGPT_S_MASK_ID = 10541
 DIFFUGPT_M_MASK_ID = 50257
+GPT2_EOS_ID = 50256
+M_MASK_TOKEN, M_PAD_TOKEN, M_SEP_TOKEN = "[¨M¨]", "¨", "======"
 
 
-def detect(ckpt: Checkpoint) -> bool:
-    return "embed_tokens.weight" in ckpt.weight_keys and any(k.startswith("denoise_model.") for k in ckpt.weight_keys)
+def detect(ckpt: Checkpoint) -> str | None:
+    if "embed_tokens.weight" in ckpt.tensors and any(k.startswith("denoise_model.") for k in ckpt.tensors):
+        return "weights named embed_tokens.weight + denoise_model.* (the DiffuGPT wrapper around GPT-2)"
+    return None
 
 
 def map_key(key: str) -> str | None:
@@ -36,41 +39,35 @@ def map_key(key: str) -> str | None:
     raise ModelLoadError(f"unexpected key {key!r} in a DiffuGPT checkpoint")
 
 
-def load(cls: Any, ckpt: Checkpoint, *, dtype: Any, attn_implementation: str, overrides: dict[str, Any]) -> Any:
-    state = {}
-    stored_dtype = None
-    for key, tensor in iter_tensors(ckpt.weight_files):
-        new = map_key(key)
-        if new is not None:
-            state[new] = tensor
-            stored_dtype = stored_dtype or tensor.dtype
-    config = GPT2Config.from_dict(ckpt.hf_config)
-    _check_shapes(ckpt, config, state)
-    config.tie_word_embeddings = True
-    config._attn_implementation = attn_implementation
-    target_dtype = dtype if isinstance(dtype, torch.dtype) else stored_dtype
-    model = GPT2LMHeadModel(config).to(target_dtype)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k != "lm_head.weight" and not k.endswith(".attn.bias") and not k.endswith("masked_bias")]
-    if missing or unexpected:
-        raise ModelLoadError(f"{ckpt.path}: DiffuGPT weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
-    model.tie_weights()
-    model.eval()
-    vocab = config.vocab_size
-    mask_id = overrides.pop("mask_token_id", DIFFUGPT_M_MASK_ID if vocab > DIFFUGPT_M_MASK_ID else DIFFUGPT_S_MASK_ID)
-    fields = dict(mask_token_id=mask_id, shift=True, attention="bidirectional", family="diffugpt", eos_token_id=50256, bos_token_id=50256)
-    fields.update(overrides)
-    if fields["eos_token_id"] >= vocab:
-        fields["eos_token_id"] = fields["bos_token_id"] = None
-    return cls(model, DiffusionConfig(**fields), load_tokenizer(ckpt.path))
+def plan(ckpt: Checkpoint, tokenizer: Any, overrides: dict[str, Any]) -> LoadPlan:
+    if "embed_tokens.weight" not in ckpt.tensors:
+        raise ModelLoadError(f"{ckpt.path} is not in the DiffuGPT layout: no embed_tokens.weight ({ckpt.summary()})")
+    hf_config = stock_config(ckpt, "gpt2", tie_word_embeddings=True)
+    _check_shapes(ckpt, hf_config)
+    vocab = hf_config.vocab_size
+    is_medium = vocab > DIFFUGPT_M_MASK_ID
+    mask_id = pick_mask_id(
+        ckpt, vocab, overrides, token_id(tokenizer, M_MASK_TOKEN), DIFFUGPT_M_MASK_ID if is_medium else DIFFUGPT_S_MASK_ID
+    )
+    fields: dict[str, Any] = dict(
+        mask_token_id=mask_id, shift=True, attention="bidirectional", family="diffugpt",
+        eos_token_id=first_id(vocab, GPT2_EOS_ID), bos_token_id=first_id(vocab, GPT2_EOS_ID),
+    )
+    notes = []
+    if is_medium:
+        fields["pad_token_id"] = first_id(vocab, getattr(tokenizer, "pad_token_id", None), token_id(tokenizer, M_PAD_TOKEN))
+        sep = token_id(tokenizer, M_SEP_TOKEN)
+        if sep is not None:
+            fields["extra"] = {"sep_token_id": sep}
+        if tokenizer is None:
+            notes.append(f"no tokenizer: the pad ({M_PAD_TOKEN!r}) and sep ({M_SEP_TOKEN!r}) ids of DiffuGPT-M are unknown")
+    return LoadPlan("diffugpt", hf_config, diffusion_config(fields, overrides), map_key, notes)
 
 
-def _check_shapes(ckpt: Checkpoint, config: GPT2Config, state: dict[str, torch.Tensor]) -> None:
-    wte = state.get("transformer.wte.weight")
-    if wte is None:
-        raise ModelLoadError(f"{ckpt.path}: DiffuGPT checkpoint has no embed_tokens.weight")
-    layers = len({k.split(".")[2] for k in state if k.startswith("transformer.h.")})
-    rows, width = wte.shape
+def _check_shapes(ckpt: Checkpoint, config: Any) -> None:
+    """The common mistake is DiffuGPT-M weights with a gpt2-small config.json: say which config they need."""
+    rows, width = ckpt.tensors["embed_tokens.weight"].shape
+    layers = len({k.split(".")[2] for k in ckpt.tensors if k.startswith("denoise_model.h.")})
     if (rows, width, layers) != (config.vocab_size, config.n_embd, config.n_layer):
         hint = " (DiffuGPT-M needs the gpt2-medium config: n_embd 1024, n_layer 24, n_head 16, vocab_size 50258)" if width == 1024 else ""
         raise ModelLoadError(
