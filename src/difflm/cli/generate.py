@@ -30,6 +30,8 @@ def register(subparsers: Any) -> None:
     )
     gen.add_argument("prompt", nargs="+", help="prompt text (several prompts run as one left-padded batch)")
     gen.add_argument("--length", type=int, default=64, help="new tokens per prompt (default 64)")
+    gen.add_argument("--chat", action="store_true", help="wrap each prompt in the checkpoint's chat template; "
+                     "print the reply up to the end of the turn")
     _add_common(gen)
     gen.set_defaults(func=run_generate)
 
@@ -129,7 +131,12 @@ def run_generate(args: argparse.Namespace) -> int:
         raise InputError(f"--length must be >= 1, got {args.length}")
     SamplerOptions(**_options(args))  # bad options fail before the model loads
     model = load_dlm(args.model, args.device)
-    prompts = [model.tokenizer(p)["input_ids"] for p in args.prompt]
+    if args.chat:
+        from ..chat import chat_prompt_ids
+
+        prompts = [chat_prompt_ids(model, p) for p in args.prompt]
+    else:
+        prompts = [model.tokenizer(p)["input_ids"] for p in args.prompt]
     mask = model.config.mask_token_id
     return _run(args, model, [p + [mask] * args.length for p in prompts], args.prompt)
 
@@ -166,8 +173,14 @@ def _run(args: argparse.Namespace, model, templates: list[list[int]], labels: li
     seconds = time.perf_counter() - start
     tok = model.tokenizer
     total_new = sum(len(t) for t in result.new_tokens)
+    chat = getattr(args, "chat", False)
+    if chat:  # the reply alone, up to the family's end of turn
+        from ..chat import end_of_turn_ids
+        from ..sampling import trim_at_stop
+
+        result.new_tokens = [trim_at_stop(row, end_of_turn_ids(model)) for row in result.new_tokens]
     for b, label in enumerate(labels):
-        text = tok.decode(visible_ids(result, b), skip_special_tokens=True)
+        text = tok.decode(result.new_tokens[b] if chat else visible_ids(result, b), skip_special_tokens=True)
         if args.json:
             print(json.dumps({
                 "prompt": label, "text": text, "generated": tok.decode(result.new_tokens[b], skip_special_tokens=True),

@@ -1,0 +1,41 @@
+"""`difflm convert DIR OUT`: rewrite a published checkpoint in difflm's own layout.
+
+The output is a stock transformers directory (config.json, safetensors, tokenizer) plus
+difflm_config.json with the conventions (mask id, shift, attention, special and end-of-turn
+ids), so it loads without detection rules and plain transformers can read the backbone.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from .inspect import add_load_arguments, human_count, load_overrides
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "convert", help="rewrite a checkpoint (DiffuGPT, DiffuLLaMA, LLaDA, Dream, ...) in difflm's own layout",
+        description="Load DIR in whatever layout it has and save it to OUT as a stock transformers directory "
+        "plus difflm_config.json.",
+    )
+    parser.add_argument("dir", help="checkpoint directory to read")
+    parser.add_argument("out", help="directory to write (replaced if it exists)")
+    add_load_arguments(parser)
+    parser.add_argument("--dtype", default="auto", help="auto (as stored), float32, bfloat16 or float16")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..model import DiffusionLM
+
+    if Path(args.out).resolve() == Path(args.dir).resolve():
+        raise InputError("OUT must be a new directory, not DIR itself (converting in place would delete the original)")
+    model = DiffusionLM.from_pretrained(args.dir, format=args.format, dtype=args.dtype, **load_overrides(args))
+    out = model.save_pretrained(args.out)
+    params = sum(p.numel() for p in model.model.parameters())
+    print(f"wrote {out}: {model.config.family}, {human_count(params)} parameters, "
+          f"{str(model.dtype).removeprefix('torch.')}, mask id {model.mask_token_id}, shift {model.config.shift}")
+    return 0

@@ -1,0 +1,87 @@
+"""`difflm inspect DIR`: what difflm sees in a checkpoint directory and why, without loading it.
+
+Reads config.json, the safetensors headers and the tokenizer; the backbone is built on the meta
+device only (to count parameters and check every weight's name and shape), so inspecting an 8B
+checkpoint takes seconds and no memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def add_load_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by the commands that read a checkpoint directory."""
+    from ..formats import FORMATS
+
+    parser.add_argument("--format", choices=list(FORMATS), help="skip detection and read DIR as this layout")
+    parser.add_argument("--mask-token-id", type=int, help="id of the [MASK] token (needed for plain causal LMs)")
+
+
+def load_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {} if args.mask_token_id is None else {"mask_token_id": args.mask_token_id}
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "inspect", help="show the layout, conventions and special tokens of a checkpoint directory",
+        description="Detect the layout of a checkpoint directory and print what difflm would load: family, "
+        "architecture, parameters, dtype, mask id, shift, attention, special tokens - and why.",
+    )
+    parser.add_argument("dir", help="checkpoint directory (config.json + safetensors)")
+    add_load_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..formats import describe_checkpoint, detect
+
+    found = detect(args.dir, args.format)  # printed first: a refusal below still says what was seen
+    if not args.json:
+        print(f"{'path':<13} {found.checkpoint.path}")
+        print(f"{'format':<13} {found.format}  ({found.reason})")
+    info = describe_checkpoint(args.dir, format=args.format, **load_overrides(args))
+    if args.json:
+        print(json.dumps({**info, "config": info["config"].to_dict()}, indent=2, default=str))
+        return 0
+    cfg = info["config"]
+    rows = [
+        ("family", cfg.family),
+        ("architecture", f"{info['architecture']}  (stock transformers class, no remote code)"),
+        ("parameters", human_count(info["parameters"])),
+        ("weights", f"{info['stored_dtype']}, {human_bytes(info['stored_bytes'])} in {info['files']} file(s)"),
+        ("vocabulary", str(info["vocab_size"])),
+        ("mask id", _token(cfg.mask_token_id, info["tokens"].get("mask"))),
+        ("shift", "yes (the logit at i-1 predicts token i)" if cfg.shift else "no (the logit at i predicts token i)"),
+        ("attention", cfg.attention),
+        ("tokens", ", ".join(f"{name} {_token(*value)}" for name, value in info["tokens"].items() if name != "mask") or "none"),
+        ("tokenizer", f"{info['tokenizer'] or 'none'}; chat template: {'yes' if info['chat_template'] else 'no'}"),
+    ]
+    rows += [("note", note) for note in info["notes"]]
+    for name, value in rows:
+        print(f"{name:<13} {value}")
+    return 0
+
+
+def human_count(n: int) -> str:
+    """1234567 -> '1.23M'."""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit} ({n:,})"
+    return str(n)
+
+
+def human_bytes(n: int) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B"
+
+
+def _token(token_id: int, text: Any = None) -> str:
+    if isinstance(text, tuple):  # (id, text) from describe_checkpoint
+        text = text[1]
+    return f"{token_id} {text!r}" if text else str(token_id)
