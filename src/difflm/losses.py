@@ -82,6 +82,21 @@ def masked_diffusion_loss(
         noise_mask = noise_mask.bool() & allowed
         x_t = torch.where(noise_mask, torch.full_like(x0, cfg.mask_token_id), x0)
     logits = model.logits(x_t, attention_mask, step=step, generator=generator)
+    return diffusion_loss_from_logits(logits, x0, noise_mask, t, allowed, schedule=schedule, normalization=normalization)
+
+
+def diffusion_loss_from_logits(
+    logits: torch.Tensor,
+    x0: torch.Tensor,
+    noise_mask: torch.Tensor,
+    t: torch.Tensor,
+    allowed: torch.Tensor,
+    *,
+    schedule,
+    normalization: str = "tokens",
+) -> DiffusionLossOutput:
+    """The ELBO loss from aligned logits [B, L, V] of x_t (for callers that run the model
+    themselves, e.g. through a DDP wrapper). noise_mask / allowed: BoolTensor [B, L]; t: [B]."""
     ce = F.cross_entropy(logits.float().transpose(1, 2), x0, reduction="none")  # [B, L]
     weights = schedule.weight(t)[:, None] if t.dim() == 1 else schedule.weight(t)
     total = (weights * ce * noise_mask).sum()

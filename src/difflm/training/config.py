@@ -1,0 +1,152 @@
+"""`TrainConfig`: one YAML preset (configs/*.yaml) + ``key=value`` overrides -> a validated config."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import ConfigError
+
+OBJECTIVES = ("ar", "diffusion", "adapt")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs. See configs/*.yaml for annotated presets.
+
+    objective: "ar" (next token), "diffusion" (a DLM from scratch) or "adapt" (continual
+        pretraining of the AR checkpoint ``init`` into a DLM with annealing and shift).
+    init: AR checkpoint directory (adapt; optional for ar) - or None to build ``architecture``.
+    architecture: transformers config fields of a model built from scratch (model_type key).
+    tokenizer: tokenizer directory ("bundled" = difflm's bundled tokenizer).
+    train_files / validation_files: local .txt, .jsonl(.gz) ("text" field) or .parquet files;
+        "bundled" = the bundled corpus split.
+    source_weights: per "source" field of JSONL documents, how many times each document is used
+        per epoch (0.5 = half of them, chosen deterministically).
+    block_size: tokens per packed training sequence (each starts with BOS).
+    batch_size: GLOBAL sequences per optimizer step (split over processes and accumulation).
+    grad_accum: micro-batches per step and process.
+    max_steps: optimizer steps of the whole run; warmup_steps then cosine decay to min_lr.
+    anneal_steps: attention annealing length for adapt (DiffuLLaMA: 10000; 1 = none).
+    shift / loss_normalization / schedule / eps / antithetic: diffusion settings (see DiffusionConfig).
+    eval_every / eval_batches: validation every N steps on a fixed set of validation batches.
+    save_every / keep_checkpoints: atomic checkpoints for --resume.
+    mixed_precision: "bf16" or "no"; bf16 autocast trains ~2x faster on AVX-512-bf16 CPUs.
+    """
+
+    objective: str = "ar"
+    output_dir: str = "runs/default"
+    init: str | None = None
+    architecture: dict[str, Any] = field(default_factory=dict)
+    tokenizer: str = "bundled"
+    train_files: list[str] = field(default_factory=lambda: ["bundled"])
+    validation_files: list[str] = field(default_factory=lambda: ["bundled"])
+    source_weights: dict[str, float] = field(default_factory=dict)
+    block_size: int = 256
+    batch_size: int = 16
+    grad_accum: int = 1
+    max_steps: int = 1000
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    anneal_steps: int = 1
+    shift: bool = True
+    loss_normalization: str = "tokens"
+    schedule: str = "linear"
+    eps: float = 1e-3
+    antithetic: bool = True
+    eval_every: int = 200
+    eval_batches: int = 8
+    save_every: int = 200
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    log_with: list[str] = field(default_factory=lambda: ["jsonl", "csv"])
+    mixed_precision: str = "bf16"
+    seed: int = 0
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
+        if self.objective == "adapt" and not self.init:
+            raise ConfigError("objective 'adapt' needs init: the AR checkpoint to adapt")
+        if not self.init and not self.architecture:
+            raise ConfigError("give either init (a checkpoint) or architecture (a model to build from scratch)")
+        for name in ("block_size", "batch_size", "grad_accum", "max_steps", "eval_every", "eval_batches",
+                     "save_every", "keep_checkpoints", "log_every", "anneal_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not self.lr > 0 or self.min_lr < 0:
+            raise ConfigError("lr must be > 0 and min_lr >= 0")
+        if self.mixed_precision is False:  # YAML reads a bare `no` as false
+            self.mixed_precision = "no"
+        if self.mixed_precision not in ("bf16", "no"):
+            raise ConfigError(f"mixed_precision must be 'bf16' or 'no', got {self.mixed_precision!r}")
+        unknown = sorted(set(self.log_with) - {"jsonl", "csv", "tensorboard"})
+        if unknown:
+            raise ConfigError(f"unknown log_with entries {unknown}; choose from jsonl, csv, tensorboard")
+        if not self.train_files or not self.validation_files:
+            raise ConfigError("train_files and validation_files must each name at least one file")
+        self.betas = tuple(self.betas)
+
+    @property
+    def is_diffusion(self) -> bool:
+        return self.objective in ("diffusion", "adapt")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["betas"] = list(self.betas)
+        return data
+
+
+def _parse_value(text: str) -> Any:
+    """A command-line value, read as YAML: 3 -> int, 1e-4 -> float, [a, b] -> list, true -> bool."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):  # YAML reads 1e-4 as a string
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML preset and apply ``key=value`` overrides (``architecture.hidden_size=128`` reaches
+    into dicts). Unknown keys are errors (they are usually typos)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} not found")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p} must hold a mapping of config keys")
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        target = data
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"override {key!r}: {part} is not a mapping")
+        target[parts[-1]] = _parse_value(text)
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown config key(s): {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
+    return TrainConfig(**data)

@@ -1,0 +1,299 @@
+"""One training loop for three objectives - ``ar`` (next token), ``diffusion`` (a DLM from scratch)
+and ``adapt`` (an AR checkpoint continued as a DLM with attention annealing and shift) - on top of
+accelerate: device placement, bf16 autocast, DDP under torchrun, gradient accumulation.
+
+Exact resumption: the batch and the noise of step k are functions of (seed, k) alone, and the
+model/optimizer/scheduler state is checkpointed, so a resumed run retraces an uninterrupted one.
+Multi-process: every process draws the noise of the whole global batch and keeps its own rows, so
+two processes compute the same loss as one process with the same global batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from accelerate import Accelerator
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
+
+from ..bundled import TOKENIZER_DIR
+from ..config import DiffusionConfig
+from ..errors import ConfigError, InputError
+from ..losses import ar_loss, diffusion_loss_from_logits, maskable_positions
+from ..model import DiffusionLM, replace_directory
+from ..noise import corrupt, get_schedule, sample_t
+from .checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from .config import TrainConfig
+from .data import BlockBatches, pack_blocks, resolve_files, tokenize_files
+from .logging import MetricsLogger, TrainProgress
+
+
+def load_tokenizer_for(cfg: TrainConfig) -> Any:
+    path = TOKENIZER_DIR if cfg.tokenizer == "bundled" else Path(cfg.tokenizer)
+    if not path.is_dir():
+        raise InputError(f"tokenizer directory {path} not found")
+    return AutoTokenizer.from_pretrained(path)
+
+
+def build_model(cfg: TrainConfig, tokenizer: Any) -> torch.nn.Module:
+    """The model to train: a transformers causal LM (ar) or a `DiffusionLM` (diffusion, adapt)."""
+    torch.manual_seed(cfg.seed)  # from-scratch initialisation is part of the run's determinism
+    if cfg.init:
+        init = Path(cfg.init)
+        if not (init / "config.json").is_file():
+            raise InputError(f"init {init} is not a model directory (no config.json)")
+        if cfg.objective == "adapt":
+            return DiffusionLM.from_causal_lm(
+                init, mask_token=tokenizer.mask_token_id, shift=cfg.shift, tokenizer=tokenizer, dtype=torch.float32,
+                attention="annealed", anneal_steps=cfg.anneal_steps, schedule=cfg.schedule,
+                loss_normalization=cfg.loss_normalization, eps=cfg.eps,
+            )
+        if cfg.objective == "diffusion":
+            return DiffusionLM.from_pretrained(init, dtype=torch.float32)
+        return AutoModelForCausalLM.from_pretrained(init, dtype=torch.float32, attn_implementation="sdpa")
+    arch = dict(cfg.architecture)
+    model_type = arch.pop("model_type", None)
+    if model_type is None:
+        raise ConfigError("architecture needs a model_type (e.g. llama, gpt2, qwen2)")
+    ids = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    try:
+        hf_config = AutoConfig.for_model(model_type, **{**ids, **arch})
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"architecture: {exc}") from None
+    hf_config._attn_implementation = "sdpa"
+    backbone = AutoModelForCausalLM.from_config(hf_config, attn_implementation="sdpa")
+    if cfg.objective == "ar":
+        return backbone
+    if tokenizer.mask_token_id is None:
+        raise ConfigError("the tokenizer has no mask token; a diffusion objective needs one")
+    dcfg = DiffusionConfig(
+        mask_token_id=tokenizer.mask_token_id, shift=cfg.shift, attention="bidirectional", schedule=cfg.schedule,
+        loss_normalization=cfg.loss_normalization, eps=cfg.eps, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    return DiffusionLM(backbone, dcfg, tokenizer)
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay matrices, not norms and biases (the usual GPT recipe)."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _step_generator(seed: int, step: int, stream: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 8 + stream)
+
+
+class Trainer:
+    """Runs `TrainConfig` to completion: ``Trainer(cfg).train()``."""
+
+    def __init__(self, cfg: TrainConfig, *, resume: bool = False, show_progress: bool = True) -> None:
+        self.cfg, self.resume, self.show_progress = cfg, resume, show_progress
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        cpu = not torch.cuda.is_available()
+        precision = cfg.mixed_precision
+        if precision == "bf16" and cpu and not _cpu_supports_bf16():
+            precision = "no"
+        self.accelerator = Accelerator(cpu=cpu, mixed_precision=precision)
+        acc = self.accelerator
+        per_process, rest = divmod(cfg.batch_size, acc.num_processes * cfg.grad_accum)
+        if rest or per_process == 0:
+            raise ConfigError(
+                f"batch_size {cfg.batch_size} must be a multiple of processes x grad_accum "
+                f"({acc.num_processes} x {cfg.grad_accum})"
+            )
+        self.micro_batch = per_process
+        self.tokenizer = load_tokenizer_for(cfg)
+        train_files = resolve_files(cfg.train_files, "train")
+        val_files = resolve_files(cfg.validation_files, "validation")
+        with acc.main_process_first():  # one process tokenizes, the others read its cache
+            train_stream = tokenize_files(train_files, self.tokenizer, source_weights=cfg.source_weights, seed=cfg.seed)
+            val_stream = tokenize_files(val_files, self.tokenizer)
+        bos = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.tokenizer.eos_token_id
+        self.train_batches = BlockBatches(pack_blocks(train_stream, cfg.block_size, bos), cfg.batch_size, cfg.seed)
+        val_blocks = pack_blocks(val_stream, cfg.block_size, bos)
+        self.val_batches = BlockBatches(val_blocks, min(cfg.batch_size, len(val_blocks)), seed=1234)
+        self.model = build_model(cfg, self.tokenizer)
+        self.dlm = self.model if isinstance(self.model, DiffusionLM) else None
+        if self.dlm is not None and cfg.block_size > (self.dlm.max_length or cfg.block_size):
+            raise ConfigError(f"block_size {cfg.block_size} exceeds the model's context of {self.dlm.max_length}")
+        self.optimizer = torch.optim.AdamW(_param_groups(self.model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
+        # The scheduler is stepped by hand: accelerate's wrapper would step it once per process.
+        self.scheduler = get_cosine_with_min_lr_schedule_with_warmup(
+            self.optimizer, cfg.warmup_steps, cfg.max_steps, min_lr=cfg.min_lr
+        )
+        self.wrapped, self.optimizer = acc.prepare(self.model, self.optimizer)
+        acc.register_for_checkpointing(self.scheduler)
+        self.step, self.tokens = 0, 0
+
+    # -- one optimizer step ----------------------------------------------------------------------
+    def _micro_losses(self, step: int) -> list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]]:
+        """This process's micro-batches of step ``step``: (x0, noise_mask, t) each."""
+        cfg, acc = self.cfg, self.accelerator
+        x = self.train_batches.global_batch(step)
+        noise = t = None
+        if self.dlm is not None:
+            g = _step_generator(cfg.seed, step, 0)
+            t = sample_t(len(x), antithetic=cfg.antithetic, eps=cfg.eps, generator=g)
+            allowed = maskable_positions(x, shift=cfg.shift)
+            _, noise = corrupt(x, t, self.dlm.mask_token_id, src_mask=~allowed,
+                               schedule=get_schedule(cfg.schedule, eps=cfg.eps), generator=g)
+        start = acc.process_index * self.micro_batch * cfg.grad_accum
+        out = []
+        for m in range(cfg.grad_accum):
+            rows = slice(start + m * self.micro_batch, start + (m + 1) * self.micro_batch)
+            out.append((x[rows], None if noise is None else noise[rows], None if t is None else t[rows]))
+        return out
+
+    def _loss(self, x: torch.Tensor, noise: torch.Tensor | None, t: torch.Tensor | None, step: int | None,
+              mask_generator: torch.Generator | None = None) -> torch.Tensor:
+        device = self.accelerator.device
+        x = x.to(device)
+        if self.dlm is None:
+            return ar_loss(self.wrapped, x)
+        cfg = self.dlm.config
+        noise, t = noise.to(device), t.to(device)
+        x_t = torch.where(noise, torch.full_like(x, cfg.mask_token_id), x)
+        anneal_step = step if cfg.attention == "annealed" else None
+        logits = self.wrapped(x_t, step=anneal_step, generator=mask_generator)
+        allowed = maskable_positions(x, shift=cfg.shift)
+        schedule = get_schedule(cfg.schedule, eps=cfg.eps)
+        return diffusion_loss_from_logits(logits, x, noise, t, allowed, schedule=schedule,
+                                          normalization=cfg.loss_normalization).loss
+
+    def train_step(self, step: int) -> float:
+        acc, cfg = self.accelerator, self.cfg
+        self.wrapped.train()
+        total = 0.0
+        micro = self._micro_losses(step)
+        for m, (x, noise, t) in enumerate(micro):
+            # the annealing draw is shared by the whole step: same generator state per micro-batch
+            mask_gen = _step_generator(cfg.seed, step, 1)
+            sync = contextlib.nullcontext() if m == len(micro) - 1 else acc.no_sync(self.wrapped)
+            with sync, acc.autocast():
+                loss = self._loss(x, noise, t, step, mask_gen) / cfg.grad_accum
+            acc.backward(loss)
+            total += loss.item()
+        if cfg.grad_clip:
+            acc.clip_grad_norm_(self.wrapped.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_t = torch.tensor(total, device=acc.device)
+        return acc.reduce(loss_t, reduction="mean").item()
+
+    # -- validation ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Validation loss in nats/token: AR NLL, or the diffusion ELBO bound (bidirectional, fixed
+        noise, "tokens" normalisation: an unbiased per-token estimate)."""
+        model = self.accelerator.unwrap_model(self.wrapped)
+        model.eval()
+        losses = []
+        for i in range(min(self.cfg.eval_batches, max(1, len(self.val_batches.blocks) // self.val_batches.batch_size))):
+            x = self.val_batches.global_batch(i).to(self.accelerator.device)
+            with self.accelerator.autocast():
+                if self.dlm is None:
+                    losses.append(ar_loss(model, x).item())
+                    continue
+                g = _step_generator(4321, i, 0)
+                t = sample_t(len(x), antithetic=True, eps=self.cfg.eps, generator=g).to(x.device)
+                allowed = maskable_positions(x, shift=model.config.shift)
+                _, noise = corrupt(x, t, model.mask_token_id, src_mask=~allowed,
+                                   schedule=get_schedule(model.config.schedule, eps=model.config.eps), generator=g)
+                x_t = torch.where(noise, torch.full_like(x, model.mask_token_id), x)
+                logits = model.logits(x_t)
+                losses.append(diffusion_loss_from_logits(
+                    logits, x, noise, t, allowed, schedule=get_schedule(model.config.schedule, eps=model.config.eps),
+                    normalization="tokens").loss.item())
+        return sum(losses) / len(losses)
+
+    # -- the run ---------------------------------------------------------------------------------
+    def save_model(self, directory: Path) -> Path:
+        """The trained model in a loadable layout (difflm for DLMs, transformers for AR)."""
+        model = self.accelerator.unwrap_model(self.wrapped)
+        if isinstance(model, DiffusionLM):
+            # annealing is over once training ends: ship the bidirectional model
+            if model.config.attention == "annealed":
+                model.config = model.config.replace(attention="bidirectional")
+            return model.save_pretrained(directory)
+        import tempfile
+
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+        model.save_pretrained(tmp)
+        self.tokenizer.save_pretrained(tmp)
+        replace_directory(tmp, directory)
+        return directory
+
+    def train(self) -> dict[str, Any]:
+        cfg, acc = self.cfg, self.accelerator
+        out = Path(cfg.output_dir)
+        if self.resume:
+            start, ckpt = latest_checkpoint(out)
+            acc.load_state(str(ckpt))
+            state = load_trainer_state(ckpt)
+            self.step, self.tokens = state["step"], state["tokens"]
+        elif acc.is_main_process:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "train_config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        logger = MetricsLogger(out, cfg.log_with, enabled=acc.is_main_process, append=self.resume,
+                               resume_step=self.step if self.resume else None)
+        tokens_per_step = cfg.batch_size * cfg.block_size
+        last_val = None
+        if self.step == 0:
+            last_val = self.evaluate()
+            logger.log({"step": 0, "tokens": 0, "val_loss": last_val, "val_ppl": math.exp(min(last_val, 50))})
+        progress = TrainProgress(cfg.max_steps, self.step, enabled=acc.is_main_process and self.show_progress,
+                                 objective=cfg.objective)
+        last_saved = self.step
+        t0, tokens0 = time.perf_counter(), self.tokens
+        try:
+            with progress:
+                while self.step < cfg.max_steps:
+                    loss = self.train_step(self.step)
+                    self.step += 1
+                    self.tokens += tokens_per_step
+                    rate = (self.tokens - tokens0) / max(1e-9, time.perf_counter() - t0)
+                    record: dict[str, Any] = {"step": self.step, "tokens": self.tokens, "train_loss": loss,
+                                              "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": rate,
+                                              "epoch": self.train_batches.epoch_of(self.step)}
+                    if self.step % cfg.eval_every == 0 or self.step == cfg.max_steps:
+                        last_val = self.evaluate()
+                        record.update(val_loss=last_val, val_ppl=math.exp(min(last_val, 50)))
+                    if self.step % cfg.log_every == 0 or "val_loss" in record:
+                        logger.log(record)
+                    progress.update(self.step, loss, last_val, rate)
+                    if self.step % cfg.save_every == 0 or self.step == cfg.max_steps:
+                        save_checkpoint(acc, out, self.step, {"step": self.step, "tokens": self.tokens}, cfg.keep_checkpoints)
+                        last_saved = self.step
+        except KeyboardInterrupt:
+            if self.step > last_saved:  # keep what was trained
+                save_checkpoint(acc, out, self.step, {"step": self.step, "tokens": self.tokens}, cfg.keep_checkpoints)
+            raise
+        finally:
+            logger.close()
+        final = out / "model"
+        if acc.is_main_process:
+            self.save_model(final)
+        acc.wait_for_everyone()
+        return {"step": self.step, "tokens": self.tokens, "val_loss": last_val, "model_dir": str(final)}
+
+
+def _cpu_supports_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags

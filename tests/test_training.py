@@ -1,0 +1,159 @@
+"""The trainer: every objective learns, resume retraces the uninterrupted run, checkpoints are
+atomic, two DDP processes match one, and bad configs fail with one clear line."""
+
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from difflm import DiffusionLM
+from difflm.bundled import corpus_file
+from difflm.cli import main
+from difflm.errors import ConfigError, InputError
+from difflm.training import Trainer, load_train_config
+from difflm.training import checkpoint as ckpt_mod
+
+TINY = [
+    "architecture.model_type=llama", "architecture.hidden_size=32", "architecture.intermediate_size=64",
+    "architecture.num_hidden_layers=2", "architecture.num_attention_heads=2", "architecture.num_key_value_heads=2",
+    "architecture.max_position_embeddings=64", "block_size=32", "batch_size=4", "warmup_steps=2", "lr=3e-3",
+    "eval_batches=2", "log_every=1", "mixed_precision=no", "threads=1",
+]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A small JSONL corpus cut from the bundled validation split (fast to tokenize)."""
+    root = tmp_path_factory.mktemp("data")
+    os.environ["DIFFLM_CACHE"] = str(root / "cache")
+    with gzip.open(corpus_file("validation"), "rt") as handle:
+        docs = [json.loads(line) for line in handle][:60:3]
+    train, val = root / "train.jsonl", root / "val.jsonl"
+    train.write_text("".join(json.dumps(d) + "\n" for d in docs[:15]))
+    val.write_text("".join(json.dumps(d) + "\n" for d in docs[15:]))
+    return [f"train_files=[{train}]", f"validation_files=[{val}]"]
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _train(overrides, resume=False):
+    return Trainer(load_train_config(None, overrides), resume=resume, show_progress=False).train()
+
+
+@pytest.mark.parametrize("objective", ["ar", "diffusion"])
+def test_objectives_lower_their_validation_loss(tmp_path, data, objective):
+    result = _train(TINY + data + [f"objective={objective}", f"output_dir={tmp_path}", "max_steps=40", "eval_every=40"])
+    recs = [r for r in _records(tmp_path) if "val_loss" in r]
+    assert recs[0]["step"] == 0 and recs[-1]["step"] == 40
+    assert recs[-1]["val_loss"] < recs[0]["val_loss"] - 0.5
+    assert result["tokens"] == 40 * 4 * 32
+
+
+def test_adapt_turns_an_ar_checkpoint_into_a_bidirectional_dlm(tmp_path, data):
+    _train(TINY + data + ["objective=ar", f"output_dir={tmp_path / 'ar'}", "max_steps=10", "eval_every=10"])
+    ar_dir = tmp_path / "ar" / "model"
+    _train(TINY + data + ["objective=adapt", f"init={ar_dir}", f"output_dir={tmp_path / 'dlm'}", "max_steps=30",
+                          "eval_every=30", "anneal_steps=10"])
+    recs = [r for r in _records(tmp_path / "dlm") if "val_loss" in r]
+    assert recs[-1]["val_loss"] < recs[0]["val_loss"]
+    model = DiffusionLM.from_pretrained(tmp_path / "dlm" / "model")
+    assert model.config.attention == "bidirectional" and model.config.shift and model.config.anneal_steps == 10
+    assert model.mask_token_id == model.tokenizer.mask_token_id == 3
+
+
+def test_resume_retraces_the_uninterrupted_run(tmp_path, data):
+    args = TINY + data + ["objective=diffusion", f"output_dir={tmp_path}", "max_steps=6", "save_every=3",
+                          "eval_every=3", "keep_checkpoints=3"]
+    _train(args)
+    full = _records(tmp_path)
+    # an interruption after step 3: the later checkpoint and the final model never got written
+    shutil.rmtree(tmp_path / "checkpoints" / "step-0000006")
+    shutil.rmtree(tmp_path / "model")
+    _train(args, resume=True)
+    resumed = _records(tmp_path)
+    assert [r["step"] for r in resumed] == [r["step"] for r in full]
+    for a, b in zip(full, resumed):
+        assert a.get("train_loss") == b.get("train_loss") and a.get("val_loss") == b.get("val_loss")
+
+
+def test_checkpoints_are_atomic(tmp_path, data, monkeypatch):
+    args = TINY + data + ["objective=ar", f"output_dir={tmp_path}", "max_steps=4", "save_every=2", "eval_every=4"]
+    real_save = ckpt_mod.save_checkpoint
+    calls = []
+
+    def crash_on_second(accelerator, output_dir, step, state, keep):
+        calls.append(step)
+        if step == 4:
+            original = accelerator.save_state
+
+            def half_written(path, **kw):
+                (Path(path) / "model.safetensors").write_bytes(b"partial")
+                raise OSError("disk full")
+
+            monkeypatch.setattr(accelerator, "save_state", half_written)
+        return real_save(accelerator, output_dir, step, state, keep)
+
+    monkeypatch.setattr("difflm.training.trainer.save_checkpoint", crash_on_second)
+    with pytest.raises(OSError, match="disk full"):
+        _train(args)
+    step, path = ckpt_mod.latest_checkpoint(tmp_path)
+    assert step == 2 and (path / "model.safetensors").stat().st_size > 1000
+    assert not (tmp_path / "checkpoints" / "step-0000004").exists()
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path, data, capsys):
+    code = main(["train", *TINY, *data, "objective=ar", f"output_dir={tmp_path}", "max_steps=2", "--resume"])
+    assert code == 2 and "no checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["nonsense_key=3"], "unknown config key"),
+    (["objective=adapt"], "needs init"),
+    (["train_files=[/nonexistent.jsonl]"], "not found"),
+    (["batch_size=3", "grad_accum=2"], "multiple of"),
+    (["objective=sideways"], "unknown objective"),
+])
+def test_bad_config_one_line_error(tmp_path, data, capsys, args, message):
+    code = main(["train", *TINY, *data, f"output_dir={tmp_path}", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_malformed_jsonl_and_empty_corpus(tmp_path, data, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"txt": oops\n')
+    assert main(["train", *TINY, f"train_files=[{bad}]", data[1], f"output_dir={tmp_path}"]) == 2
+    assert f"{bad}:2" in capsys.readouterr().err
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert main(["train", *TINY, f"train_files=[{empty}]", data[1], f"output_dir={tmp_path}"]) == 2
+    assert "empty or too small" in capsys.readouterr().err
+
+
+def test_two_ddp_processes_match_one(tmp_path, data):
+    """torchrun --nproc_per_node 2 (gloo) with the same global batch gives the same losses."""
+    common = TINY + data + ["objective=diffusion", "max_steps=4", "eval_every=4", "save_every=4"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "difflm", "train", *common, f"output_dir={tmp_path / 'ddp'}", "--no-progress"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    single = subprocess.run([sys.executable, "-m", "difflm", "train", *common, f"output_dir={tmp_path / 'one'}",
+                             "--no-progress"], env=env, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+    ddp, one = _records(tmp_path / "ddp"), _records(tmp_path / "one")
+    losses = lambda recs: [r["train_loss"] for r in recs if "train_loss" in r]
+    assert len(losses(ddp)) == len(losses(one)) == 4
+    torch.testing.assert_close(torch.tensor(losses(ddp)), torch.tensor(losses(one)), rtol=1e-4, atol=1e-5)
+    wa = DiffusionLM.from_pretrained(tmp_path / "ddp" / "model").model.state_dict()
+    wb = DiffusionLM.from_pretrained(tmp_path / "one" / "model").model.state_dict()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-3, atol=1e-4)
