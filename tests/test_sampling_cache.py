@@ -130,3 +130,12 @@ def test_cfg_zero_is_off_and_cfg_changes_generation():
     plain = generate(model, [[1, 2, 3, 4]], max_new_tokens=8)
     assert torch.equal(generate(model, [[1, 2, 3, 4]], max_new_tokens=8, cfg_scale=0.0), plain)
     assert not torch.equal(generate(model, [[1, 2, 3, 4]], max_new_tokens=8, cfg_scale=3.0), plain)
+
+
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+def test_cache_is_exact_with_eager_attention_too(mode):
+    """Eager attention takes the additive float mask; the cache slices and reorders it the same way."""
+    model = tiny_dlm("llama", "eager")
+    reference = _run_block(model, "none", "block_causal", prompts=PROMPTS)
+    for ref, got in zip(reference, _run_block(model, mode, "block_causal", prompts=PROMPTS)):
+        assert torch.allclose(ref, got, atol=1e-5)

@@ -128,3 +128,10 @@ def test_fill_needs_a_mask(model):
     with pytest.raises(InputError, match="before the first masked"):
         fill(model, [MASK, 2, 3])
     assert infill(model, [1], [2], middle_length=2, return_dict=True).new_tokens[0].__len__() == 2
+
+
+def test_block_length_that_does_not_divide_gives_a_shorter_last_block(model):
+    seen = []
+    generate(model, [1, 2], max_new_tokens=10, block_length=4, callback=seen.append)
+    per_block = [sum(int(s.committed.sum()) for s in seen if s.block == b) for b in range(3)]
+    assert per_block == [4, 4, 2]

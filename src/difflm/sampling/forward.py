@@ -67,7 +67,6 @@ class Denoiser:
         self.shift = model.config.shift
         self.cache_mode = cache
         self.cfg_scale = float(cfg_scale)
-        self.forwards = 0
         eager = self.backbone.config._attn_implementation == "eager"
         if attention == "block_causal":
             if block_ids is None:
@@ -103,7 +102,7 @@ class Denoiser:
         """Aligned logits of the candidates: FloatTensor [N, V], rows in row-major order of
         ``candidates`` (BoolTensor [B, L]), which must lie in the current block."""
         # The backbone's prediction for token i sits at i - 1 under shift.
-        keep = torch.cat([candidates[:, 1:], candidates[:, :1] & False], dim=1) if self.shift else candidates
+        keep = torch.cat([candidates[:, 1:], torch.zeros_like(candidates[:, :1])], dim=1) if self.shift else candidates
         if self.condition is not None:
             canvas = torch.cat([canvas, canvas.masked_fill(self.condition, self.model.config.mask_token_id)])
             keep = torch.cat([keep, keep])
@@ -117,7 +116,6 @@ class Denoiser:
                 canvas[:, start:end], self._window_mask, self.positions[:, start:end], keep[:, start:end], past=self._past
             )
             self._past.crop(start - end)  # drop the window's keys again; the cache holds the rest
-        self.forwards += 1
         if self.condition is None:
             return logits
         cond, uncond = logits.chunk(2)
