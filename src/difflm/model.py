@@ -226,15 +226,16 @@ class DiffusionLM(nn.Module):
 
         return load_checkpoint(cls, path, format=format, dtype=dtype, attn_implementation=attn_implementation, **overrides)
 
-    def save_pretrained(self, path: str | os.PathLike) -> Path:
+    def save_pretrained(self, path: str | os.PathLike, *, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
         """Write the Hugging Face layout (config.json, model.safetensors, tokenizer files) plus
         difflm_config.json. The directory is written beside the target and renamed into place,
-        so an interrupted save never leaves a half-written model behind."""
+        so an interrupted save never leaves a half-written model behind. ``state_dict`` (backbone
+        keys) replaces the module's own, e.g. one gathered from FSDP shards."""
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
         try:
-            self.model.save_pretrained(tmp)
+            self.model.save_pretrained(tmp, state_dict=state_dict)
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(tmp)
             self.config.save(tmp)

@@ -221,20 +221,27 @@ class Trainer:
 
     # -- the run ---------------------------------------------------------------------------------
     def save_model(self, directory: Path) -> Path:
-        """The trained model in a loadable layout (difflm for DLMs, transformers for AR)."""
-        model = self.accelerator.unwrap_model(self.wrapped)
-        if isinstance(model, DiffusionLM):
-            # annealing is over once training ends: ship the bidirectional model
-            if model.config.attention == "annealed":
-                model.config = model.config.replace(attention="bidirectional")
-            return model.save_pretrained(directory)
-        import tempfile
+        """The trained model in a loadable layout (difflm for DLMs, transformers for AR). Call on
+        every process: under FSDP / DeepSpeed the full state dict is gathered first."""
+        acc = self.accelerator
+        state = acc.get_state_dict(self.wrapped)
+        if acc.is_main_process:
+            model = acc.unwrap_model(self.wrapped)
+            if isinstance(model, DiffusionLM):
+                # annealing is over once training ends: ship the bidirectional model
+                if model.config.attention == "annealed":
+                    model.config = model.config.replace(attention="bidirectional")
+                backbone = {k.removeprefix("model."): v for k, v in state.items()}
+                model.save_pretrained(directory, state_dict=backbone)
+            else:
+                import tempfile
 
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-        model.save_pretrained(tmp)
-        self.tokenizer.save_pretrained(tmp)
-        replace_directory(tmp, directory)
+                directory.parent.mkdir(parents=True, exist_ok=True)
+                tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+                model.save_pretrained(tmp, state_dict=state)
+                self.tokenizer.save_pretrained(tmp)
+                replace_directory(tmp, directory)
+        acc.wait_for_everyone()
         return directory
 
     def train(self) -> dict[str, Any]:
@@ -284,10 +291,7 @@ class Trainer:
             raise
         finally:
             logger.close()
-        final = out / "model"
-        if acc.is_main_process:
-            self.save_model(final)
-        acc.wait_for_everyone()
+        final = self.save_model(out / "model")
         return {"step": self.step, "tokens": self.tokens, "val_loss": last_val, "model_dir": str(final)}
 
 
