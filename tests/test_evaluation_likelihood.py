@@ -148,3 +148,12 @@ def test_bad_requests_raise_clear_errors(dlm):
         elbo_nll(dlm, [ScoreRequest(tuple(range(1, 60)) * 2, 1, 118)])
     with pytest.raises(InputError, match="empty"):
         ar_nll(tiny_backbone("llama"), [ScoreRequest(IDS, 3, 3)])
+
+
+def test_one_target_is_exact_in_one_pass_and_one_sample_has_unknown_error(dlm):
+    request = ScoreRequest(IDS, 4, 5)
+    (est,) = elbo_nll(dlm, [request], n_samples=16, progress=False)
+    assert est.num_samples == 1 and est.stderr == 0.0
+    assert est.nll == pytest.approx(exact_elbo(dlm, request), rel=1e-5)
+    (one,) = elbo_nll(dlm, [ScoreRequest(IDS, 2, 6)], n_samples=1, progress=False)
+    assert math.isnan(one.stderr)

@@ -31,9 +31,9 @@ except ImportError:  # pragma: no cover - depends on the environment
     raise InputError("the lm-eval adapter needs lm-evaluation-harness: pip install 'difflm[eval]'") from None
 
 from .likelihood import ScoreRequest
-from .lm import EvalSettings, load_eval_lm
+from .lm import EvalSettings, grouped, load_eval_lm
 from .protocols import window_requests
-from .tasks import fit_context, grouped
+from .tasks import fit_context
 
 
 def _batch_size(value: Any, default: int) -> int:

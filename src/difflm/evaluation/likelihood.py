@@ -12,7 +12,7 @@ Carlo estimators, both with one forward pass per sample:
 * ``"time"``  draw t (stratified across samples optionally), mask each target with probability 1 - alpha(t),
   weight w(t). The weight is unbounded near t = 0, so the variance is large.
 * ``"count"`` (LLaDA) draw the number of masked targets l in {1..N} (stratified across samples), mask l
-  targets uniformly at random, weight N / l. Given that l targets are masked, t has a Beta(l+1, N-l+1)
+  targets uniformly at random, weight N / l. With one target (N = 1) it is exact in one pass. Given that l targets are masked, t has a Beta(l+1, N-l+1)
   law and E[w(t) | l] = (N + 1) / l, so both estimators have the same mean; this one's weight is at most N.
 
 ``reference_score`` is DiffuGPT's unweighted multiple-choice score (not a bound): the mean cross-entropy
@@ -20,8 +20,9 @@ per masked token, averaged over masking rates k / T, k = 1..T.
 
 Each request gets its own random generator, seeded from (seed, request index): results do not depend on
 the batch size or on which other requests are scored together. The standard error is std / sqrt(n) over a
-request's samples; with stratification the samples are negatively correlated, so it errs on the
-conservative side (bench/eval_estimators.py checks it against the spread over seeds).
+request's samples (NaN when n_samples = 1: one draw says nothing about its spread); with
+stratification the samples are negatively correlated, so it errs on the conservative side
+(bench/eval_estimators.py checks it against the spread over seeds).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ class ScoreRequest:
 @dataclass(frozen=True)
 class NLLEstimate:
     """nll: nats summed over the targets (a DLM: an estimate of the upper bound B; an AR model: exact).
-    stderr: Monte Carlo standard error of ``nll`` (0 when exact). greedy: whether greedy decoding
+    stderr: Monte Carlo standard error of ``nll`` (0 when exact, NaN when unknown). greedy: whether greedy decoding
     reproduces the targets (AR models; None when not computed)."""
 
     nll: float
@@ -217,7 +218,9 @@ def elbo_nll(
     rows: list[_Row] = []
     for i, r in enumerate(requests):
         gen = torch.Generator().manual_seed(item_seed(seed, i))
-        if estimator == "count":
+        if estimator == "count" and r.num_targets == 1:
+            plan = [(torch.zeros(1, dtype=torch.long), 1.0)]  # one target: l = 1 always, so one pass is exact
+        elif estimator == "count":
             plan = _count_plan(r.num_targets, n_samples, stratified, gen)
         else:
             plan = _time_plan(r.num_targets, n_samples, stratified, gen, schedule, model.config.eps)
@@ -226,7 +229,8 @@ def elbo_nll(
     out = []
     for r, v in zip(requests, values):
         est = mean_stderr(v, source="monte-carlo")
-        out.append(NLLEstimate(est.value, est.stderr, r.num_targets, n_samples))
+        exact = estimator == "count" and r.num_targets == 1
+        out.append(NLLEstimate(est.value, 0.0 if exact else est.stderr, r.num_targets, len(v)))
     return out
 
 
@@ -271,12 +275,18 @@ def ar_nll(
                 attn[b, : len(requests[i].ids)] = 1
             device = model.get_output_embeddings().weight.device
             x, attn = x.to(device), attn.to(device)
-            logits = model(input_ids=x, attention_mask=attn).logits[:, :-1].float()  # position j predicts j + 1
-            token_nll = F.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none")  # [B, L-1]
-            hits = logits.argmax(-1) == x[:, 1:]
+            targets = torch.zeros_like(x, dtype=torch.bool)  # [B, L]: True at the tokens to score
             for b, i in enumerate(chunk):
-                r = requests[i]
-                span = slice(r.start - 1, r.end - 1)
-                out[i] = NLLEstimate(float(token_nll[b, span].sum()), 0.0, r.num_targets, 1, bool(hits[b, span].all()))
+                targets[b, requests[i].start : requests[i].end] = True
+            logits = model(input_ids=x, attention_mask=attn).logits  # position j predicts token j + 1
+            predicting = targets[:, 1:]  # [B, L-1]: positions whose next token is a target
+            picked = logits[:, :-1][predicting].float()  # [M, V], only where needed
+            token_nll = F.cross_entropy(picked, x[:, 1:][predicting], reduction="none")  # [M]
+            hits = picked.argmax(-1) == x[:, 1:][predicting]
+            rows = predicting.nonzero()[:, 0]
+            sums = torch.zeros(len(chunk), device=device).index_add_(0, rows, token_nll)
+            misses = torch.zeros(len(chunk), device=device).index_add_(0, rows, (~hits).float())
+            for b, i in enumerate(chunk):
+                out[i] = NLLEstimate(float(sums[b]), 0.0, requests[i].num_targets, 1, bool(misses[b] == 0))
             advance(len(chunk))
     return out  # type: ignore[return-value]

@@ -12,9 +12,10 @@ from __future__ import annotations
 import dataclasses
 import os
 from abc import ABC, abstractmethod
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Hashable, Sequence, TypeVar
 
 import torch
 
@@ -68,6 +69,17 @@ class EvalSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "progress"}
+
+
+T = TypeVar("T")
+
+
+def grouped(items: Sequence[T], key: Callable[[T], Hashable]) -> list[tuple[Hashable, list[int]]]:
+    """Indices of ``items`` grouped by ``key`` (first-seen order): a generation batch needs one length."""
+    groups: dict[Hashable, list[int]] = defaultdict(list)
+    for i, item in enumerate(items):
+        groups[key(item)].append(i)
+    return list(groups.items())
 
 
 class EvalLM(ABC):
@@ -236,16 +248,13 @@ class DiffusionEvalLM(EvalLM):
         return out
 
     def greedy_matches(self, requests: Sequence[ScoreRequest]) -> list[bool]:
-        """Mask each request's targets and decode them greedily, one token per step (LLaDA's check)."""
-        from ..sampling import infill
-
-        matches = []
-        for r in requests:
-            canvas = infill(self.model, list(r.ids[: r.start]), list(r.ids[r.end :]), middle_length=r.num_targets,
-                            **{**self._sampler_options(r.num_targets), "steps": r.num_targets})
-            row = canvas[0].tolist()
-            end = len(row) - (len(r.ids) - r.end)
-            matches.append(row[end - r.num_targets : end] == list(r.ids[r.start : r.end]))
+        """Mask each request's targets and decode them greedily (LLaDA's check): batched by target length."""
+        matches = [False] * len(requests)
+        for length, idx in grouped(requests, lambda r: r.num_targets):
+            rs = [requests[i] for i in idx]
+            filled = self.fill([r.ids[: r.start] for r in rs], [r.ids[r.end :] for r in rs], int(length))
+            for i, r, ids in zip(idx, rs, filled):
+                matches[i] = ids == list(r.ids[r.start : r.end])
         return matches
 
     def describe(self) -> dict[str, Any]:

@@ -19,10 +19,10 @@ from typing import Any
 
 from .data import ChoiceExample, InfillExample, LastWordExample, QAExample
 from .likelihood import ScoreRequest
-from .lm import EvalLM
+from .lm import EvalLM, grouped
 from .metrics import extract_answer, numbers_match, rouge
 from .stats import Estimate, mean_stderr
-from .tasks import Outcome, Task, estimate_kind, fit_context, grouped
+from .tasks import Outcome, Task, estimate_kind, fit_context
 
 
 def window_requests(lm: EvalLM, ids: list[int]) -> list[ScoreRequest]:

@@ -8,6 +8,7 @@ library versions, and a few predictions.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -41,14 +42,27 @@ def run_evaluation(lm: EvalLM, tasks: Sequence[Task]) -> dict[str, Any]:
     }
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every NaN or infinity replaced by None (strict JSON has no NaN)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def write_report(report: dict[str, Any], path: str | os.PathLike) -> Path:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(report, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    p.write_text(json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return p
 
 
 def _cell(metric: dict[str, Any]) -> str:
+    if metric["stderr"] is None:
+        return f"{metric['value']:.4g} ± ?"
     if metric["stderr_source"] == "exact":
         return f"{metric['value']:.4g}"
     return f"{metric['value']:.4g} ± {metric['stderr']:.2g}"

@@ -28,7 +28,8 @@ class Estimate:
     stderr_source: str = "examples"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain types for JSON; an unknown (NaN) value or error becomes None."""
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
 
     def scaled(self, factor: float) -> "Estimate":
         """The same estimate times a constant (e.g. nats -> bits, fraction -> percent)."""
@@ -39,7 +40,7 @@ class Estimate:
 
 
 def mean_stderr(values: Sequence[float] | Iterable[float], *, source: str = "examples") -> Estimate:
-    """Sample mean and its standard error std(ddof=1) / sqrt(n); the error is 0 for n = 1.
+    """Sample mean and its standard error std(ddof=1) / sqrt(n); the error is unknown (NaN) for n = 1.
 
     For 0/1 outcomes (accuracy) this is lm-evaluation-harness's ``mean_stderr``, so numbers compare."""
     xs = [float(v) for v in values]
@@ -48,7 +49,7 @@ def mean_stderr(values: Sequence[float] | Iterable[float], *, source: str = "exa
         return Estimate(float("nan"), float("nan"), 0, source)
     mean = sum(xs) / n
     if n == 1:
-        return Estimate(mean, 0.0, 1, source)
+        return Estimate(mean, float("nan"), 1, source)
     var = sum((x - mean) ** 2 for x in xs) / (n - 1)
     return Estimate(mean, math.sqrt(var / n), n, source)
 

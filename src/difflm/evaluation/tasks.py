@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Sequence, TypeVar
+from typing import Any, Sequence
 
 from ..errors import InputError
 from .lm import EvalLM
 from .stats import Estimate
 
-T = TypeVar("T")
 N_SAMPLES_SHOWN = 5  # predictions kept in the JSON for eyeballing
 
 
@@ -86,14 +84,6 @@ def fit_context(lm: EvalLM, context: list[int], reserve: int) -> list[int]:
     if room < 1:
         raise InputError(f"{reserve} target tokens do not fit the model's context of {limit}; use shorter examples")
     return keep_bos + context[len(context) - room :]
-
-
-def grouped(items: Sequence[T], key: Callable[[T], Hashable]) -> list[tuple[Hashable, list[int]]]:
-    """Indices of ``items`` grouped by ``key`` (first-seen order): generation batches need one length."""
-    groups: dict[Hashable, list[int]] = defaultdict(list)
-    for i, item in enumerate(items):
-        groups[key(item)].append(i)
-    return list(groups.items())
 
 
 def estimate_kind(lm: EvalLM) -> str:
