@@ -42,7 +42,7 @@ def register(subparsers: Any) -> None:
     )
     inf.add_argument("template", nargs="?", help='text with placeholders, e.g. "Let there be [MASK:4] and there was light"')
     inf.add_argument("--prefix", help="text before the gap (instead of a template)")
-    inf.add_argument("--suffix", default="", help="text after the gap")
+    inf.add_argument("--suffix", default="", help="text after the gap (a separating space is added)")
     inf.add_argument("--length", type=int, help="tokens to fill between --prefix and --suffix")
     _add_common(inf)
     inf.set_defaults(func=run_infill)
@@ -149,7 +149,9 @@ def run_infill(args: argparse.Namespace) -> int:
     else:
         if args.length is None or args.length < 1:
             raise InputError("--prefix needs --length >= 1 (tokens to fill)")
-        parts = [args.prefix.rstrip(), args.length, args.suffix]
+        # words after a gap start with a space, as in running text (byte-level BPE keeps it)
+        suffix = " " + args.suffix if args.suffix[:1].isalnum() else args.suffix
+        parts = [args.prefix.rstrip(), args.length, suffix]
     SamplerOptions(**_options(args))
     model = load_dlm(args.model, args.device)
     return _run(args, model, [encode_template(model.tokenizer, parts, model.config.mask_token_id)], [args.template or ""])
