@@ -234,6 +234,7 @@ class DiffusionLM(nn.Module):
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the model directory should not be
         try:
             self.model.save_pretrained(tmp, state_dict=state_dict)
             if self.tokenizer is not None:

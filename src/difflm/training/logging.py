@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..errors import ConfigError
 
-CSV_FIELDS = ["step", "epoch", "tokens", "train_loss", "val_loss", "val_ppl", "lr", "tokens_per_s"]
+CSV_FIELDS = ["step", "epoch", "tokens", "train_loss", "val_loss", "val_ppl", "lr", "tokens_per_s", "elapsed_s"]
 
 
 class MetricsLogger:

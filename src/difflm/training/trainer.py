@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -238,6 +239,7 @@ class Trainer:
 
                 directory.parent.mkdir(parents=True, exist_ok=True)
                 tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+                os.chmod(tmp, 0o755)
                 model.save_pretrained(tmp, state_dict=state)
                 self.tokenizer.save_pretrained(tmp)
                 replace_directory(tmp, directory)
@@ -275,7 +277,8 @@ class Trainer:
                     rate = (self.tokens - tokens0) / max(1e-9, time.perf_counter() - t0)
                     record: dict[str, Any] = {"step": self.step, "tokens": self.tokens, "train_loss": loss,
                                               "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": rate,
-                                              "epoch": self.train_batches.epoch_of(self.step)}
+                                              "epoch": self.train_batches.epoch_of(self.step),
+                                              "elapsed_s": time.perf_counter() - t0}
                     if self.step % cfg.eval_every == 0 or self.step == cfg.max_steps:
                         last_val = self.evaluate()
                         record.update(val_loss=last_val, val_ppl=math.exp(min(last_val, 50)))

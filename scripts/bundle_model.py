@@ -1,0 +1,56 @@
+"""Copy a finished training run's model into src/difflm/bundled/models/NAME with a
+training_summary.json (steps, tokens, wall time, validation loss, the config that made it).
+
+    python scripts/bundle_model.py runs/ar-base ar-base --command "difflm train configs/ar-base.yaml"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("name")
+    parser.add_argument("--command", required=True, help="the command that produced the run")
+    parser.add_argument("--base-tokens", type=int, default=0, help="tokens the init checkpoint was trained on")
+    args = parser.parse_args()
+    model_dir = args.run_dir / "model"
+    if not (model_dir / "config.json").is_file():
+        print(f"bundle_model: {model_dir} holds no finished model", file=sys.stderr)
+        return 2
+    records = [json.loads(line) for line in (args.run_dir / "metrics.jsonl").read_text().splitlines()]
+    last = records[-1]
+    vals = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
+    elapsed = last.get("elapsed_s") or last["tokens"] / last["tokens_per_s"]
+    target = ROOT / "src" / "difflm" / "bundled" / "models" / args.name
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(model_dir, target, ignore=shutil.ignore_patterns("generation_config.json"))
+    summary = {
+        "command": args.command,
+        "objective": yaml.safe_load((args.run_dir / "train_config.yaml").read_text())["objective"],
+        "steps": last["step"],
+        "tokens": last["tokens"],
+        "tokens_including_init": last["tokens"] + args.base_tokens,
+        "wall_time_s": round(elapsed, 1),
+        "tokens_per_s": round(last["tokens"] / elapsed, 1),
+        "validation_nats_per_token": vals,
+        "config": yaml.safe_load((args.run_dir / "train_config.yaml").read_text()),
+    }
+    (target / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    size = sum(f.stat().st_size for f in target.iterdir())
+    print(f"bundled {args.name}: {size / 1e6:.1f} MB, {summary['tokens']:,} tokens, final validation {vals[-1][1]:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
