@@ -215,12 +215,15 @@ class DiffusionLM(nn.Module):
         attn_implementation: str = "sdpa",
         **overrides: Any,
     ) -> "DiffusionLM":
-        """Load a DLM from a local directory; the layout is detected from its files.
+        """Load a DLM from a local directory; the layout is detected from config.json and the
+        weight names (never from the directory name). See docs/formats.md.
 
-        Supported: a directory saved by difflm; a DiffuGPT-layout directory (gpt2 config.json +
-        wrapper keys ``embed_tokens`` / ``denoise_model.*``); a plain transformers causal-LM
-        directory when ``mask_token_id`` is given in ``overrides``. ``format`` skips detection.
-        ``overrides`` are `DiffusionConfig` fields that replace the stored ones.
+        Supported: difflm's own layout; DiffuGPT-S/M (gpt2 config + wrapper keys); LLaDA
+        (keys renamed onto LlamaForCausalLM, no shift); Dream (Qwen2ForCausalLM, shift); DiffuLLaMA
+        (a plain LLaMA: only with ``format="diffullama"``); a plain transformers causal LM when
+        ``mask_token_id`` is given in ``overrides``. ``format`` skips detection. ``overrides`` are
+        `DiffusionConfig` fields that replace the detected ones. Weights are loaded shard by shard
+        onto a model built on the meta device.
         """
         from .formats import load_checkpoint
 

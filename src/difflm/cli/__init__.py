@@ -11,7 +11,7 @@ from .. import __version__
 from ..errors import DiffLMError
 
 # Modules of this package that define subcommands, in the order `difflm --help` lists them.
-COMMAND_MODULES = ("generate", "train", "eval", "demo", "inspect", "convert", "data")
+COMMAND_MODULES = ("generate", "train", "eval", "demo", "inspect", "convert")  # generate also registers infill
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,13 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"difflm {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"{__name__}.{name}":  # not written yet
-                continue
-            raise
-        module.register(subparsers)
+        importlib.import_module(f"{__name__}.{name}").register(subparsers)
     return parser
 
 
