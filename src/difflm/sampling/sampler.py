@@ -19,7 +19,7 @@ from ..errors import InputError
 from .canvas import TokenIds, as_rows, attention_block_ids, block_masks, build_canvas, template_canvas
 from .forward import Denoiser
 from .options import SamplerOptions
-from .strategies import StepContext, commit_schedule
+from .strategies import StepContext, commit_schedule, on_grid
 from .tokens import sample_tokens
 
 
@@ -122,6 +122,7 @@ def denoise(
     stop_ids = torch.tensor(stop_token_ids(model), dtype=torch.long, device=canvas.device)
     if (opts.stop_at_eos or opts.suppress_eos) and stop_ids.numel() == 0:
         raise InputError("stop_at_eos/suppress_eos need an eos_token_id or pad_token_id in the model's config")
+    fill_id = next((i for i in (model.config.eos_token_id, model.config.pad_token_id) if i is not None), None)
     canvas = canvas.masked_fill(generate_mask, mask_id)
     history: list[torch.Tensor] | None = [] if output_history else None
     step = 0
@@ -145,7 +146,7 @@ def denoise(
             proposals = canvas.masked_scatter(candidates, drawn)
             ctx = StepContext(
                 step=i, steps=block_steps, candidates=candidates, tokens=proposals,
-                confidence=_on_grid(candidates, probs.gather(-1, drawn[:, None]).squeeze(-1)),
+                confidence=on_grid(candidates, probs.gather(-1, drawn[:, None]).squeeze(-1)),
                 probs=probs, num_to_commit=counts[i], generator=generator,
                 logits=logits if opts.temperature > 0 else None, drawn=drawn,
                 suppressed=candidates & torch.isin(proposals, stop_ids) if opts.suppress_eos else None,
@@ -159,18 +160,13 @@ def denoise(
             step += 1
         if opts.stop_at_eos:
             stopped = (generate_mask & torch.isin(canvas, stop_ids)).any(-1)
-            canvas = canvas.masked_fill(stopped[:, None] & (canvas == mask_id), int(stop_ids[0]))
+            canvas = canvas.masked_fill(stopped[:, None] & (canvas == mask_id), fill_id)
             if bool(stopped.all()):
                 break
     new_tokens = [row[m].tolist() for row, m in zip(canvas, generate_mask)]
     if opts.stop_at_eos:
         new_tokens = [trim_at_stop(row, stop_ids.tolist()) for row in new_tokens]
     return Generation(canvas, generate_mask, new_tokens, step, history)
-
-
-def _on_grid(candidates: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """Per-candidate values [N] on the [B, L] grid, -inf elsewhere."""
-    return torch.full(candidates.shape, float("-inf"), device=values.device).masked_scatter(candidates, values.float())
 
 
 def _finish(result: Generation, return_dict: bool) -> Generation | torch.Tensor:

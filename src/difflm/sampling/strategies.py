@@ -64,9 +64,7 @@ class StepContext:
 
     def scatter(self, values: torch.Tensor) -> torch.Tensor:
         """Per-candidate values [N] placed on the canvas grid: FloatTensor [B, L], -inf elsewhere."""
-        grid = torch.full(self.candidates.shape, float("-inf"), device=values.device, dtype=values.dtype)
-        grid[self.candidates] = values
-        return grid
+        return on_grid(self.candidates, values)
 
     @cached_property
     def raw_confidence(self) -> torch.Tensor:
@@ -76,6 +74,13 @@ class StepContext:
             return self.confidence
         raw = self.logits.float().softmax(-1).gather(-1, self.drawn[:, None]).squeeze(-1)
         return self.scatter(raw)
+
+
+def on_grid(candidates: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Per-candidate values [N] (row-major order of BoolTensor ``candidates`` [B, L]) on the
+    [B, L] grid, -inf elsewhere."""
+    grid = torch.full(candidates.shape, float("-inf"), device=values.device, dtype=values.dtype)
+    return grid.masked_scatter(candidates, values)
 
 
 def topk_mask(scores: torch.Tensor, candidates: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
