@@ -25,7 +25,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_transformers() -> None:
+    """transformers' own warnings and progress bars (weight loading, long tokenizer inputs when
+    packing a corpus) are noise on a command line whose output is the product."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
+    _quiet_transformers()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
