@@ -11,10 +11,12 @@ lines are not content lines).
   last-word.jsonl        {"source", "context", "target"}: a passage (>= 60 words) ending at a sentence
                          end (for WordNet: the end of a gloss); the target is its final word (letters
                          only, >= 3 characters), final punctuation and quotes dropped
-  multiple-choice.jsonl  {"source", "context", "choices", "label"}: the lines before a content line
-                         plus its head; choices are its body and three bodies of content lines from
-                         other passages (other documents; for Shakespeare, >= 200 lines away) of
-                         about the same token length and the same capitalisation; the label
+  multiple-choice.jsonl  {"source", "context", "choices", "label"}: four lines, then the head and the
+                         start of a content line (>= 8 words); choices are its last four words and the
+                         last four words of three content lines from other passages (other
+                         documents; for Shakespeare, >= 200 lines away) of about the same token length,
+                         the same capitalisation and about the same mean unigram surprisal (token
+                         frequencies of the validation split) - HellaSwag-style endings; the label
                          position is drawn at random
   infilling.jsonl        {"source", "prefix", "middle", "suffix"}: five consecutive content lines,
                          the third line's body to fill (ROCStories protocol)
@@ -30,8 +32,10 @@ import argparse
 import gzip
 import hashlib
 import json
+import math
 import random
 import re
+from collections import Counter
 from pathlib import Path
 
 from tokenizers import Tokenizer
@@ -61,6 +65,19 @@ def split_line(source: str, line: str) -> tuple[str, str] | None:
     return "", text
 
 
+def halves(body: str) -> tuple[str, str] | None:
+    """A line body of >= 8 words cut before its last four words: (the start, " " + the ending), or None.
+    (Short endings: a small model's context gain is mostly in the first tokens, while the spread of the
+    options' own likelihoods grows with their length.)"""
+    words = list(re.finditer(r"\S+", body))
+    if len(words) < 8:
+        return None
+    cut = words[len(words) - 4].start()
+    if body[cut - 2 : cut] != body[cut - 2 : cut - 1] + " " or body[cut - 2] == " ":
+        return None  # only a single space between the halves, so that first + ending is the line
+    return body[: cut - 1], " " + body[cut:]
+
+
 class Builder:
     def __init__(self, seed: int) -> None:
         self.seed = seed
@@ -68,6 +85,17 @@ class Builder:
         with gzip.open(BUNDLED / "corpus" / "test.jsonl.gz", "rt", encoding="utf-8") as handle:
             docs = [json.loads(line) for line in handle]
         self.lines = {s: [d["text"].splitlines() for d in docs if d["source"] == s] for s in SOURCES}
+        with gzip.open(BUNDLED / "corpus" / "validation.jsonl.gz", "rt", encoding="utf-8") as handle:
+            counts = Counter(i for e in self.tok.encode_batch([json.loads(line)["text"] for line in handle],
+                                                              add_special_tokens=False) for i in e.ids)
+        total = sum(counts.values())
+        self.unigram_nats = {i: math.log(total / c) for i, c in counts.items()}
+        self.unseen_nats = math.log(total)
+
+    def surprisal(self, text: str) -> float:
+        """Mean unigram surprisal (nats per token) under the validation split's token frequencies."""
+        ids = self.tok.encode(text, add_special_tokens=False).ids
+        return sum(self.unigram_nats.get(i, self.unseen_nats) for i in ids) / max(1, len(ids))
 
     def ntokens(self, text: str) -> int:
         return len(self.tok.encode(text, add_special_tokens=False).ids)
@@ -124,32 +152,36 @@ class Builder:
 
     def multiple_choice(self, source: str) -> list[dict]:
         rng = self.rng("multiple-choice-distractors", source)
-        pool = [(d, i, c[1]) for d, lines in enumerate(self.lines[source]) for i in range(len(lines))
-                if (c := self.content(source, d, i)) is not None]
-        lengths = {(d, i): self.ntokens(body) for d, i, body in pool}
+        pool = [(d, i, h[1]) for d, lines in enumerate(self.lines[source]) for i in range(len(lines))
+                if (c := self.content(source, d, i)) is not None and (h := halves(c[1])) is not None]
+        lengths = {(d, i): self.ntokens(ending) for d, i, ending in pool}
         out = []
         for d, i in self.positions("multiple-choice", source):
             line = self.content(source, d, i)
-            if line is None or i < 6:
+            parts = halves(line[1]) if line is not None and i >= 4 else None
+            if parts is None or lengths[(d, i)] > 24:
                 continue
-            head, body = line
+            first, ending = parts
             n = lengths[(d, i)]
-            if n > 40:
-                continue
 
             def far(e: int, j: int) -> bool:
                 return e != d or (source == "shakespeare" and abs(j - i) >= 200)
 
-            def alike(j_body: str, m: int) -> bool:  # same length and capitalisation: neither gives the answer away
-                return abs(m - n) <= max(2, n // 4) and j_body.lstrip()[:1].isupper() == body.lstrip()[:1].isupper()
+            def alike(other: str, m: int) -> bool:  # same length and capitalisation: neither gives the answer away
+                return abs(m - n) <= max(2, n // 4) and other.lstrip()[:1].isupper() == ending.lstrip()[:1].isupper()
 
-            candidates = [b for e, j, b in pool if far(e, j) and b != body and alike(b, lengths[(e, j)])]
+            candidates = [b for e, j, b in pool if far(e, j) and b != ending and alike(b, lengths[(e, j)])]
             if len(candidates) < 3:
                 continue
-            choices = rng.sample(candidates, 3)
+            # Of those, the 12 whose words are about as rare as the answer's: otherwise the options'
+            # own (context-free) likelihoods decide, and a small model scores at chance however well it
+            # reads the context.
+            target = self.surprisal(ending)
+            candidates.sort(key=lambda b: (abs(self.surprisal(b) - target), b))
+            choices = rng.sample(candidates[:12], 3)
             label = rng.randrange(4)
-            choices.insert(label, body)
-            context = "\n".join(self.lines[source][d][i - 6 : i] + [head])
+            choices.insert(label, ending)
+            context = "\n".join(self.lines[source][d][i - 4 : i] + [line[0] + first])
             if self.ntokens(context) + max(self.ntokens(c) for c in choices) <= MAX_TOKENS:
                 out.append({"source": source, "context": context, "choices": choices, "label": label})
             if len(out) == COUNTS["multiple-choice"]:
