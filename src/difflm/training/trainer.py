@@ -139,17 +139,23 @@ class Trainer:
         self.step, self.tokens = 0, 0
 
     # -- one optimizer step ----------------------------------------------------------------------
-    def _micro_losses(self, step: int) -> list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]]:
-        """This process's micro-batches of step ``step``: (x0, noise_mask, t) each."""
+    def _draw_noise(self, x: torch.Tensor, generator: torch.Generator, antithetic: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(noise_mask BoolTensor [B, L], t FloatTensor [B]) of q(x_t | x_0) for the rows of x."""
+        cfg = self.dlm.config
+        t = sample_t(len(x), antithetic=antithetic, eps=cfg.eps, generator=generator)
+        allowed = maskable_positions(x, shift=cfg.shift)
+        _, noise = corrupt(x, t, cfg.mask_token_id, src_mask=~allowed,
+                           schedule=get_schedule(cfg.schedule, eps=cfg.eps), generator=generator)
+        return noise, t
+
+    def _micro_batches(self, step: int) -> list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]]:
+        """This process's micro-batches of step ``step``: (x0, noise_mask, t) each. The noise is
+        drawn for the whole global batch, so it does not depend on the number of processes."""
         cfg, acc = self.cfg, self.accelerator
         x = self.train_batches.global_batch(step)
         noise = t = None
         if self.dlm is not None:
-            g = _step_generator(cfg.seed, step, 0)
-            t = sample_t(len(x), antithetic=cfg.antithetic, eps=cfg.eps, generator=g)
-            allowed = maskable_positions(x, shift=cfg.shift)
-            _, noise = corrupt(x, t, self.dlm.mask_token_id, src_mask=~allowed,
-                               schedule=get_schedule(cfg.schedule, eps=cfg.eps), generator=g)
+            noise, t = self._draw_noise(x, _step_generator(cfg.seed, step, 0), cfg.antithetic)
         start = acc.process_index * self.micro_batch * cfg.grad_accum
         out = []
         for m in range(cfg.grad_accum):
@@ -157,33 +163,36 @@ class Trainer:
             out.append((x[rows], None if noise is None else noise[rows], None if t is None else t[rows]))
         return out
 
-    def _loss(self, x: torch.Tensor, noise: torch.Tensor | None, t: torch.Tensor | None, step: int | None,
-              mask_generator: torch.Generator | None = None) -> torch.Tensor:
+    def _loss(self, model: torch.nn.Module, x: torch.Tensor, noise: torch.Tensor | None, t: torch.Tensor | None, *,
+              step: int | None = None, mask_generator: torch.Generator | None = None,
+              normalization: str | None = None) -> torch.Tensor:
+        """AR loss, or the diffusion loss of x under the given noise, through ``model`` (the DDP
+        wrapper while training, the plain module for validation)."""
         device = self.accelerator.device
         x = x.to(device)
         if self.dlm is None:
-            return ar_loss(self.wrapped, x)
+            return ar_loss(model, x)
         cfg = self.dlm.config
         noise, t = noise.to(device), t.to(device)
         x_t = torch.where(noise, torch.full_like(x, cfg.mask_token_id), x)
         anneal_step = step if cfg.attention == "annealed" else None
-        logits = self.wrapped(x_t, step=anneal_step, generator=mask_generator)
+        logits = model(x_t, step=anneal_step, generator=mask_generator)
         allowed = maskable_positions(x, shift=cfg.shift)
         schedule = get_schedule(cfg.schedule, eps=cfg.eps)
         return diffusion_loss_from_logits(logits, x, noise, t, allowed, schedule=schedule,
-                                          normalization=cfg.loss_normalization).loss
+                                          normalization=normalization or cfg.loss_normalization).loss
 
     def train_step(self, step: int) -> float:
         acc, cfg = self.accelerator, self.cfg
         self.wrapped.train()
         total = 0.0
-        micro = self._micro_losses(step)
+        micro = self._micro_batches(step)
         for m, (x, noise, t) in enumerate(micro):
             # the annealing draw is shared by the whole step: same generator state per micro-batch
             mask_gen = _step_generator(cfg.seed, step, 1)
             sync = contextlib.nullcontext() if m == len(micro) - 1 else acc.no_sync(self.wrapped)
             with sync, acc.autocast():
-                loss = self._loss(x, noise, t, step, mask_gen) / cfg.grad_accum
+                loss = self._loss(self.wrapped, x, noise, t, step=step, mask_generator=mask_gen) / cfg.grad_accum
             acc.backward(loss)
             total += loss.item()
         if cfg.grad_clip:
@@ -202,22 +211,14 @@ class Trainer:
         model = self.accelerator.unwrap_model(self.wrapped)
         model.eval()
         losses = []
-        for i in range(min(self.cfg.eval_batches, max(1, len(self.val_batches.blocks) // self.val_batches.batch_size))):
-            x = self.val_batches.global_batch(i).to(self.accelerator.device)
+        n_batches = min(self.cfg.eval_batches, max(1, len(self.val_batches.blocks) // self.val_batches.batch_size))
+        for i in range(n_batches):
+            x = self.val_batches.global_batch(i)
+            noise = t = None
+            if self.dlm is not None:  # the same noise at every evaluation: curves compare like with like
+                noise, t = self._draw_noise(x, _step_generator(4321, i, 0), antithetic=True)
             with self.accelerator.autocast():
-                if self.dlm is None:
-                    losses.append(ar_loss(model, x).item())
-                    continue
-                g = _step_generator(4321, i, 0)
-                t = sample_t(len(x), antithetic=True, eps=self.cfg.eps, generator=g).to(x.device)
-                allowed = maskable_positions(x, shift=model.config.shift)
-                _, noise = corrupt(x, t, model.mask_token_id, src_mask=~allowed,
-                                   schedule=get_schedule(model.config.schedule, eps=model.config.eps), generator=g)
-                x_t = torch.where(noise, torch.full_like(x, model.mask_token_id), x)
-                logits = model.logits(x_t)
-                losses.append(diffusion_loss_from_logits(
-                    logits, x, noise, t, allowed, schedule=get_schedule(model.config.schedule, eps=model.config.eps),
-                    normalization="tokens").loss.item())
+                losses.append(self._loss(model, x, noise, t, normalization="tokens").item())
         return sum(losses) / len(losses)
 
     # -- the run ---------------------------------------------------------------------------------
