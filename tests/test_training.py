@@ -157,3 +157,8 @@ def test_two_ddp_processes_match_one(tmp_path, data):
     wb = DiffusionLM.from_pretrained(tmp_path / "one" / "model").model.state_dict()
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-3, atol=1e-4)
+
+
+def test_overrides_may_follow_flags(tmp_path, data, capsys):
+    code = main(["train", *TINY, *data, "objective=ar", "--resume", f"output_dir={tmp_path / 'x'}"])
+    assert code == 2 and f"no checkpoint in {tmp_path / 'x'}" in capsys.readouterr().err

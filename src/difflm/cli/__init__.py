@@ -37,7 +37,13 @@ def _quiet_transformers() -> None:
 def main(argv: list[str] | None = None) -> int:
     _quiet_transformers()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may follow flags (`difflm train cfg.yaml --resume lr=1e-4`), which
+    # argparse cannot interleave with positionals on its own
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         parser.print_help()
         return 0
