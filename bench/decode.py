@@ -39,6 +39,9 @@ from difflm.sampling import generate, infill
 HERE = Path(__file__).resolve().parent
 SAMPLING = {"temperature": 0.9, "top_p": 0.9}  # the DiffuLLaMA reference defaults, for every method
 BLOCK = 32
+# With one thread, speed is measured in CPU time of this process: on a machine shared with other
+# jobs the wall clock measures their load as much as ours. With more threads, wall time.
+CLOCK = {"name": "wall", "now": time.perf_counter}
 
 
 @dataclass
@@ -138,18 +141,18 @@ def distinct_n(samples: list[list[int]], n: int) -> float:
 
 # -- running ---------------------------------------------------------------------------------------
 def run_method(method: Method, ar, dlm, prompt: list[int], length: int, seed: int) -> tuple[list[int], float, int]:
-    """(generated ids, seconds, model calls) for one prompt."""
+    """(generated ids, seconds on CLOCK, model calls) for one prompt."""
     generator = torch.Generator().manual_seed(seed)
-    start = time.perf_counter()
+    start = CLOCK["now"]()
     if method.kind == "ar":
         torch.manual_seed(seed)
         out = ar.generate(torch.tensor([prompt]), max_new_tokens=length, min_new_tokens=length, do_sample=True,
                           top_k=0, pad_token_id=ar.config.pad_token_id, **SAMPLING)
-        return out[0, len(prompt) :].tolist(), time.perf_counter() - start, length
+        return out[0, len(prompt) :].tolist(), CLOCK["now"]() - start, length
     steps = max(1, round(length * method.steps_per_token))
     res = generate(dlm, prompt, max_new_tokens=length, steps=steps, generator=generator, return_dict=True,
                    **SAMPLING, **method.options)
-    return res.new_tokens[0], time.perf_counter() - start, res.steps
+    return res.new_tokens[0], CLOCK["now"]() - start, res.steps
 
 
 def bench_generation(args, ar, dlm, tokenizer, prompts, length: int, progress) -> list[dict]:
@@ -274,7 +277,8 @@ def summary(rows: list[dict]) -> list[str]:
 
 def markdown(result: dict) -> str:
     gen, fill = result["generation"], result["infilling"]
-    out = [f"Run: `{result['command']}` - {result['when']}, {result['threads']} threads, "
+    out = [f"Run: `{result['command']}` - {result['when']}, {result['threads']} threads, speed in tokens per "
+           f"{'CPU-second of the process' if result['clock'] == 'cpu' else 'second of wall time'}, "
            f"{result['prompts']} prompts of {result['prompt_tokens']} tokens, batch 1; sampling {SAMPLING} for every "
            f"method (greedy for infilling); block {BLOCK}. Models: AR `{result['ar']}`, DLM `{result['dlm']}`.", ""]
     out += ["| length | method | tok/s | x AR | tokens/call | gen-PPL | dist-1 | dist-2 | dist-3 |",
@@ -308,14 +312,14 @@ def plot(rows: list[dict], path: Path) -> None:
             is_ar = r["method"].startswith("AR")
             ax.scatter(r["tokens_per_second"], r["gen_ppl"], marker="*" if is_ar else "o", s=160 if is_ar else 40,
                        color="black" if is_ar else colors.get(cache or "", "tab:blue"))
-            ax.annotate(r["method"], (r["tokens_per_second"], r["gen_ppl"]), fontsize=6, alpha=0.8)
+            ax.annotate(f"{r['method']} (d2 {r['distinct_2']:.2f})", (r["tokens_per_second"], r["gen_ppl"]), fontsize=6, alpha=0.8)
         ar = next(r for r in group if r["method"].startswith("AR"))
         ax.axhspan(0.9 * ar["gen_ppl"], 1.1 * ar["gen_ppl"], color="grey", alpha=0.15, label="AR gen-PPL +-10%")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("tokens / s (batch 1, CPU)")
         ax.set_ylabel("gen-PPL under the AR base (lower = more likely)")
-        ax.set_title(f"{length} new tokens (red: no cache, orange: prefix, green: dual, blue: no block)")
+        ax.set_title(f"{length} new tokens (red: no cache, orange: prefix, green: dual, blue: no block; d2 = distinct-2)")
         ax.title.set_fontsize(8)
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -357,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print only: no JSON, plot or RESULTS.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.threads == 1:
+        CLOCK.update(name="cpu", now=time.process_time)
     prompts_n = args.prompts or (2 if args.quick else 3)
     lengths = args.lengths or ([64] if args.quick else [128, 224])
     infill_n = args.infill_examples or (10 if args.quick else 40)
@@ -377,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         fill_rows = bench_infill(args, ar, dlm, tokenizer, examples, progress)
     result = {
         "command": "python bench/decode.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "when": time.strftime("%Y-%m-%d"), "threads": args.threads, "prompts": len(prompts),
+        "when": time.strftime("%Y-%m-%d"), "threads": args.threads, "clock": CLOCK["name"], "prompts": len(prompts),
         "prompt_tokens": args.prompt_tokens, "ar": str(args.ar if not args.random_models else "random"),
         "dlm": str(args.dlm if not args.random_models else "random"), "infill_examples": len(examples),
         "generation": rows, "infilling": fill_rows, "summary": summary(rows),
