@@ -45,6 +45,7 @@ def test_seeded_runs_are_reproducible(model_dirs, tmp_path):  # noqa: F811
     (["--tasks", "hellaswag"], "needs a local data file"),
     (["--n-samples", "0"], "n_samples must be an integer >= 1"),
     (["--model", "/nonexistent/model"], "no model at /nonexistent/model"),
+    (["--threads", "0"], "--threads must be >= 1"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(model_dirs, tmp_path, capsys, args, message):  # noqa: F811
     argv = ["eval", "--model", str(model_dirs["dlm"]), "--output", str(tmp_path / "r.json"), "--no-progress", *args]

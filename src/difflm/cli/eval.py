@@ -37,12 +37,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=int, default=256, help="generation budget of GSM8K / HumanEval")
     p.add_argument("--limit", type=int, help="evaluate only the first N examples of each task")
     p.add_argument("--device", help="torch device (default: cpu)")
+    p.add_argument("--threads", type=int,
+                   help="CPU threads for torch (default: torch's choice; on a busy machine 1 can be much faster)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..errors import InputError
     from ..evaluation import EvalSettings, load_eval_lm, parse_tasks, print_report, run_evaluation, write_report
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise InputError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     settings = EvalSettings(
         n_samples=args.n_samples, estimator=args.estimator, stratified=not args.no_stratify, seed=args.seed,
