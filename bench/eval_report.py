@@ -110,7 +110,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated names or directories")
     parser.add_argument("--random-models", action="store_true", help="untrained stand-ins (pipeline check)")
     parser.add_argument("--n-samples", type=int, default=16)
-    parser.add_argument("--reference-steps", type=int, default=32, help="T of DiffuGPT's score (the paper's)")
+    parser.add_argument("--reference-steps", type=int, default=16, help="T of DiffuGPT's score (paper: 32)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--limit", type=int, help="examples per task")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: fastest on a shared machine)")

@@ -157,3 +157,13 @@ def test_one_target_is_exact_in_one_pass_and_one_sample_has_unknown_error(dlm):
     assert est.nll == pytest.approx(exact_elbo(dlm, request), rel=1e-5)
     (one,) = elbo_nll(dlm, [ScoreRequest(IDS, 2, 6)], n_samples=1, progress=False)
     assert math.isnan(one.stderr)
+
+
+def test_requests_with_one_key_share_their_random_numbers(dlm):
+    a, b = ScoreRequest(IDS, 2, 6), ScoreRequest(IDS[:3] + (30, 31, 32, 33), 3, 7)  # equal target counts
+    same = elbo_nll(dlm, [a, a, b], n_samples=4, keys=[0, 0, 0], progress=False)
+    assert same[0].nll == same[1].nll  # same draws: identical estimates
+    apart = elbo_nll(dlm, [a, a], n_samples=4, progress=False)  # default keys 0, 1
+    assert apart[0].nll != apart[1].nll
+    assert reference_score(dlm, [a, a], steps=4, keys=[5, 5], progress=False)[0] == \
+        reference_score(dlm, [a, a], steps=4, keys=[5, 5], progress=False)[1]

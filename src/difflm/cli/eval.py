@@ -27,6 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--estimator", default="count", choices=("count", "time"),
                    help="ELBO estimator: count = LLaDA's l-sampling, time = t-sampling (default: %(default)s)")
     p.add_argument("--no-stratify", action="store_true", help="draw the Monte Carlo samples independently")
+    p.add_argument("--independent-options", action="store_true",
+                   help="give each multiple-choice option its own random draws (default: the options of a "
+                   "question share them, which makes their comparison less noisy)")
     p.add_argument("--reference-steps", type=int, default=0, metavar="T",
                    help="also score multiple choice with DiffuGPT's unweighted T-step score (0 = off; the paper uses 32)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: %(default)s)")
@@ -55,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
 
     settings = EvalSettings(
-        n_samples=args.n_samples, estimator=args.estimator, stratified=not args.no_stratify, seed=args.seed,
+        n_samples=args.n_samples, estimator=args.estimator, stratified=not args.no_stratify,
+        common_random_numbers=not args.independent_options, seed=args.seed,
         batch_size=args.batch_size, reference_steps=args.reference_steps, steps=args.steps,
         block_length=args.block_length, strategy=args.strategy, max_new_tokens=args.max_new_tokens,
         limit=args.limit, progress=not args.no_progress,

@@ -193,6 +193,7 @@ def elbo_nll(
     estimator: str = "count",
     stratified: bool = True,
     seed: int = 0,
+    keys: Sequence[int] | None = None,
     batch_size: int = 32,
     progress: bool = True,
 ) -> list[NLLEstimate]:
@@ -204,7 +205,10 @@ def elbo_nll(
         n_samples: forward passes per request (>= 1).
         estimator: "count" (LLaDA, low variance) or "time" (t-sampling with schedule weights).
         stratified: spread the samples of one request over strata of l (or t); else independent.
-        seed: base seed; request i uses `item_seed(seed, i)`.
+        seed: base seed; request i draws from `item_seed(seed, keys[i])` (keys default to 0, 1, 2, ...).
+            Requests with the same key share their random numbers (the same l's and, for equal
+            lengths, the same masked positions): give the options of one question one key, and the
+            noise of their comparison shrinks (common random numbers).
         batch_size: forward passes per model call.
     Returns:
         NLLEstimate per request: nll (nats, summed over targets), stderr, num_tokens, num_samples.
@@ -217,7 +221,7 @@ def elbo_nll(
     schedule = get_schedule(model.config.schedule, eps=model.config.eps)
     rows: list[_Row] = []
     for i, r in enumerate(requests):
-        gen = torch.Generator().manual_seed(item_seed(seed, i))
+        gen = torch.Generator().manual_seed(item_seed(seed, i if keys is None else keys[i]))
         if estimator == "count" and r.num_targets == 1:
             plan = [(torch.zeros(1, dtype=torch.long), 1.0)]  # one target: l = 1 always, so one pass is exact
         elif estimator == "count":
@@ -236,18 +240,18 @@ def elbo_nll(
 
 @torch.inference_mode()
 def reference_score(
-    model, requests: Sequence[ScoreRequest], *, steps: int = 32, seed: int = 0, batch_size: int = 32,
-    progress: bool = True,
+    model, requests: Sequence[ScoreRequest], *, steps: int = 32, seed: int = 0, keys: Sequence[int] | None = None,
+    batch_size: int = 32, progress: bool = True,
 ) -> list[float]:
     """DiffuGPT's multiple-choice score (lower is better; not a likelihood bound): mask the targets at
     rates k / steps for k = steps..1, take the unweighted mean cross-entropy over the masked tokens, and
-    average over k. Returns one float per request."""
+    average over k. ``seed`` and ``keys`` as in `elbo_nll`. Returns one float per request."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise InputError(f"steps must be an integer >= 1, got {steps!r}")
     _targets(model, requests)
     rows: list[_Row] = []
     for i, r in enumerate(requests):
-        gen = torch.Generator().manual_seed(item_seed(seed, i))
+        gen = torch.Generator().manual_seed(item_seed(seed, i if keys is None else keys[i]))
         rows.extend(_Row(i, p + r.start, w) for p, w in _reference_plan(r.num_targets, steps, gen))
     values = _score_rows(model, requests, rows, batch_size=batch_size, progress=progress, description="reference score")
     return [sum(v) / len(v) for v in values]

@@ -30,6 +30,8 @@ class EvalSettings:
     n_samples: Monte Carlo samples (= forward passes) per scored sequence of a DLM.
     estimator: "count" (LLaDA's l-sampling) or "time" (t-sampling), see `difflm.evaluation.likelihood`.
     stratified: stratify l (or t) across the samples of one sequence.
+    common_random_numbers: the options of a multiple-choice question share their random draws, so
+        that their comparison is less noisy than each option's own error.
     seed: base seed of every random draw.
     batch_size: sequences per forward pass.
     reference_steps: T of DiffuGPT's unweighted multiple-choice score (0 = do not compute it).
@@ -42,6 +44,7 @@ class EvalSettings:
     n_samples: int = 32
     estimator: str = "count"
     stratified: bool = True
+    common_random_numbers: bool = True
     seed: int = 0
     batch_size: int = 16
     reference_steps: int = 0
@@ -124,8 +127,9 @@ class EvalLM(ABC):
 
     # -- the operations -------------------------------------------------------------------------
     @abstractmethod
-    def nll(self, requests: Sequence[ScoreRequest]) -> list[NLLEstimate]:
-        """-log p(targets | context) per request, in nats (exact, or an upper-bound estimate)."""
+    def nll(self, requests: Sequence[ScoreRequest], keys: Sequence[int] | None = None) -> list[NLLEstimate]:
+        """-log p(targets | context) per request, in nats (exact, or an upper-bound estimate). ``keys``:
+        requests with equal keys share random numbers (see `elbo_nll`)."""
 
     @abstractmethod
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
@@ -139,7 +143,7 @@ class EvalLM(ABC):
     def greedy_matches(self, requests: Sequence[ScoreRequest]) -> list[bool]:
         """Whether greedy decoding of each request's targets reproduces them exactly."""
 
-    def reference_score(self, requests: Sequence[ScoreRequest]) -> list[float] | None:
+    def reference_score(self, requests: Sequence[ScoreRequest], keys: Sequence[int] | None = None) -> list[float] | None:
         """DiffuGPT's unweighted multiple-choice score (DLMs only; None when not applicable)."""
         return None
 
@@ -169,7 +173,7 @@ class AREvalLM(EvalLM):
     def pad_token_id(self) -> int:
         return next((int(i) for i in (self.tokenizer.pad_token_id, self.eos_token_id) if i is not None), 0)
 
-    def nll(self, requests: Sequence[ScoreRequest]) -> list[NLLEstimate]:
+    def nll(self, requests: Sequence[ScoreRequest], keys: Sequence[int] | None = None) -> list[NLLEstimate]:
         s = self.settings
         return ar_nll(self.model, requests, pad_token_id=self.pad_token_id, batch_size=s.batch_size, progress=s.progress)
 
@@ -208,17 +212,17 @@ class DiffusionEvalLM(EvalLM):
     def max_length(self) -> int | None:
         return self.model.max_length
 
-    def nll(self, requests: Sequence[ScoreRequest]) -> list[NLLEstimate]:
+    def nll(self, requests: Sequence[ScoreRequest], keys: Sequence[int] | None = None) -> list[NLLEstimate]:
         s = self.settings
         return elbo_nll(self.model, requests, n_samples=s.n_samples, estimator=s.estimator, stratified=s.stratified,
-                        seed=s.seed, batch_size=s.batch_size, progress=s.progress)
+                        seed=s.seed, keys=keys, batch_size=s.batch_size, progress=s.progress)
 
-    def reference_score(self, requests: Sequence[ScoreRequest]) -> list[float] | None:
+    def reference_score(self, requests: Sequence[ScoreRequest], keys: Sequence[int] | None = None) -> list[float] | None:
         s = self.settings
         if not s.reference_steps:
             return None
-        return reference_score(self.model, requests, steps=s.reference_steps, seed=s.seed, batch_size=s.batch_size,
-                               progress=s.progress)
+        return reference_score(self.model, requests, steps=s.reference_steps, seed=s.seed, keys=keys,
+                               batch_size=s.batch_size, progress=s.progress)
 
     def _sampler_options(self, tokens: int) -> dict[str, Any]:
         s = self.settings

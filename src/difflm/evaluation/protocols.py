@@ -95,8 +95,9 @@ class MultipleChoiceTask(Task):
                 target = lm.encode(cont)
                 requests.append(ScoreRequest.continuation(fit_context(lm, lm.bos + lm.encode(ctx), len(target)), target))
                 owner.append(n)
-        scores = lm.nll(requests)
-        reference = lm.reference_score(requests)
+        keys = owner if lm.settings.common_random_numbers else None  # the options of a question share draws
+        scores = lm.nll(requests, keys)
+        reference = lm.reference_score(requests, keys)
         picks: dict[str, list[bool]] = {"acc": [], "acc_norm": []}
         if reference is not None:
             picks["acc_ref"] = []
