@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-all clean
+.PHONY: install demo test test-all test-gpu clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -24,6 +24,10 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q
+
+# The CUDA path: core, sampler, trainer and evaluation on the GPU (skipped cleanly without one).
+test-gpu: $(STAMP)
+	$(PY) -m pytest -q -rs -m gpu
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import os
+
 import pytest
 import torch
 from published_layouts import (
@@ -148,17 +150,39 @@ def test_weights_are_never_randomly_initialised(tmp_path):
         DiffusionLM.from_pretrained(tmp_path / "cut")
 
 
+def _file_mappings(path) -> list[tuple[int, int]]:
+    """Address ranges at which this process has ``path`` memory-mapped (Linux /proc/self/maps)."""
+    ranges = []
+    for line in open("/proc/self/maps"):
+        fields = line.split()
+        if len(fields) >= 6 and os.path.realpath(fields[5]) == os.path.realpath(path):
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            ranges.append((start, end))
+    return ranges
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs Linux /proc/self/maps")
 def test_loaded_weights_share_memory_with_the_file_not_a_copy(tmp_path):
-    """Stored dtype == wanted dtype: parameters are the memory-mapped tensors themselves, and
-    writing to them (training) never changes the checkpoint on disk."""
+    """Stored dtype == wanted dtype: parameters are the memory-mapped tensors themselves (their
+    data lies inside the file's mapping), and writing to them (training) never changes the
+    checkpoint on disk. A cast to another dtype is a copy outside the mapping."""
     write_llada(tmp_path / "llada", dtype=torch.bfloat16)
+    weights = tmp_path / "llada" / "model.safetensors"
     model = DiffusionLM.from_pretrained(tmp_path / "llada")
+    mapped = _file_mappings(weights)
+    assert mapped, "the checkpoint is not memory-mapped"
+    inside = lambda t: any(a <= t.data_ptr() < b for a, b in mapped)  # noqa: E731
+    params = dict(model.model.named_parameters())
+    assert all(inside(p) for p in params.values()), [n for n, p in params.items() if not inside(p)][:3]
     weight = model.model.model.embed_tokens.weight
     before = weight[0, 0].item()
     with torch.no_grad():
         weight.add_(1.0)
     again = DiffusionLM.from_pretrained(tmp_path / "llada")
     assert again.model.model.embed_tokens.weight[0, 0].item() == before
+    cast = DiffusionLM.from_pretrained(tmp_path / "llada", dtype=torch.float32)
+    mapped = _file_mappings(weights)
+    assert not any(any(a <= p.data_ptr() < b for a, b in mapped) for p in cast.model.parameters())
 
 
 # -- detection ----------------------------------------------------------------------------------------

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from difflm.errors import ConfigError
-from difflm.losses import ar_loss, masked_diffusion_loss
+from difflm.errors import ConfigError, InputError
+from difflm.losses import ar_loss, draw_noise, masked_diffusion_loss
 from difflm.noise import corrupt, get_schedule, sample_t
 from conftest import VOCAB, tiny_dlm
 
@@ -128,3 +128,60 @@ def test_ar_loss_matches_transformers():
         assert ar_loss(model.model, x).item() == pytest.approx(expected.item(), rel=1e-5)
     with pytest.raises(ConfigError):
         ar_loss(tiny_dlm("qwen2", shift=False), x)
+
+
+def test_an_explicit_noise_mask_is_fed_as_given_and_position_zero_is_no_target():
+    """DiffuLLaMA feeds [MASK] wherever the caller's noise mask says, position 0 included, and
+    only drops position 0 as a target (it has no prediction under shift)."""
+    model = tiny_dlm("llama", shift=True)
+    x0 = torch.randint(0, 60, (1, 6), generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([0.5])
+    noise = torch.tensor([[1, 0, 1, 0, 0, 1]], dtype=torch.bool)
+    xt = torch.where(noise, torch.full_like(x0, MASK), x0)  # position 0 masked in the input
+    with torch.no_grad():
+        logp = model.logits(xt).log_softmax(-1)
+        out = masked_diffusion_loss(model, x0, t=t, noise_mask=noise)
+    by_hand = sum(-logp[0, i, x0[0, i]].item() for i in (2, 5)) / 0.5
+    assert out.num_masked == 2 and out.num_targets == 5
+    assert out.loss.item() == pytest.approx(by_hand / 5, rel=1e-5)
+
+
+def test_left_padding_makes_the_first_real_token_the_bos():
+    model = tiny_dlm("llama", shift=True)
+    x0 = torch.randint(0, 60, (2, 6), generator=torch.Generator().manual_seed(2))
+    attn = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    out = masked_diffusion_loss(model, x0, t=torch.ones(2), attention_mask=attn)
+    assert out.num_targets == 3 + 5  # row 0: padding and its first real token (position 2) are never targets
+    noise, _ = draw_noise(model, x0, t=torch.ones(2), attention_mask=attn)
+    assert noise.tolist() == [[False, False, False, True, True, True], [False] + [True] * 5]
+    # the padded row scores exactly like its unpadded self
+    alone = masked_diffusion_loss(model, x0[:1, 2:], t=torch.ones(1), noise_mask=noise[:1, 2:])
+    padded = masked_diffusion_loss(model, x0[:1], t=torch.ones(1), noise_mask=noise[:1], attention_mask=attn[:1])
+    assert padded.loss.item() == pytest.approx(alone.loss.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.1, 1.5, float("nan")])
+def test_noise_levels_outside_zero_one_are_refused(bad):
+    model = tiny_dlm("llama")
+    x0 = torch.randint(0, 60, (2, 6))
+    with pytest.raises(InputError, match=r"\(0, 1\]"):
+        masked_diffusion_loss(model, x0, t=torch.tensor([0.5, bad]))
+    with pytest.raises(InputError, match=r"\(0, 1\]"):
+        masked_diffusion_loss(model, x0, t=torch.tensor([0.5, bad]), noise_mask=torch.ones(2, 6, dtype=torch.bool))
+
+
+def test_a_noise_mask_over_the_prompt_is_refused():
+    model = tiny_dlm("llama")
+    x0 = torch.randint(0, 60, (1, 6))
+    src = torch.tensor([[1, 1, 0, 0, 0, 0]], dtype=torch.bool)
+    with pytest.raises(InputError, match="src_mask"):
+        masked_diffusion_loss(model, x0, t=torch.ones(1), noise_mask=torch.ones(1, 6, dtype=torch.bool), src_mask=src)
+
+
+def test_cosine_schedule_is_accurate_near_zero():
+    cosine = get_schedule("cosine")
+    t = torch.tensor([1e-4, 1e-3, 0.5, 1.0])
+    exact_p = 1 - torch.cos(0.5 * math.pi * t.double())
+    exact_w = 0.5 * math.pi * torch.sin(0.5 * math.pi * t.double()) / exact_p
+    assert torch.allclose(cosine.mask_prob(t).double(), exact_p, rtol=1e-5, atol=0)
+    assert torch.allclose(cosine.weight(t).double(), exact_w, rtol=1e-5, atol=0)

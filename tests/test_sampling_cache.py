@@ -8,24 +8,25 @@ test_sampling_bundled.py (the bundled model)."""
 import pytest
 import torch
 
-from difflm.sampling import Denoiser, attention_block_ids, block_masks, build_canvas, generate
+from difflm.sampling import Denoiser, block_masks, build_canvas, decoding_groups, fill, generate, infill, template_canvas
 from conftest import tiny_dlm
 from test_sampling import single_thread  # noqa: F401 (autouse fixture)
 
 MASK = 63
 
 
-def _run_block(model, mode, attention, *, prompts, n=12, block_length=4, commits_per_step=2, seed=0):
-    """Denoise the first two blocks by committing random tokens at fixed positions, recording
-    the candidates' logits of every step. Returns a list of FloatTensor [N, V]."""
-    canvas, attn, gen = build_canvas(model, prompts, n)
+def _run_block(model, mode, attention, *, prompts=None, canvas=None, n=12, block_length=4, commits_per_step=2,
+               seed=0, max_blocks=2):
+    """Denoise the first blocks by committing random tokens at fixed positions, recording the
+    candidates' logits of every step. ``canvas`` = (canvas, attention_mask, generate_mask), else
+    built from ``prompts``. Returns a list of FloatTensor [N, V]."""
+    canvas, attn, gen = canvas if canvas is not None else build_canvas(model, prompts, n)
     canvas = canvas.masked_fill(gen, MASK)
     blocks = block_masks(gen, block_length)
-    ids = attention_block_ids(blocks, model.config.shift) if attention == "block_causal" else None
-    den = Denoiser(model, canvas, attn, gen, attention=attention, block_ids=ids, cache=mode)
+    den = Denoiser(model, canvas, attn, gen, groups=decoding_groups(blocks), attention=attention, cache=mode)
     rng = torch.Generator().manual_seed(seed)
     recorded = []
-    for block in blocks[:2]:
+    for block in blocks[:max_blocks]:
         den.start_block(block)
         while True:
             candidates = block & (canvas == MASK)
@@ -47,7 +48,7 @@ def test_uncached_denoiser_matches_model_logits(shift):
     model = tiny_dlm("llama", shift=shift)
     canvas, attn, gen = build_canvas(model, PROMPTS, 6)
     canvas = canvas.masked_fill(gen, MASK)
-    den = Denoiser(model, canvas, attn, gen)
+    den = Denoiser(model, canvas, attn, gen, groups=decoding_groups([gen]))
     den.start_block(gen)
     expected = model.logits(canvas, attn)[gen]
     assert torch.allclose(den(canvas, gen), expected, atol=1e-5)
@@ -63,6 +64,46 @@ def test_cache_is_exact_under_block_causal_attention(arch, shift, mode):
     assert len(reference) == len(cached) == 4
     for ref, got in zip(reference, cached):
         assert torch.allclose(ref, got, atol=1e-5)
+
+
+# Committed text after a block (an infilling suffix; the text between two gaps) belongs to that
+# block's group: its keys see the block's tokens and must be recomputed with them.
+INFILL = ([[1, 2, 3], [4, 5, 6, 7]], [[20, 21, 22, 23, 24], [25, 26]])
+TWO_GAPS = [[1, 2, MASK, MASK, MASK, MASK, 30, 31, 32, MASK, MASK, MASK, 33, 34],
+            [5, MASK, MASK, MASK, MASK, 36, 37, MASK, MASK, MASK, 38]]
+
+
+def _canvas(model, layout):
+    if layout == "infill":
+        return build_canvas(model, INFILL[0], 8, INFILL[1])
+    return template_canvas(model, TWO_GAPS)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("shift", [True, False])
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+@pytest.mark.parametrize("layout", ["infill", "two_gaps"])
+def test_cache_is_exact_under_block_causal_attention_with_text_after_the_block(arch, shift, mode, layout):
+    model = tiny_dlm(arch, shift=shift)
+    kw = dict(block_length=4, max_blocks=3, commits_per_step=1)
+    reference = _run_block(model, "none", "block_causal", canvas=_canvas(model, layout), **kw)
+    cached = _run_block(model, mode, "block_causal", canvas=_canvas(model, layout), **kw)
+    assert len(reference) == len(cached) >= 7
+    for ref, got in zip(reference, cached):
+        assert (ref.log_softmax(-1) - got.log_softmax(-1)).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("shift", [True, False])
+def test_cached_infill_and_fill_identical_under_block_causal(shift):
+    model = tiny_dlm("llama", shift=shift)
+    kw = dict(block_length=4, strategy="low_confidence", attention="block_causal")
+    for seed in range(3):
+        base = infill(model, INFILL[0], INFILL[1], middle_length=8, temperature=1.0,
+                      generator=torch.Generator().manual_seed(seed), **kw)
+        got = infill(model, INFILL[0], INFILL[1], middle_length=8, temperature=1.0, cache="dual",
+                     generator=torch.Generator().manual_seed(seed), **kw)
+        assert torch.equal(got, base)
+    assert torch.equal(fill(model, TWO_GAPS, cache="dual", **kw), fill(model, TWO_GAPS, **kw))
 
 
 @pytest.mark.parametrize("mode", ["prefix", "dual"])
@@ -112,14 +153,14 @@ def test_cfg_combines_conditional_and_unconditional(mode):
     scale = 1.5
     canvas, attn, gen = build_canvas(model, [[1, 2, 3, 4]], 6)
     canvas = canvas.masked_fill(gen, MASK)
-    den = Denoiser(model, canvas, attn, gen, cfg_scale=scale, cache=mode, attention="block_causal",
-                   block_ids=attention_block_ids([gen], False))
+    groups = decoding_groups([gen])
+    den = Denoiser(model, canvas, attn, gen, groups=groups, cfg_scale=scale, cache=mode, attention="block_causal")
     den.start_block(gen)
     got = den(canvas, gen)
     uncond_canvas = canvas.clone()
     uncond_canvas[:, :4] = MASK  # the prompt fully masked
-    cond = Denoiser(model, canvas, attn, gen, attention="block_causal", block_ids=attention_block_ids([gen], False))
-    uncond = Denoiser(model, uncond_canvas, attn, gen, attention="block_causal", block_ids=attention_block_ids([gen], False))
+    cond = Denoiser(model, canvas, attn, gen, groups=groups, attention="block_causal")
+    uncond = Denoiser(model, uncond_canvas, attn, gen, groups=groups, attention="block_causal")
     c, u = cond(canvas, gen), uncond(uncond_canvas, gen)
     assert torch.allclose(got, u + (scale + 1) * (c - u), atol=1e-4)
     assert not torch.allclose(got, c, atol=1e-3)

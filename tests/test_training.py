@@ -61,7 +61,7 @@ def test_adapt_turns_an_ar_checkpoint_into_a_bidirectional_dlm(tmp_path, data):
     _train(TINY + data + ["objective=ar", f"output_dir={tmp_path / 'ar'}", "max_steps=10", "eval_every=10"])
     ar_dir = tmp_path / "ar" / "model"
     _train(TINY + data + ["objective=adapt", f"init={ar_dir}", f"output_dir={tmp_path / 'dlm'}", "max_steps=30",
-                          "eval_every=30", "anneal_steps=10"])
+                          "eval_every=30", "diffusion.anneal_steps=10"])
     recs = [r for r in _records(tmp_path / "dlm") if "val_loss" in r]
     assert recs[-1]["val_loss"] < recs[0]["val_loss"]
     model = DiffusionLM.from_pretrained(tmp_path / "dlm" / "model")
@@ -120,6 +120,10 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path, data, capsys):
     (["train_files=[/nonexistent.jsonl]"], "not found"),
     (["batch_size=3", "grad_accum=2"], "multiple of"),
     (["objective=sideways"], "unknown objective"),
+    (["lr=fast"], "lr must be a number"),
+    (["betas=[0.9]"], "betas must be two numbers"),
+    (["objective=diffusion", "diffusion.schedule=square"], "diffusion: unknown schedule"),
+    (["objective=diffusion", "shift=false"], "diffusion.shift="),
 ])
 def test_bad_config_one_line_error(tmp_path, data, capsys, args, message):
     code = main(["train", *TINY, *data, f"output_dir={tmp_path}", *args])
@@ -162,3 +166,37 @@ def test_two_ddp_processes_match_one(tmp_path, data):
 def test_overrides_may_follow_flags(tmp_path, data, capsys):
     code = main(["train", *TINY, *data, "objective=ar", "--resume", f"output_dir={tmp_path / 'x'}"])
     assert code == 2 and f"no checkpoint in {tmp_path / 'x'}" in capsys.readouterr().err
+
+
+def test_trainer_loss_is_the_losses_module_loss(tmp_path, data):
+    """One loss path: the trainer's step loss is `masked_diffusion_loss` under the step's noise and
+    annealing draw, through the (wrapped) model."""
+    from difflm.losses import draw_noise, masked_diffusion_loss
+    from difflm.training.trainer import _step_generator
+
+    cfg = load_train_config(None, TINY + data + ["objective=diffusion", f"output_dir={tmp_path}", "max_steps=1",
+                                                 "diffusion.attention=annealed", "diffusion.anneal_steps=4"])
+    trainer = Trainer(cfg, show_progress=False)
+    x = trainer.train_batches.global_batch(0)
+    ((xm, noise, t),) = trainer._micro_batches(0)
+    expected_noise, expected_t = draw_noise(trainer.dlm, x, antithetic=True, generator=_step_generator(cfg.seed, 0, 0))
+    assert torch.equal(noise, expected_noise) and torch.equal(t, expected_t)
+    with torch.no_grad():
+        got = trainer._loss(trainer.wrapped, xm, noise, t, step=1, mask_generator=_step_generator(cfg.seed, 1, 1))
+        want = masked_diffusion_loss(trainer.dlm, xm, t=t, noise_mask=noise, step=1, generator=_step_generator(cfg.seed, 1, 1))
+    assert got.item() == want.loss.item()
+    # the annealing draw is part of it: another draw gives another loss
+    with torch.no_grad():
+        other = masked_diffusion_loss(trainer.dlm, xm, t=t, noise_mask=noise, step=1, generator=_step_generator(cfg.seed, 2, 1))
+    assert other.loss.item() != want.loss.item()
+
+
+def test_checkpoints_of_a_tied_model_do_not_warn_about_shared_tensors(tmp_path, data, caplog, capfd):
+    import logging
+
+    caplog.set_level(logging.WARNING)
+    _train(TINY + data + ["objective=ar", "architecture.tie_word_embeddings=true", f"output_dir={tmp_path}",
+                          "max_steps=2", "save_every=1"])
+    assert (tmp_path / "checkpoints").is_dir()
+    out = capfd.readouterr()
+    assert "Removed shared tensor" not in caplog.text + out.err + out.out

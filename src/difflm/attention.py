@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from .errors import ConfigError
+from .rng import uniform
 
 
 def causal_attention_mask(length: int, *, device: torch.device | str | None = None) -> torch.Tensor:
@@ -49,7 +50,7 @@ def annealed_attention_mask(
         return torch.ones_like(causal)
     if ratio <= 0.0:
         return causal
-    opened = torch.rand(length, length, generator=generator, device=device) < ratio
+    opened = uniform((length, length), generator=generator, device=device) < ratio  # any device: difflm.rng
     return causal | opened
 
 

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from .errors import ConfigError, InputError
-from .noise import corrupt, get_schedule, sample_t
+from .noise import NoiseSchedule, check_t, corrupt, get_schedule, sample_t
 
 
 @dataclass
 class DiffusionLossOutput:
-    """loss: scalar; num_masked: masked (target) tokens in the batch; num_targets: positions that
+    """loss: scalar; num_masked: masked tokens scored (targets) in the batch; num_targets: positions that
     could have been masked (the ELBO's per-token denominator); t: FloatTensor [B]."""
 
     loss: torch.Tensor
@@ -22,18 +23,40 @@ class DiffusionLossOutput:
     t: torch.Tensor
 
 
-def maskable_positions(x0: torch.Tensor, *, shift: bool, src_mask: torch.Tensor | None = None,
+def maskable_positions(model, x0: torch.Tensor, *, src_mask: torch.Tensor | None = None,
                        attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """BoolTensor [B, L]: positions the forward process may mask. Never the prompt (src_mask),
-    never padding, and with shift never position 0 (it has no prediction; it acts as BOS)."""
-    allowed = torch.ones_like(x0, dtype=torch.bool)
+    """BoolTensor [B, L]: positions the forward process may mask - those with a prediction of
+    their own (`DiffusionLM.predictable_mask`: never padding, and with shift never a row's first
+    real token, which acts as BOS), minus the prompt (``src_mask``)."""
+    allowed = model.predictable_mask(x0, attention_mask)
     if src_mask is not None:
         allowed &= ~src_mask.bool()
-    if attention_mask is not None:
-        allowed &= attention_mask.bool()
-    if shift:
-        allowed[:, 0] = False
     return allowed
+
+
+def draw_noise(
+    model,
+    x0: torch.Tensor,
+    *,
+    t: torch.Tensor | None = None,
+    src_mask: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    antithetic: bool = False,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample q(x_t | x_0) for a batch: (noise_mask BoolTensor [B, L], t FloatTensor [B]).
+
+    One t per sequence from [eps, 1] (antithetic across the batch if asked) unless given; then
+    each of the `maskable_positions` is masked independently with probability 1 - alpha(t).
+    Seeded draws work on any device (`difflm.rng`)."""
+    cfg = model.config
+    if t is None:
+        t = sample_t(x0.shape[0], antithetic=antithetic, eps=cfg.eps, generator=generator, device=x0.device)
+    t = check_t(t.to(x0.device, torch.float32))
+    allowed = maskable_positions(model, x0, src_mask=src_mask, attention_mask=attention_mask)
+    _, noise_mask = corrupt(x0, t, cfg.mask_token_id, src_mask=~allowed,
+                            schedule=get_schedule(cfg.schedule, eps=cfg.eps), generator=generator)
+    return noise_mask, t
 
 
 def masked_diffusion_loss(
@@ -48,22 +71,35 @@ def masked_diffusion_loss(
     normalization: str | None = None,
     antithetic: bool = False,
     generator: torch.Generator | None = None,
+    forward: Callable[..., torch.Tensor] | None = None,
 ) -> DiffusionLossOutput:
     """Monte Carlo estimate of the masked-diffusion ELBO (negative; lower is better).
 
-    loss = sum_i w(t) * CE(logits_i, x0_i) * masked_i / denominator, with w(t) = 1/t for the
-    linear schedule and denominator = num_targets ("tokens", the unbiased per-token ELBO) or the
-    number of masked tokens ("masked", DiffuLLaMA).
+    loss = sum_i w(t) * CE(logits_i, x0_i) * target_i / denominator, with w(t) = 1/t for the
+    linear schedule and denominator = the number of maskable positions ("tokens", the unbiased
+    per-token ELBO) or the number of targets ("masked", DiffuLLaMA).
+
+    The input x_t has [MASK] exactly where ``noise_mask`` says (drawn by `draw_noise` when not
+    given); the targets are the masked positions that have a prediction of their own. A given
+    noise mask is followed as the reference (DiffuLLaMA) does: with shift, a mask at position 0
+    (or at a row's first real token under left padding) is fed to the model but is no target.
+    The default draw never masks those positions in the first place.
 
     Args:
         model: a `DiffusionLM` (its config gives mask id, schedule, shift and attention).
         x0: LongTensor [B, L] of clean tokens.
-        t: FloatTensor [B] noise levels; drawn from [eps, 1] when None.
-        noise_mask: BoolTensor [B, L] of positions to mask; drawn from q(x_t | x0) when None.
+        t: FloatTensor [B] noise levels in (0, 1]; drawn from [eps, 1] when None (required with
+            ``noise_mask``).
+        noise_mask: BoolTensor [B, L] of positions to mask; drawn from q(x_t | x0) when None. It
+            must not cover ``src_mask``.
         src_mask: BoolTensor [B, L], positions never noised (prompt in SFT).
         attention_mask: [B, L], 0 for padding that must be neither attended nor predicted.
         step: training step, for annealed attention.
         normalization: "tokens" | "masked"; defaults to the model config's.
+        generator: RNG of the noise and the annealing draw (any device).
+        forward: what computes the aligned logits, called as forward(x_t, attention_mask,
+            step=..., generator=...); default ``model.logits`` (pass a DDP/FSDP wrapper of the
+            model while training).
     """
     cfg = model.config
     normalization = normalization or cfg.loss_normalization
@@ -71,37 +107,42 @@ def masked_diffusion_loss(
         raise ConfigError(f"unknown loss normalization {normalization!r}; choose tokens or masked")
     if x0.dim() != 2:
         raise InputError(f"x0 must be [batch, length], got shape {tuple(x0.shape)}")
-    schedule = get_schedule(cfg.schedule, eps=cfg.eps)
-    allowed = maskable_positions(x0, shift=cfg.shift, src_mask=src_mask, attention_mask=attention_mask)
-    if t is None:
-        t = sample_t(x0.shape[0], antithetic=antithetic, eps=cfg.eps, generator=generator, device=x0.device)
-    t = t.to(x0.device, torch.float32)
+    allowed = maskable_positions(model, x0, src_mask=src_mask, attention_mask=attention_mask)
     if noise_mask is None:
-        x_t, noise_mask = corrupt(x0, t, cfg.mask_token_id, src_mask=~allowed, schedule=schedule, generator=generator)
+        noise_mask, t = draw_noise(model, x0, t=t, src_mask=src_mask, attention_mask=attention_mask,
+                                   antithetic=antithetic, generator=generator)
     else:
-        noise_mask = noise_mask.bool() & allowed
-        x_t = torch.where(noise_mask, torch.full_like(x0, cfg.mask_token_id), x0)
-    logits = model.logits(x_t, attention_mask, step=step, generator=generator)
-    return diffusion_loss_from_logits(logits, x0, noise_mask, t, allowed, schedule=schedule, normalization=normalization)
+        if t is None:
+            raise InputError("a given noise_mask needs its noise levels t")
+        t = check_t(t.to(x0.device, torch.float32))
+        noise_mask = noise_mask.to(x0.device).bool()
+        if src_mask is not None and bool((noise_mask & src_mask.bool()).any()):
+            raise InputError("noise_mask covers positions of src_mask, which are never noised")
+    x_t = torch.where(noise_mask, torch.full_like(x0, cfg.mask_token_id), x0)
+    anneal_step = step if cfg.attention == "annealed" else None
+    logits = (forward or model.logits)(x_t, attention_mask, step=anneal_step, generator=generator)
+    targets = noise_mask & model.predictable_mask(x0, attention_mask)
+    schedule = get_schedule(cfg.schedule, eps=cfg.eps)
+    return diffusion_loss_from_logits(logits, x0, targets, t, int(allowed.sum()), schedule=schedule,
+                                      normalization=normalization)
 
 
 def diffusion_loss_from_logits(
     logits: torch.Tensor,
     x0: torch.Tensor,
-    noise_mask: torch.Tensor,
+    targets: torch.Tensor,
     t: torch.Tensor,
-    allowed: torch.Tensor,
+    num_targets: int,
     *,
-    schedule,
+    schedule: NoiseSchedule,
     normalization: str = "tokens",
 ) -> DiffusionLossOutput:
-    """The ELBO loss from aligned logits [B, L, V] of x_t (for callers that run the model
-    themselves, e.g. through a DDP wrapper). noise_mask / allowed: BoolTensor [B, L]; t: [B]."""
+    """The ELBO loss from aligned logits [B, L, V] of x_t. targets: BoolTensor [B, L], the masked
+    positions scored; t: [B] (or [B, L]); num_targets: the maskable positions ("tokens" denominator)."""
     ce = F.cross_entropy(logits.float().transpose(1, 2), x0, reduction="none")  # [B, L]
     weights = schedule.weight(t)[:, None] if t.dim() == 1 else schedule.weight(t)
-    total = (weights * ce * noise_mask).sum()
-    num_masked = int(noise_mask.sum())
-    num_targets = int(allowed.sum())
+    total = (weights * ce * targets).sum()
+    num_masked = int(targets.sum())
     denominator = num_masked if normalization == "masked" else num_targets
     # max(1, .): a batch with nothing masked gives loss 0 with zero (not NaN) gradients.
     return DiffusionLossOutput(total / max(1, denominator), num_masked, num_targets, t)

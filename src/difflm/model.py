@@ -11,9 +11,9 @@ to think about them:
 
 from __future__ import annotations
 
+import inspect
 import os
-import shutil
-import tempfile
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +21,8 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from .attention import anneal_ratio, attention_pattern, to_4d
+from .atomic import atomic_directory
+from .attention import anneal_ratio, attention_pattern, block_causal_attention_mask, to_4d
 from .config import DiffusionConfig
 from .errors import ConfigError, InputError, ModelLoadError
 
@@ -84,7 +85,49 @@ class DiffusionLM(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
-    # -- the forward pass ----------------------------------------------------------------------
+    # -- the conventions -----------------------------------------------------------------------
+    # Everything that differs between DLM families (shift, where predictions start, the mask form
+    # the backbone's attention takes, position ids under padding) is answered here and nowhere else.
+
+    def position_ids(self, attention_mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+        """Position ids [B, L] for ``like`` (LongTensor [B, L]): real tokens count from 0 (left
+        padding shifts nothing), padded positions get 0."""
+        if attention_mask is None:
+            return torch.arange(like.shape[1], device=like.device).expand(like.shape[0], -1)
+        return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+    def predictable_mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """BoolTensor [B, L]: positions that have a prediction of their own, i.e. real tokens,
+        and with shift not the first real token of a row (position 0, or the first token after
+        left padding: nothing before it can predict it; it acts as BOS)."""
+        real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        if not self.config.shift:
+            return real
+        return real & (real.long().cumsum(-1) > 1)
+
+    @property
+    def first_predictable_position(self) -> int:
+        """Index of the first position of an unpadded sequence with a prediction: 1 with shift, else 0."""
+        return 1 if self.config.shift else 0
+
+    def prediction_sources(self, targets: torch.Tensor) -> torch.Tensor:
+        """BoolTensor [B, L]: the backbone positions whose outputs predict the ``targets``
+        (BoolTensor [B, L], aligned positions), in the same row-major order. With shift the
+        prediction for token i is made at i - 1; ``targets`` must then exclude column 0."""
+        if not self.config.shift:
+            return targets
+        if bool(targets[:, 0].any()):
+            raise InputError("a shifted model has no prediction for position 0")
+        return torch.cat([targets[:, 1:], torch.zeros_like(targets[:, :1])], dim=1)
+
+    def block_attention_ids(self, groups: torch.Tensor) -> torch.Tensor:
+        """Block ids of the queries and keys for block-causal attention, from the decoding group
+        of every token (LongTensor [B, L], non-decreasing). With shift the ids move one position
+        left: position i - 1 predicts token i, so it must see the block that token belongs to."""
+        if not self.config.shift:
+            return groups
+        return torch.cat([groups[:, 1:], groups[:, -1:]], dim=1)
+
     def attention_mask_4d(
         self,
         input_ids: torch.Tensor,
@@ -93,14 +136,30 @@ class DiffusionLM(nn.Module):
         attention: str | None = None,
         step: int | None = None,
         generator: torch.Generator | None = None,
+        groups: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The 4-D mask [B, 1, L, L] the backbone gets for these inputs (see `logits`)."""
+        """The 4-D mask [B, 1, L, L] the backbone gets for these inputs: boolean for sdpa,
+        additive float for eager attention (see `logits`). ``attention="block_causal"`` needs the
+        decoding ``groups`` [B, L] of the tokens (see `block_attention_ids`)."""
         mode = attention or self.config.attention
-        ratio = anneal_ratio(step, self.config.anneal_steps) if mode == "annealed" else 1.0
-        pattern = attention_pattern(mode, input_ids.shape[1], ratio=ratio, generator=generator, device=input_ids.device)
+        if mode == "block_causal":
+            if groups is None:
+                raise InputError("block_causal attention needs the decoding groups of the tokens")
+            pattern = block_causal_attention_mask(self.block_attention_ids(groups))
+        else:
+            ratio = anneal_ratio(step, self.config.anneal_steps) if mode == "annealed" else 1.0
+            pattern = attention_pattern(mode, input_ids.shape[1], ratio=ratio, generator=generator, device=input_ids.device)
         eager = self.model.config._attn_implementation == "eager"
         return to_4d(pattern, attention_mask, batch_size=input_ids.shape[0], dtype=torch.float32 if eager else None)
 
+    def _check_length(self, length: int) -> None:
+        if self.max_length is not None and length > self.max_length:
+            raise InputError(
+                f"sequence of {length} tokens is longer than the model's context of {self.max_length}; "
+                "shorten the prompt or ask for fewer new tokens"
+            )
+
+    # -- the forward pass ----------------------------------------------------------------------
     def logits(
         self,
         input_ids: torch.Tensor,
@@ -109,6 +168,7 @@ class DiffusionLM(nn.Module):
         attention: str | None = None,
         step: int | None = None,
         generator: torch.Generator | None = None,
+        groups: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Aligned logits: ``logits[:, i]`` is the prediction for token ``i``.
 
@@ -116,33 +176,65 @@ class DiffusionLM(nn.Module):
             input_ids: LongTensor [B, L].
             attention_mask: [B, L], 1 for real tokens, 0 for padding (left or right). Padded keys
                 are hidden; position ids count real tokens only.
-            attention: override the configured mode ("causal" | "bidirectional" | "annealed").
+            attention: override the configured mode ("causal" | "bidirectional" | "annealed" |
+                "block_causal" with ``groups``).
             step: training step, for "annealed": ratio = min(1, (step + 1) / anneal_steps); each
                 future entry is opened with that probability, one draw per call shared by batch,
                 heads and layers. Without a step, "annealed" means annealing is over (bidirectional).
-            generator: RNG for the annealing draw.
+            generator: RNG for the annealing draw (any device: see `difflm.rng`).
+            groups: LongTensor [B, L], decoding groups for "block_causal".
         Returns:
             FloatTensor [B, L, V]. With ``shift`` the backbone's prediction made at i-1 is moved to
             i; position 0 has no prediction of its own and holds a copy of position 1's (Dream's
-            convention) - never score or sample position 0 of a shifted model.
+            convention) - never score or sample a position outside `predictable_mask`.
         """
         if input_ids.dim() != 2:
             raise InputError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
-        length = input_ids.shape[1]
-        if self.max_length is not None and length > self.max_length:
-            raise InputError(
-                f"sequence of {length} tokens is longer than the model's context of {self.max_length}; "
-                "shorten the prompt or ask for fewer new tokens"
-            )
-        mask4d = self.attention_mask_4d(input_ids, attention_mask, attention=attention, step=step, generator=generator)
-        position_ids = None
-        if attention_mask is not None:
-            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        out = self.model(input_ids=input_ids, attention_mask=mask4d, position_ids=position_ids, use_cache=False)
-        raw = out.logits
+        self._check_length(input_ids.shape[1])
+        mask4d = self.attention_mask_4d(input_ids, attention_mask, attention=attention, step=step,
+                                        generator=generator, groups=groups)
+        position_ids = None if attention_mask is None else self.position_ids(attention_mask, input_ids)
+        raw = self.model(input_ids=input_ids, attention_mask=mask4d, position_ids=position_ids, use_cache=False).logits
         if self.config.shift:
             return torch.cat([raw[:, :1], raw[:, :-1]], dim=1)
         return raw
+
+    def logits_at(
+        self,
+        input_ids: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        attention_mask_4d: torch.Tensor,
+        position_ids: torch.Tensor,
+        past_key_values: Any = None,
+        use_cache: bool = False,
+    ) -> tuple[torch.Tensor, Any]:
+        """The cache-aware forward of samplers: aligned logits of the ``targets`` only.
+
+        ``input_ids`` [B, W] may be a window of a longer sequence whose other keys/values are in
+        ``past_key_values`` (a transformers cache); ``attention_mask_4d`` [B, 1, W, K] and
+        ``position_ids`` [B, W] are then the window's rows of the full ones (keys in the cache's
+        order). The vocabulary projection runs on the targets' prediction sources alone.
+
+        Args:
+            targets: BoolTensor [B, W], aligned positions of the window to predict; with shift the
+                source of a target (one position left) must lie in the window too.
+        Returns:
+            (FloatTensor [N, V] in row-major order of ``targets``, the backbone's cache or None).
+        """
+        keep = self.prediction_sources(targets)
+        kwargs = {"logits_to_keep": keep} if self._keeps_logits else {}
+        out = self.model(
+            input_ids=input_ids, attention_mask=attention_mask_4d, position_ids=position_ids,
+            past_key_values=past_key_values, use_cache=use_cache, **kwargs,
+        )
+        logits = out.logits if self._keeps_logits else out.logits[keep]
+        return logits.reshape(-1, logits.shape[-1]).float(), (out.past_key_values if use_cache else None)
+
+    @cached_property
+    def _keeps_logits(self) -> bool:
+        """Whether the backbone's forward takes ``logits_to_keep`` (project only some positions)."""
+        return "logits_to_keep" in inspect.signature(self.model.forward).parameters
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
         """Same as `logits` (so accelerate/DDP can wrap the module)."""
@@ -231,33 +323,15 @@ class DiffusionLM(nn.Module):
 
     def save_pretrained(self, path: str | os.PathLike, *, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
         """Write the Hugging Face layout (config.json, model.safetensors, tokenizer files) plus
-        difflm_config.json. The directory is written beside the target and renamed into place,
-        so an interrupted save never leaves a half-written model behind. ``state_dict`` (backbone
-        keys) replaces the module's own, e.g. one gathered from FSDP shards."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the model directory should not be
-        try:
+        difflm_config.json, atomically (`difflm.atomic`): an interrupted save never leaves a
+        half-written model behind. ``state_dict`` (backbone keys) replaces the module's own, e.g.
+        one gathered from FSDP shards."""
+        with atomic_directory(path) as tmp:
             self.model.save_pretrained(tmp, state_dict=state_dict)
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(tmp)
             self.config.save(tmp)
-            replace_directory(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return target
-
-
-def replace_directory(src: Path, target: Path) -> None:
-    """Move directory ``src`` to ``target``, replacing any existing ``target`` with two renames."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(src, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        return Path(path)
 
 
 def _special_ids(model: PreTrainedModel, tokenizer: "PreTrainedTokenizerBase | None") -> dict[str, int]:

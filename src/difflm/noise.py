@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, InputError
+from .rng import uniform
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,14 @@ class CosineSchedule(NoiseSchedule):
     def alpha_derivative(self, t: torch.Tensor) -> torch.Tensor:
         return -0.5 * math.pi * torch.sin(0.5 * math.pi * t)
 
+    def mask_prob(self, t: torch.Tensor) -> torch.Tensor:
+        # 1 - cos(x) = 2 sin^2(x / 2): no cancellation near t = 0, where 1 - cos(x) in float32 is 0
+        return 2.0 * torch.sin(0.25 * math.pi * t) ** 2
+
+    def weight(self, t: torch.Tensor) -> torch.Tensor:
+        # (pi/2) sin(x) / (2 sin^2(x/2)) = (pi/2) / tan(x/2), with x = pi t / 2
+        return 0.5 * math.pi / torch.tan(0.25 * math.pi * t)
+
 
 @dataclass(frozen=True)
 class LogLinearSchedule(NoiseSchedule):
@@ -79,6 +88,15 @@ class LogLinearSchedule(NoiseSchedule):
 
     def alpha_derivative(self, t: torch.Tensor) -> torch.Tensor:
         return torch.full_like(t, -(1.0 - self.eps))
+
+
+def check_t(t: torch.Tensor) -> torch.Tensor:
+    """``t`` unchanged if every noise level lies in (0, 1]; else `InputError` (t = 0 would give
+    the 1/t weight of an empty corruption: a NaN loss)."""
+    bad = ~((t > 0) & (t <= 1))
+    if bool(bad.any()):
+        raise InputError(f"noise levels t must lie in (0, 1]; got {t[bad].flatten()[0].item()!r}")
+    return t
 
 
 def get_schedule(name: str, *, eps: float = 1e-3) -> NoiseSchedule:
@@ -108,10 +126,10 @@ def sample_t(
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     if antithetic:
-        u0 = torch.rand(1, generator=generator, device=device)
+        u0 = uniform((1,), generator=generator, device=device)
         u = (u0 + torch.arange(batch_size, device=device)) / batch_size
     else:
-        u = torch.rand(batch_size, generator=generator, device=device)
+        u = uniform((batch_size,), generator=generator, device=device)
     return (1.0 - eps) * u + eps
 
 
@@ -139,7 +157,7 @@ def corrupt(
     if t.dim() == 1:
         t = t[:, None]
     p = schedule.mask_prob(t.float()).expand(x0.shape)
-    noise_mask = torch.rand(x0.shape, generator=generator, device=x0.device) < p
+    noise_mask = uniform(x0.shape, generator=generator, device=x0.device) < p
     if src_mask is not None:
         noise_mask &= ~src_mask.bool()
     x_t = torch.where(noise_mask, torch.full_like(x0, mask_token_id), x0)

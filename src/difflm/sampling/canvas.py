@@ -44,8 +44,6 @@ def template_canvas(model, templates: list[list[int]]) -> tuple[torch.Tensor, to
             raise InputError(f"token ids must lie in [0, {vocab}); got {row}")
         if mask_id not in row:
             raise InputError("a template has no masked position; mark the tokens to generate with the mask id")
-        if cfg.shift and row[0] == mask_id:
-            raise InputError("a shifted model needs at least one token (e.g. BOS) before the first masked position")
     length = max(len(r) for r in templates)
     if model.max_length is not None and length > model.max_length:
         raise InputError(
@@ -59,6 +57,8 @@ def template_canvas(model, templates: list[list[int]]) -> tuple[torch.Tensor, to
         canvas[b, length - len(row) :] = torch.tensor(row)
         attention_mask[b, length - len(row) :] = 1
     generate_mask = (canvas == mask_id) & attention_mask.bool()
+    if bool((generate_mask & ~model.predictable_mask(canvas, attention_mask)).any()):
+        raise InputError("a shifted model needs at least one token (e.g. BOS) before the first masked position")
     device = model.device
     has_padding = bool((attention_mask == 0).any())
     return canvas.to(device), attention_mask.to(device) if has_padding else None, generate_mask.to(device)
@@ -77,8 +77,6 @@ def build_canvas(
     suffixes = suffixes or [[] for _ in prefixes]
     if len(suffixes) != len(prefixes):
         raise InputError(f"{len(prefixes)} prefixes but {len(suffixes)} suffixes")
-    if model.config.shift and any(len(p) == 0 for p in prefixes):
-        raise InputError("a shifted model needs at least one token (e.g. BOS) before the first masked position")
     if any(model.config.mask_token_id in row for row in prefixes + suffixes):
         raise InputError("the prompt contains the mask token; use infill() to mark positions to generate")
     mask = [model.config.mask_token_id] * middle_length
@@ -94,20 +92,17 @@ def block_masks(generate_mask: torch.Tensor, block_length: int) -> list[torch.Te
     return [block_id == b for b in range(n_blocks)]
 
 
-def attention_block_ids(blocks: list[torch.Tensor], shift: bool) -> torch.Tensor:
-    """Per position, the decoding block it belongs to for block-causal attention: LongTensor [B, L].
+def decoding_groups(blocks: list[torch.Tensor]) -> torch.Tensor:
+    """The decoding group of every position: LongTensor [B, L].
 
-    Id k + 1 from the first position of block k on (0 before the first block: the prompt), so text
-    between or after blocks (an infilling suffix) joins the block before it. With ``shift`` the
-    ids move one position left, because position i - 1 is the one that predicts token i and must
-    see the block that token belongs to.
+    Group k + 1 runs from the first position of block k to the position before block k + 1 (0
+    before the first block: the prompt), so committed text between or after blocks (an infilling
+    suffix, the text between two gaps) joins the block before it. The groups are the block-causal
+    attention blocks (`DiffusionLM.block_attention_ids`) and the cache windows (`Denoiser`).
     """
     starts = torch.zeros(blocks[0].shape, dtype=torch.long, device=blocks[0].device)
     for block in blocks:
         has = block.any(-1)
         first = block.long().argmax(-1)
         starts[has, first[has]] += 1
-    ids = starts.cumsum(-1)
-    if shift:
-        ids = torch.cat([ids[:, 1:], ids[:, -1:]], dim=1)
-    return ids
+    return starts.cumsum(-1)

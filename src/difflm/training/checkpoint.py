@@ -1,14 +1,17 @@
-"""Atomic training checkpoints: written to a temporary directory, then renamed into place, so an
-interruption at any moment leaves the previous checkpoint intact."""
+"""Atomic training checkpoints: written to a staging directory, then renamed into place
+(`difflm.atomic`), so an interruption at any moment leaves the previous checkpoint intact."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+from ..atomic import atomic_directory
 from ..errors import InputError
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -39,21 +42,43 @@ def latest_checkpoint(output_dir: str | Path) -> tuple[int, Path]:
     return found[-1]
 
 
+class _DropSharedTensorNotice(logging.Filter):
+    """accelerate warns "Removed shared tensor ..." when it stores weights tied to the embedding
+    once - which is what a checkpoint of a tied model should do, so users need not see it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Removed shared tensor" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_tied_weights() -> Iterator[None]:
+    logger, notice = logging.getLogger("accelerate.utils.other"), _DropSharedTensorNotice()
+    logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notice)
+
+
 def save_checkpoint(accelerator: Any, output_dir: str | Path, step: int, state: dict[str, Any], keep: int) -> Path:
     """Save model/optimizer/RNG state (accelerate) + ``state`` as checkpoints/step-N, atomically.
     Must be called on every process; returns the final directory."""
     root = checkpoint_root(output_dir)
     final = root / f"step-{step:07d}"
-    tmp = root / f".step-{step:07d}.tmp"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+    staging = root / f".step-{step:07d}.tmp"
+    main = accelerator.is_main_process
+    if main:
+        shutil.rmtree(staging, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    if accelerator.is_main_process:
-        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
+    # Every process writes its part into the staging directory; the main process publishes it
+    # after the others are done (the wait inside the block).
+    with atomic_directory(final, staging=staging, publish=main) as tmp:
+        with _quiet_tied_weights():
+            accelerator.save_state(str(tmp), safe_serialization=True)
+        accelerator.wait_for_everyone()
+        if main:
+            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+    if main:
         for _, old in list_checkpoints(output_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()

@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from ..config import DiffusionConfig
 from ..errors import ConfigError
 
 OBJECTIVES = ("ar", "diffusion", "adapt")
@@ -31,8 +32,11 @@ class TrainConfig:
     batch_size: GLOBAL sequences per optimizer step (split over processes and accumulation).
     grad_accum: micro-batches per step and process.
     max_steps: optimizer steps of the whole run; warmup_steps then cosine decay to min_lr.
-    anneal_steps: attention annealing length for adapt (DiffuLLaMA: 10000; 1 = none).
-    shift / loss_normalization / schedule / eps / antithetic: diffusion settings (see DiffusionConfig).
+    diffusion: `DiffusionConfig` fields of the DLM being trained (diffusion, adapt): shift,
+        anneal_steps, schedule, loss_normalization, eps, attention, ... The mask, pad, BOS and
+        EOS ids come from the tokenizer unless given; attention defaults to "annealed" for adapt
+        and "bidirectional" for diffusion. Validated by `DiffusionConfig` itself.
+    antithetic: low-discrepancy noise levels across the batch (MDLM).
     eval_every / eval_batches: validation every N steps on a fixed set of validation batches.
     save_every / keep_checkpoints: atomic checkpoints for --resume.
     mixed_precision: "bf16" or "no"; bf16 autocast trains ~2x faster on AVX-512-bf16 CPUs.
@@ -56,11 +60,7 @@ class TrainConfig:
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
-    anneal_steps: int = 1
-    shift: bool = True
-    loss_normalization: str = "tokens"
-    schedule: str = "linear"
-    eps: float = 1e-3
+    diffusion: dict[str, Any] = field(default_factory=dict)
     antithetic: bool = True
     eval_every: int = 200
     eval_batches: int = 8
@@ -80,14 +80,28 @@ class TrainConfig:
         if not self.init and not self.architecture:
             raise ConfigError("give either init (a checkpoint) or architecture (a model to build from scratch)")
         for name in ("block_size", "batch_size", "grad_accum", "max_steps", "eval_every", "eval_batches",
-                     "save_every", "keep_checkpoints", "log_every", "anneal_steps"):
+                     "save_every", "keep_checkpoints", "log_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
-        if self.warmup_steps < 0:
-            raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
-        if not self.lr > 0 or self.min_lr < 0:
-            raise ConfigError("lr must be > 0 and min_lr >= 0")
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ConfigError(f"warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
+        for name in ("lr", "min_lr", "weight_decay", "grad_clip"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr!r}")
+        if (not isinstance(self.betas, (list, tuple)) or len(self.betas) != 2
+                or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas)):
+            raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1):
+            raise ConfigError(f"threads must be an integer >= 1 or null, got {self.threads!r}")
+        if not isinstance(self.antithetic, bool):
+            raise ConfigError(f"antithetic must be true or false, got {self.antithetic!r}")
+        self.diffusion_config(mask_token_id=0)  # validates the diffusion fields now, before any work
         if self.mixed_precision is False:  # YAML reads a bare `no` as false
             self.mixed_precision = "no"
         if self.mixed_precision not in ("bf16", "no"):
@@ -98,6 +112,19 @@ class TrainConfig:
         if not self.train_files or not self.validation_files:
             raise ConfigError("train_files and validation_files must each name at least one file")
         self.betas = tuple(self.betas)
+
+    def diffusion_config(self, mask_token_id: int, **special_ids: int | None) -> DiffusionConfig:
+        """The `DiffusionConfig` of the model to train: ``diffusion`` over the objective's
+        defaults (annealed attention for adapt, bidirectional for diffusion) and the tokenizer's
+        ``special_ids`` (pad/bos/eos_token_id)."""
+        if not isinstance(self.diffusion, dict):
+            raise ConfigError(f"diffusion must be a mapping of DiffusionConfig fields, got {self.diffusion!r}")
+        defaults = {"attention": "annealed" if self.objective == "adapt" else "bidirectional",
+                    **{k: v for k, v in special_ids.items() if v is not None}}
+        try:
+            return DiffusionConfig.from_dict({**defaults, "mask_token_id": mask_token_id, **self.diffusion})
+        except ConfigError as exc:
+            raise ConfigError(f"diffusion: {exc}") from None
 
     @property
     def is_diffusion(self) -> bool:
@@ -147,6 +174,10 @@ def load_train_config(path: str | Path | None, overrides: list[str] | None = Non
         target[parts[-1]] = _parse_value(text)
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(data) - known)
+    nested = [k for k in unknown if k in {f.name for f in dataclasses.fields(DiffusionConfig)}]
+    if nested:
+        raise ConfigError(f"{nested[0]} is a diffusion setting: write it under `diffusion:` in the YAML, "
+                          f"or as diffusion.{nested[0]}=... on the command line")
     if unknown:
         raise ConfigError(f"unknown config key(s): {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
     return TrainConfig(**data)

@@ -20,6 +20,7 @@ import torch
 
 from ..bundled import corpus_file
 from ..errors import ConfigError, InputError
+from ..rng import permutation, seeded_generator
 
 SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".json", ".parquet")
 
@@ -140,8 +141,8 @@ class BlockBatches:
     def _perm(self, epoch: int) -> torch.Tensor:
         if epoch not in self._perms:
             n = len(self.blocks)
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perms = {epoch: torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)}
+            g = seeded_generator(self.seed * 1_000_003 + epoch)
+            self._perms = {epoch: permutation(n, generator=g) if self.shuffle else torch.arange(n)}
         return self._perms[epoch]
 
     def global_batch(self, step: int) -> torch.Tensor:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -24,15 +23,15 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
 
 from ..bundled import TOKENIZER_DIR
-from ..config import DiffusionConfig
+from ..atomic import atomic_directory
 from ..errors import ConfigError, InputError
-from ..losses import ar_loss, diffusion_loss_from_logits, maskable_positions
-from ..model import DiffusionLM, replace_directory
-from ..noise import corrupt, get_schedule, sample_t
+from ..losses import ar_loss, draw_noise, masked_diffusion_loss
+from ..model import DiffusionLM
+from ..rng import seeded_generator
 from .checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
 from .config import TrainConfig
 from .data import BlockBatches, pack_blocks, resolve_files, tokenize_files
-from .logging import MetricsLogger, TrainProgress
+from .metrics import MetricsLogger, TrainProgress
 
 
 def load_tokenizer_for(cfg: TrainConfig) -> Any:
@@ -50,13 +49,11 @@ def build_model(cfg: TrainConfig, tokenizer: Any) -> torch.nn.Module:
         if not (init / "config.json").is_file():
             raise InputError(f"init {init} is not a model directory (no config.json)")
         if cfg.objective == "adapt":
-            return DiffusionLM.from_causal_lm(
-                init, mask_token=tokenizer.mask_token_id, shift=cfg.shift, tokenizer=tokenizer, dtype=torch.float32,
-                attention="annealed", anneal_steps=cfg.anneal_steps, schedule=cfg.schedule,
-                loss_normalization=cfg.loss_normalization, eps=cfg.eps,
-            )
+            # cfg.diffusion was validated by TrainConfig; special ids come from the checkpoint unless given
+            return DiffusionLM.from_causal_lm(init, mask_token=tokenizer.mask_token_id, tokenizer=tokenizer,
+                                              dtype=torch.float32, **{"attention": "annealed", **cfg.diffusion})
         if cfg.objective == "diffusion":
-            return DiffusionLM.from_pretrained(init, dtype=torch.float32)
+            return DiffusionLM.from_pretrained(init, dtype=torch.float32, **cfg.diffusion)
         return AutoModelForCausalLM.from_pretrained(init, dtype=torch.float32, attn_implementation="sdpa")
     arch = dict(cfg.architecture)
     model_type = arch.pop("model_type", None)
@@ -74,11 +71,8 @@ def build_model(cfg: TrainConfig, tokenizer: Any) -> torch.nn.Module:
         return backbone
     if tokenizer.mask_token_id is None:
         raise ConfigError("the tokenizer has no mask token; a diffusion objective needs one")
-    dcfg = DiffusionConfig(
-        mask_token_id=tokenizer.mask_token_id, shift=cfg.shift, attention="bidirectional", schedule=cfg.schedule,
-        loss_normalization=cfg.loss_normalization, eps=cfg.eps, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-    )
+    dcfg = cfg.diffusion_config(tokenizer.mask_token_id, pad_token_id=tokenizer.pad_token_id,
+                                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     return DiffusionLM(backbone, dcfg, tokenizer)
 
 
@@ -92,7 +86,10 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
 
 
 def _step_generator(seed: int, step: int, stream: int) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 8 + stream)
+    """The RNG of one stream (0 = noise, 1 = annealing) of one step: a function of (seed, step)
+    alone, for exact resumption. A CPU generator whose draws are moved to the training device
+    (`difflm.rng`), so a run draws the same noise on any device."""
+    return seeded_generator((seed * 1_000_003 + step) * 8 + stream)
 
 
 class Trainer:
@@ -139,15 +136,6 @@ class Trainer:
         self.step, self.tokens = 0, 0
 
     # -- one optimizer step ----------------------------------------------------------------------
-    def _draw_noise(self, x: torch.Tensor, generator: torch.Generator, antithetic: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """(noise_mask BoolTensor [B, L], t FloatTensor [B]) of q(x_t | x_0) for the rows of x."""
-        cfg = self.dlm.config
-        t = sample_t(len(x), antithetic=antithetic, eps=cfg.eps, generator=generator)
-        allowed = maskable_positions(x, shift=cfg.shift)
-        _, noise = corrupt(x, t, cfg.mask_token_id, src_mask=~allowed,
-                           schedule=get_schedule(cfg.schedule, eps=cfg.eps), generator=generator)
-        return noise, t
-
     def _micro_batches(self, step: int) -> list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]]:
         """This process's micro-batches of step ``step``: (x0, noise_mask, t) each. The noise is
         drawn for the whole global batch, so it does not depend on the number of processes."""
@@ -155,7 +143,7 @@ class Trainer:
         x = self.train_batches.global_batch(step)
         noise = t = None
         if self.dlm is not None:
-            noise, t = self._draw_noise(x, _step_generator(cfg.seed, step, 0), cfg.antithetic)
+            noise, t = draw_noise(self.dlm, x, antithetic=cfg.antithetic, generator=_step_generator(cfg.seed, step, 0))
         start = acc.process_index * self.micro_batch * cfg.grad_accum
         out = []
         for m in range(cfg.grad_accum):
@@ -172,15 +160,8 @@ class Trainer:
         x = x.to(device)
         if self.dlm is None:
             return ar_loss(model, x)
-        cfg = self.dlm.config
-        noise, t = noise.to(device), t.to(device)
-        x_t = torch.where(noise, torch.full_like(x, cfg.mask_token_id), x)
-        anneal_step = step if cfg.attention == "annealed" else None
-        logits = model(x_t, step=anneal_step, generator=mask_generator)
-        allowed = maskable_positions(x, shift=cfg.shift)
-        schedule = get_schedule(cfg.schedule, eps=cfg.eps)
-        return diffusion_loss_from_logits(logits, x, noise, t, allowed, schedule=schedule,
-                                          normalization=normalization or cfg.loss_normalization).loss
+        return masked_diffusion_loss(self.dlm, x, t=t, noise_mask=noise, step=step, generator=mask_generator,
+                                     normalization=normalization, forward=model).loss
 
     def train_step(self, step: int) -> float:
         acc, cfg = self.accelerator, self.cfg
@@ -216,7 +197,7 @@ class Trainer:
             x = self.val_batches.global_batch(i)
             noise = t = None
             if self.dlm is not None:  # the same noise at every evaluation: curves compare like with like
-                noise, t = self._draw_noise(x, _step_generator(4321, i, 0), antithetic=True)
+                noise, t = draw_noise(self.dlm, x, antithetic=True, generator=_step_generator(4321, i, 0))
             with self.accelerator.autocast():
                 losses.append(self._loss(model, x, noise, t, normalization="tokens").item())
         return sum(losses) / len(losses)
@@ -236,14 +217,9 @@ class Trainer:
                 backbone = {k.removeprefix("model."): v for k, v in state.items()}
                 model.save_pretrained(directory, state_dict=backbone)
             else:
-                import tempfile
-
-                directory.parent.mkdir(parents=True, exist_ok=True)
-                tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-                os.chmod(tmp, 0o755)
-                model.save_pretrained(tmp, state_dict=state)
-                self.tokenizer.save_pretrained(tmp)
-                replace_directory(tmp, directory)
+                with atomic_directory(directory) as tmp:
+                    model.save_pretrained(tmp, state_dict=state)
+                    self.tokenizer.save_pretrained(tmp)
         acc.wait_for_everyone()
         return directory
 

@@ -1,0 +1,89 @@
+"""The CUDA path (`make test-gpu`): core, sampler, trainer and evaluation on a GPU, with the CPU
+generators users and the trainer hand in. Skipped cleanly where there is no CUDA device."""
+
+import pytest
+import torch
+
+from conftest import VOCAB, tiny_dlm
+from test_training import TINY, _records, _train, data  # noqa: F401 (fixture)
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+MASK = VOCAB - 1
+PROMPTS = [[1, 2, 3], [4, 5, 6, 7, 8]]
+
+
+def _pair(arch="llama", **kw):
+    cpu = tiny_dlm(arch, **kw)
+    gpu = tiny_dlm(arch, **kw).cuda()
+    return cpu, gpu
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2"])
+def test_logits_on_cuda_match_the_cpu_and_attend_both_ways(arch):
+    cpu, gpu = _pair(arch)
+    ids = torch.randint(0, MASK, (2, 12), generator=torch.Generator().manual_seed(0))
+    attn = torch.tensor([[0, 0] + [1] * 10, [1] * 12])
+    with torch.no_grad():
+        assert torch.allclose(gpu.logits(ids.cuda(), attn.cuda()).cpu(), cpu.logits(ids, attn), atol=1e-4)
+        changed = ids.clone()
+        changed[:, -1] = (changed[:, -1] + 1) % MASK
+        assert not torch.allclose(gpu.logits(changed.cuda())[:, 3], gpu.logits(ids.cuda())[:, 3])
+        # annealed attention with the trainer's CPU generator
+        annealed = tiny_dlm(arch, attention="annealed", anneal_steps=4).cuda()
+        out = annealed.logits(ids.cuda(), step=1, generator=torch.Generator().manual_seed(0))
+        assert out.is_cuda and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("strategy", ["random", "low_confidence", "maskgit_plus", "topk_margin", "entropy", "threshold"])
+def test_every_strategy_samples_on_cuda_with_a_cpu_generator(strategy):
+    _, gpu = _pair()
+    gen = torch.Generator().manual_seed(0)
+    out = gpu.generate(PROMPTS, max_new_tokens=8, steps=4, strategy=strategy, temperature=1.0, top_p=0.9, top_k=20,
+                       generator=gen, return_dict=True)
+    assert out.sequences.is_cuda and all(len(row) == 8 for row in out.new_tokens)
+    assert (out.sequences[out.generate_mask] != MASK).all()
+    again = gpu.generate(PROMPTS, max_new_tokens=8, steps=4, strategy=strategy, temperature=1.0, top_p=0.9, top_k=20,
+                         generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again, out.sequences)  # seeded: reproducible on the GPU
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+def test_caches_and_cfg_on_cuda(cache):
+    _, gpu = _pair()
+    kw = dict(max_new_tokens=8, block_length=4, attention="block_causal", cfg_scale=1.0)
+    assert torch.equal(gpu.generate(PROMPTS, cache=cache, **kw), gpu.generate(PROMPTS, **kw))
+    infill = dict(middle_length=8, block_length=4, attention="block_causal")
+    assert torch.equal(gpu.infill(PROMPTS, [[9, 10]], cache=cache, **infill), gpu.infill(PROMPTS, [[9, 10]], **infill))
+
+
+@pytest.mark.parametrize("objective", ["ar", "diffusion"])
+def test_training_on_cuda_with_bf16(tmp_path, data, objective):  # noqa: F811
+    _train(TINY + data + [f"objective={objective}", f"output_dir={tmp_path}", "max_steps=20", "eval_every=20",
+                          "mixed_precision=bf16"])
+    recs = [r for r in _records(tmp_path) if "val_loss" in r]
+    assert recs[-1]["val_loss"] < recs[0]["val_loss"]
+
+
+def test_annealed_adaptation_and_resume_on_cuda(tmp_path, data):  # noqa: F811
+    _train(TINY + data + ["objective=ar", f"output_dir={tmp_path / 'ar'}", "max_steps=6", "eval_every=6"])
+    args = TINY + data + ["objective=adapt", f"init={tmp_path / 'ar' / 'model'}", f"output_dir={tmp_path / 'dlm'}",
+                          "max_steps=6", "save_every=3", "eval_every=3", "diffusion.anneal_steps=4", "keep_checkpoints=3"]
+    _train(args)
+    full = _records(tmp_path / "dlm")
+    import shutil
+
+    shutil.rmtree(tmp_path / "dlm" / "checkpoints" / "step-0000006")
+    _train(args, resume=True)
+    resumed = _records(tmp_path / "dlm")
+    assert [r.get("train_loss") for r in resumed] == pytest.approx([r.get("train_loss") for r in full], rel=1e-4)
+
+
+def test_evaluation_on_cuda_matches_the_cpu():
+    from difflm.evaluation.likelihood import ScoreRequest, elbo_nll
+
+    cpu, gpu = _pair()
+    requests = [ScoreRequest((1, 2, 3, 4, 5, 6, 7, 8), 3, 8), ScoreRequest((9, 10, 11, 12, 13), 2, 5)]
+    a = elbo_nll(cpu, requests, n_samples=8, seed=0, progress=False)
+    b = elbo_nll(gpu, requests, n_samples=8, seed=0, progress=False)
+    for x, y in zip(a, b):
+        assert y.nll == pytest.approx(x.nll, rel=1e-4)
