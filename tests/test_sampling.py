@@ -1,10 +1,12 @@
 """The sampler loop: what it promises about prompts, masks, steps, seeds and batches."""
 
+import dataclasses
+
 import pytest
 import torch
 
 from difflm import InputError
-from difflm.sampling import commit_counts, generate, infill
+from difflm.sampling import LowConfidence, SamplerOptions, Threshold, commit_counts, generate, infill
 from conftest import VOCAB, tiny_dlm
 
 MASK = VOCAB - 1
@@ -110,7 +112,45 @@ def test_blocks_are_finished_left_to_right(model):
 def test_model_methods_delegate(model):
     out = model.generate([1, 2], max_new_tokens=4, steps=2)
     assert torch.equal(out, generate(model, [1, 2], max_new_tokens=4, steps=2))
-    assert model.infill([1], [2], middle_length=2).shape == (1, 4)
+    prefix, suffix = [[1, 2, 3], [4, 5]], [20, 21]
+    kw = dict(middle_length=4, steps=3, strategy="random", temperature=1.0, top_k=10)
+    via_model = model.infill(prefix, suffix, generator=torch.Generator().manual_seed(3), **kw)
+    direct = infill(model, prefix, suffix, generator=torch.Generator().manual_seed(3), **kw)
+    assert torch.equal(via_model, direct) and via_model.shape == (2, 9)
+    assert via_model[0, :3].tolist() == [1, 2, 3] and via_model[1, 1:3].tolist() == [4, 5]  # row 1 is left-padded
+    assert via_model[:, 7:].tolist() == [suffix, suffix] and not (via_model == MASK).any()
+    with_options = model.infill(prefix, suffix, middle_length=4, options=SamplerOptions(steps=3, strategy="random"),
+                                temperature=1.0, top_k=10, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(with_options, direct)
+
+
+def test_options_travel_as_one_object(model):
+    opts = SamplerOptions(steps=2, strategy="threshold", threshold=0.5)
+    by_keywords = generate(model, [1, 2], max_new_tokens=4, steps=2, strategy="threshold", threshold=0.5)
+    assert torch.equal(generate(model, [1, 2], max_new_tokens=4, options=opts), by_keywords)
+    assert torch.equal(generate(model, [1, 2], max_new_tokens=4, options=SamplerOptions(steps=2), strategy="threshold",
+                                threshold=0.5), by_keywords)  # overrides on top of the options
+    assert opts.strategy == "threshold" and isinstance(opts.commit_strategy, Threshold)  # the user's value is kept
+    assert opts.commit_strategy.threshold == 0.5
+    assert SamplerOptions.merge(opts, steps=3) == SamplerOptions(steps=3, strategy="threshold", threshold=0.5)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.steps = 3
+    strategy = LowConfidence()
+    assert SamplerOptions(strategy=strategy).commit_strategy is strategy
+
+
+def test_unknown_option_is_an_input_error(model):
+    with pytest.raises(InputError, match="unknown sampler option 'stepz'") as info:
+        generate(model, [1], max_new_tokens=4, stepz=2)
+    assert "\n" not in str(info.value)
+    with pytest.raises(InputError, match="unknown sampler options 'a', 'b'"):
+        infill(model, [1], [2], middle_length=2, b=1, a=2)
+    with pytest.raises(InputError, match="options must be a SamplerOptions"):
+        generate(model, [1], max_new_tokens=4, options={"steps": 2})
+    with pytest.raises(InputError, match="unknown schedule"):
+        generate(model, [1], max_new_tokens=4, schedule="cosine")
+    with pytest.raises(InputError, match="unknown filter_order"):
+        generate(model, [1], max_new_tokens=4, filter_order="random")
 
 
 def test_bad_input(model):

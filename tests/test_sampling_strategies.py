@@ -86,6 +86,22 @@ def test_suppressed_positions_come_last():
     assert get_strategy("threshold", threshold=0.9).select(sup)[0].tolist() == [False, True]
 
 
+@pytest.mark.parametrize("alg_temp", [0.0, 1e-3, 1e-9, 1e-300])
+def test_suppression_is_strict_at_any_alg_temp(alg_temp):
+    """A tiny alg_temp makes the perturbed scores huge (score / alg_temp); a suppressed position
+    must still come after every other candidate."""
+    strategy = get_strategy("maskgit_plus", alg_temp=alg_temp)
+    for seed in range(20):
+        ctx = _context(PROBS, k=1, suppressed=torch.tensor([[True, False, False]]))
+        ctx.generator = torch.Generator().manual_seed(seed)
+        assert strategy.select(ctx)[0].tolist() == [False, True, False]
+        ctx.num_to_commit = torch.tensor([3])
+        assert strategy.select(ctx).all()  # nothing else left: suppressed ones are committed too
+    # among suppressed positions the score still decides (position 1 ranks above position 2)
+    ctx = _context(PROBS, k=2, suppressed=torch.tensor([[False, True, True]]))
+    assert get_strategy("maskgit_plus").select(ctx)[0].tolist() == [True, True, False]
+
+
 def test_commit_schedule_per_row():
     sched = commit_schedule(torch.tensor([10, 3, 0]), 4)
     assert sched[:, 0].tolist() == commit_counts(10, 4) == [3, 3, 2, 2]
@@ -182,3 +198,30 @@ def test_truncated_draws_follow_the_kept_distribution(gumbel):
     freq = torch.bincount(tokens, minlength=5).float() / tokens.numel()
     expected = torch.tensor([float("-inf"), 1.0, 2.0, float("-inf"), 0.5]).softmax(-1)
     assert torch.allclose(freq, expected, atol=0.01) and torch.allclose(probs[0], expected, atol=1e-6)
+
+
+def test_nucleus_draw_stays_in_the_nucleus(monkeypatch):
+    """33 equally likely tokens: the kept probabilities (1/33 each) sum to a float just below the
+    largest uniform torch.rand can return, and the 31 zero-probability tokens ranked after the
+    nucleus share that cumulative value: an unclamped inverse CDF lands on one of them."""
+    from difflm.sampling.tokens import truncated_distribution
+
+    logits = torch.full((1, 100), -30.0)
+    logits[0, :33] = 0.0
+    largest = 1.0 - 2.0 ** -24  # the largest float32 below 1
+    kept, _ = truncated_distribution(logits, 0, 0.999)
+    assert kept.shape[-1] > 33 and kept.cumsum(-1)[0, -1] < largest  # the case is the one described
+
+    real_rand = torch.rand
+    monkeypatch.setattr(torch, "rand", lambda *size, **kw: real_rand(*size, **kw).fill_(largest))
+    tokens, probs = sample_tokens(logits, temperature=1.0, top_p=0.999, generator=torch.Generator())
+    assert probs[0, tokens[0]] > 0 and int(tokens[0]) < 33
+    tokens, probs = sample_tokens(logits, temperature=1.0, generator=torch.Generator())  # the full distribution
+    assert probs[0, tokens[0]] > 0
+
+
+def test_inverse_cdf_draws_follow_the_softmax():
+    logits = torch.tensor([0.0, 1.0, 2.0, -1.0, float("-inf")]).repeat(40000, 1)
+    tokens, probs = sample_tokens(logits, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    freq = torch.bincount(tokens, minlength=5).float() / tokens.numel()
+    assert torch.allclose(freq, logits[0].softmax(-1), atol=0.01) and not (tokens == 4).any()

@@ -1,23 +1,38 @@
-"""`SamplerOptions`: every knob of the denoising loop in one validated object."""
+"""`SamplerOptions`: every knob of the denoising loop in one validated object.
+
+The entry points (`generate`, `infill`, `fill`, `denoise`) take one ``options=SamplerOptions(...)``
+and/or keyword overrides of its fields; `SamplerOptions.merge` combines them (``dataclasses.replace``,
+validated again). The object is frozen: once validated it travels unchanged.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
+from functools import cached_property
+from typing import Any
 
 from ..errors import InputError
 from .forward import CACHE_MODES
-from .strategies import Strategy, get_strategy
+from .strategies import SCHEDULES, Strategy, get_strategy
 from .tokens import check_sampling_args
 
 ATTENTION_OVERRIDES = ("causal", "bidirectional", "block_causal")
+FILTER_ORDERS = ("top_k_first", "top_p_first")
+
+# The conventions of a model family (``DiffusionConfig.family``) that apply where an option is None.
+FAMILY_DEFAULTS: dict[str, dict[str, str]] = {
+    "dream": {"schedule": "dream", "filter_order": "top_p_first"},
+}
+GENERIC_DEFAULTS: dict[str, str] = {"schedule": "equal", "filter_order": "top_k_first"}
 
 
-@dataclass
+@dataclass(frozen=True)
 class SamplerOptions:
-    """Options of `denoise` / `generate` / `infill` / `fill` (all keyword arguments there).
+    """Options of `denoise` / `generate` / `infill` / `fill`.
 
     steps: model calls at most (default: one per generated token); split evenly across blocks.
-    strategy: a name of `STRATEGIES` ("low_confidence" default) or a `Strategy` instance.
+    strategy: a name of `STRATEGIES` ("low_confidence" default) or a `Strategy` instance; kept as
+        given. The resolved instance is ``commit_strategy``.
     block_length: semi-autoregressive block size in generated tokens (default: one block). A
         length that is not a multiple gives a shorter last block.
     temperature, top_p, top_k, gumbel: token sampling (temperature 0 = greedy; gumbel = LLaDA's
@@ -31,6 +46,11 @@ class SamplerOptions:
     stop_at_eos: once a finished block holds EOS/pad in a row, fill the rest of that row with
         EOS and stop denoising it (variable-length output; the run ends when every row stopped).
     suppress_eos: commit positions that drew EOS/pad only when nothing else is left in the step.
+    schedule: how many tokens a fixed-count strategy commits per step: "equal" (LLaDA's equal
+        share of the block), "dream" (Dream's int(n_mask * (1 - s / t)) on its time grid), or
+        None = the model family's convention ("dream" for family "dream", else "equal").
+    filter_order: "top_k_first" (difflm, LLaDA-style) or "top_p_first" (Dream: the nucleus of the
+        full distribution, then top-k), or None = the model family's convention.
     """
 
     steps: int | None = None
@@ -47,6 +67,8 @@ class SamplerOptions:
     attention: str | None = None
     stop_at_eos: bool = False
     suppress_eos: bool = False
+    schedule: str | None = None
+    filter_order: str | None = None
 
     def __post_init__(self) -> None:
         check_sampling_args(self.temperature, self.top_p, self.top_k)
@@ -60,8 +82,43 @@ class SamplerOptions:
             raise InputError(f"unknown cache mode {self.cache!r}; choose one of {', '.join(CACHE_MODES)}")
         if self.attention is not None and self.attention not in ATTENTION_OVERRIDES:
             raise InputError(f"unknown attention {self.attention!r}; choose one of {', '.join(ATTENTION_OVERRIDES)}")
-        self.strategy = get_strategy(self.strategy, threshold=self.threshold, alg_temp=self.alg_temp)
+        if self.schedule is not None and self.schedule not in SCHEDULES:
+            raise InputError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if self.filter_order is not None and self.filter_order not in FILTER_ORDERS:
+            raise InputError(f"unknown filter_order {self.filter_order!r}; choose one of {', '.join(FILTER_ORDERS)}")
+        self.commit_strategy  # noqa: B018 - validates strategy, threshold and alg_temp now
+
+    @cached_property
+    def commit_strategy(self) -> Strategy:
+        """The `Strategy` instance that ``strategy`` (with ``threshold``, ``alg_temp``) names."""
+        return get_strategy(self.strategy, threshold=self.threshold, alg_temp=self.alg_temp)
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def merge(cls, options: SamplerOptions | None = None, /, **overrides: Any) -> SamplerOptions:
+        """``options`` (default: all defaults) with the fields in ``overrides`` replaced, validated.
+
+        Raises `InputError` for an ``options`` that is not a `SamplerOptions`, for an override
+        that is not a field, and for any invalid value.
+        """
+        if options is not None and not isinstance(options, cls):
+            raise InputError(f"options must be a SamplerOptions, got {type(options).__name__}")
+        unknown = sorted(set(overrides) - set(cls.names()))
+        if unknown:
+            raise InputError(
+                f"unknown sampler option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                f"choose from {', '.join(cls.names())}"
+            )
+        if options is None:
+            return cls(**overrides)
+        return replace(options, **overrides) if overrides else options
+
+    def for_family(self, family: str | None) -> SamplerOptions:
+        """A copy whose family-dependent options (``schedule``, ``filter_order``) left at None take
+        the convention of the model family ``family`` (`FAMILY_DEFAULTS`, else `GENERIC_DEFAULTS`)."""
+        defaults = FAMILY_DEFAULTS.get(family or "", GENERIC_DEFAULTS)
+        missing = {name: value for name, value in defaults.items() if getattr(self, name) is None}
+        return replace(self, **missing) if missing else self

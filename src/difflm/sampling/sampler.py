@@ -16,10 +16,10 @@ from typing import Any, Callable
 import torch
 
 from ..errors import InputError
-from .canvas import TokenIds, as_rows, attention_block_ids, block_masks, build_canvas, template_canvas
+from .canvas import TokenIds, as_rows, block_masks, build_canvas, decoding_groups, template_canvas
 from .forward import Denoiser
 from .options import SamplerOptions
-from .strategies import StepContext, commit_schedule, on_grid
+from .strategies import StepContext, commit_schedule, dream_commit_count, on_grid
 from .tokens import sample_tokens
 
 
@@ -87,25 +87,32 @@ def denoise(
     generate_mask: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
     *,
+    options: SamplerOptions | None = None,
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
     output_history: bool = False,
-    **options: Any,
+    **overrides: Any,
 ) -> Generation:
     """Fill every position of ``generate_mask`` in at most ``steps`` model calls.
 
     Blocks of ``block_length`` generated positions are finished left to right, the steps split
-    evenly between them. A fixed-count strategy commits an equal share of a block per step (the
-    remainder over the first steps); a block with fewer tokens than steps takes only as many
-    steps as tokens. ``options`` are the fields of `SamplerOptions`.
+    evenly between them. Under the "equal" schedule a fixed-count strategy commits an equal share
+    of a block per step (the remainder over the first steps) and a block with fewer tokens than
+    steps takes only as many steps as tokens; under "dream" each step commits
+    ``int(n_mask * (1 - s / t))`` on Dream's time grid (`dream_commit_count`), every step of the
+    grid runs (Dream's early steps may commit nothing), and the last one commits the rest.
 
     Args:
         canvas: LongTensor [B, L]; generate_mask: BoolTensor [B, L]; attention_mask: [B, L] or None.
+        options: a `SamplerOptions` (default: all defaults); ``overrides`` are `SamplerOptions`
+            fields applied on top (`SamplerOptions.merge`). Options left at None that depend on
+            the model family (schedule, filter_order) take ``model.config.family``'s convention.
     Returns:
         a `Generation`.
     """
-    opts = SamplerOptions(**options)
-    strategy = opts.strategy
+    opts = SamplerOptions.merge(options, **overrides).for_family(getattr(model.config, "family", None))
+    strategy = opts.commit_strategy
+    dream_schedule = opts.schedule == "dream"
     mask_id = model.config.mask_token_id
     n = int(generate_mask.sum(-1).max())
     if n == 0:
@@ -114,9 +121,8 @@ def denoise(
     blocks = block_masks(generate_mask, opts.block_length or n)
     if steps < len(blocks):
         raise InputError(f"steps ({steps}) must be at least the number of blocks ({len(blocks)})")
-    block_ids = attention_block_ids(blocks, model.config.shift) if opts.attention == "block_causal" else None
     denoiser = Denoiser(
-        model, canvas, attention_mask, generate_mask, attention=opts.attention, block_ids=block_ids,
+        model, canvas, attention_mask, generate_mask, groups=decoding_groups(blocks), attention=opts.attention,
         cfg_scale=opts.cfg_scale, cache=opts.cache,
     )
     stop_ids = torch.tensor(stop_token_ids(model), dtype=torch.long, device=canvas.device)
@@ -129,9 +135,9 @@ def denoise(
     for b, block in enumerate(blocks):
         block_steps = steps // len(blocks) + (1 if b < steps % len(blocks) else 0)
         block_n = (block & (canvas == mask_id)).sum(-1)
-        if strategy.fixed_count:
+        if strategy.fixed_count and not dream_schedule:
             block_steps = max(1, min(block_steps, int(block_n.max())))
-        counts = commit_schedule(block_n, block_steps)
+        counts = None if dream_schedule else commit_schedule(block_n, block_steps)
         denoiser.start_block(block)
         for i in range(block_steps):
             candidates = block & (canvas == mask_id)
@@ -141,15 +147,17 @@ def denoise(
             logits[:, mask_id] = float("-inf")  # the mask token is never a prediction
             drawn, probs = sample_tokens(
                 logits, temperature=opts.temperature, top_p=opts.top_p, top_k=opts.top_k, gumbel=opts.gumbel,
-                generator=generator,
+                generator=generator, top_p_first=opts.filter_order == "top_p_first",
             )
             proposals = canvas.masked_scatter(candidates, drawn)
             ctx = StepContext(
                 step=i, steps=block_steps, candidates=candidates, tokens=proposals,
                 confidence=on_grid(candidates, probs.gather(-1, drawn[:, None]).squeeze(-1)),
-                probs=probs, num_to_commit=counts[i], generator=generator,
+                probs=probs, generator=generator,
+                num_to_commit=dream_commit_count(candidates.sum(-1), i, block_steps) if counts is None else counts[i],
                 logits=logits if opts.temperature > 0 else None, drawn=drawn,
                 suppressed=candidates & torch.isin(proposals, stop_ids) if opts.suppress_eos else None,
+                schedule=opts.schedule,
             )
             committed = strategy.select(ctx) & candidates
             canvas = torch.where(committed, proposals, canvas)
@@ -178,12 +186,13 @@ def generate(
     prompt_ids: TokenIds,
     *,
     max_new_tokens: int,
+    options: SamplerOptions | None = None,
     attention_mask: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
     return_dict: bool = False,
     output_history: bool = False,
-    **options: Any,
+    **overrides: Any,
 ) -> torch.Tensor | Generation:
     """Generate ``max_new_tokens`` after each prompt by iterative denoising.
 
@@ -193,21 +202,26 @@ def generate(
             prompts of different lengths are left-padded). With ``attention_mask`` [B, P] a
             padded 2-D tensor is unpadded first.
         max_new_tokens: tokens to generate per prompt (the budget, with ``stop_at_eos``).
-        generator: torch.Generator for reproducible sampling.
+        options: a `SamplerOptions` (default: all defaults).
+        generator: torch.Generator for reproducible sampling, on any device (draws are made on
+            the generator's device, see `difflm.rng`).
         callback: called with a `SamplerStep` after every step (streaming, visualisation).
         return_dict: return a `Generation` (trimmed new tokens, step count, history).
         output_history: keep the canvas after every step in ``Generation.history``.
-        options: `SamplerOptions` fields: steps, strategy, block_length, temperature, top_p,
-            top_k, gumbel, threshold, alg_temp, cfg_scale, cache, attention, stop_at_eos,
-            suppress_eos.
+        overrides: `SamplerOptions` fields applied on top of ``options`` (steps, strategy,
+            block_length, temperature, top_p, top_k, gumbel, threshold, alg_temp, cfg_scale,
+            cache, attention, stop_at_eos, suppress_eos, schedule, filter_order); an unknown
+            name raises `InputError`.
     Returns:
         LongTensor [B, P_max + max_new_tokens] (left-padded prompts followed by the new tokens),
         or a `Generation` with ``return_dict``.
     """
+    opts = SamplerOptions.merge(options, **overrides)
     if max_new_tokens < 1:
         raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     canvas, attn, gen = build_canvas(model, as_rows(prompt_ids, attention_mask), max_new_tokens)
-    result = denoise(model, canvas, gen, attn, generator=generator, callback=callback, output_history=output_history, **options)
+    result = denoise(model, canvas, gen, attn, options=opts, generator=generator, callback=callback,
+                     output_history=output_history)
     return _finish(result, return_dict)
 
 
@@ -217,27 +231,47 @@ def infill(
     suffix_ids: TokenIds,
     *,
     middle_length: int,
+    options: SamplerOptions | None = None,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
     return_dict: bool = False,
-    **kwargs: Any,
+    output_history: bool = False,
+    **overrides: Any,
 ) -> torch.Tensor | Generation:
     """Generate ``middle_length`` tokens between a prefix and a suffix (no reordering needed:
-    the model attends both ways). Takes the options of `generate`. Returns LongTensor
-    [B, L] = left-padded [prefix | middle | suffix] (or a `Generation`)."""
+    the model attends both ways). Takes the options and overrides of `generate`. Returns
+    LongTensor [B, L] = left-padded [prefix | middle | suffix] (or a `Generation`)."""
+    opts = SamplerOptions.merge(options, **overrides)
     if middle_length < 1:
         raise InputError(f"middle_length must be >= 1, got {middle_length}")
     prefixes, suffixes = as_rows(prefix_ids), as_rows(suffix_ids)
     if len(suffixes) == 1 and len(prefixes) > 1:
         suffixes = suffixes * len(prefixes)
     canvas, attn, gen = build_canvas(model, prefixes, middle_length, suffixes)
-    return _finish(denoise(model, canvas, gen, attn, **kwargs), return_dict)
+    result = denoise(model, canvas, gen, attn, options=opts, generator=generator, callback=callback,
+                     output_history=output_history)
+    return _finish(result, return_dict)
 
 
-def fill(model, template_ids: TokenIds, *, return_dict: bool = False, **kwargs: Any) -> torch.Tensor | Generation:
+def fill(
+    model,
+    template_ids: TokenIds,
+    *,
+    options: SamplerOptions | None = None,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    return_dict: bool = False,
+    output_history: bool = False,
+    **overrides: Any,
+) -> torch.Tensor | Generation:
     """Generate every position of each template that holds the mask id: several gaps at once.
 
     ``template_ids`` is one row or a batch of rows (left-padded when lengths differ). Blocks run
-    over the masked positions in reading order, across gaps. Takes the options of `generate`.
-    Returns LongTensor [B, L], the filled templates (or a `Generation`).
+    over the masked positions in reading order, across gaps. Takes the options and overrides of
+    `generate`. Returns LongTensor [B, L], the filled templates (or a `Generation`).
     """
+    opts = SamplerOptions.merge(options, **overrides)
     canvas, attn, gen = template_canvas(model, as_rows(template_ids))
-    return _finish(denoise(model, canvas, gen, attn, **kwargs), return_dict)
+    result = denoise(model, canvas, gen, attn, options=opts, generator=generator, callback=callback,
+                     output_history=output_history)
+    return _finish(result, return_dict)

@@ -14,6 +14,10 @@ softmax(score / alg_temp), as Dream does); adding one is a matter of writing its
 | `entropy`        | Dream     | negative entropy of the sampling distribution                    |
 | `threshold`      | Fast-dLLM | every candidate whose LLaDA confidence exceeds the threshold,    |
 |                  |           | and at least the scheduled count (the most confident ones)       |
+
+How many a fixed-count strategy commits per step is the commit schedule (`SCHEDULES`): "equal"
+(LLaDA's equal share of the block, `commit_schedule`) or "dream" (Dream's time grid,
+`dream_commit_count`).
 """
 
 from __future__ import annotations
@@ -23,11 +27,11 @@ from functools import cached_property
 
 import torch
 
+from .. import rng
 from ..errors import InputError
 
-# Subtracted from the score of suppressed positions (EOS suppression): below every real score
-# (probabilities, margins and entropies are all far smaller), above the -inf of non-candidates.
-_SUPPRESSED_PENALTY = 1e6
+SCHEDULES = ("equal", "dream")
+DREAM_EPS = 1e-3  # the end of Dream's time grid linspace(1, eps, steps + 1)
 
 
 @dataclass
@@ -48,6 +52,8 @@ class StepContext:
     drawn: LongTensor [N], the drawn tokens of the candidates.
     suppressed: BoolTensor [B, L] or None, candidates that drew a stop token (EOS/pad) while EOS
         suppression is on: committed only when nothing else is left to commit.
+    schedule: the commit schedule of the run ("equal" or "dream", see `SCHEDULES`); `RandomOrder`
+        reveals with the matching probability.
     """
 
     step: int
@@ -61,6 +67,7 @@ class StepContext:
     logits: torch.Tensor | None = None
     drawn: torch.Tensor | None = None
     suppressed: torch.Tensor | None = None
+    schedule: str = "equal"
 
     def scatter(self, values: torch.Tensor) -> torch.Tensor:
         """Per-candidate values [N] placed on the canvas grid: FloatTensor [B, L], -inf elsewhere."""
@@ -81,6 +88,17 @@ def on_grid(candidates: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     [B, L] grid, -inf elsewhere."""
     grid = torch.full(candidates.shape, float("-inf"), device=values.device, dtype=values.dtype)
     return grid.masked_scatter(candidates, values)
+
+
+def demote(scores: torch.Tensor, demoted: torch.Tensor) -> torch.Tensor:
+    """A lexicographic ranking key: FloatTensor [B, L], higher = better, that orders the
+    positions of ``demoted`` (BoolTensor [B, L]) after all the others of their row and keeps the
+    order of ``scores`` within each group. The key is an exact integer rank, so no scale of the
+    scores (a tiny alg_temp makes them huge) can lift a demoted position above another."""
+    length = scores.shape[-1]
+    order = scores.argsort(dim=-1, descending=True, stable=True)
+    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(length, device=scores.device).expand_as(order))
+    return -(rank + demoted.long() * length).double()
 
 
 def topk_mask(scores: torch.Tensor, candidates: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -117,13 +135,15 @@ class Strategy:
         raise NotImplementedError
 
     def ranking(self, ctx: StepContext) -> torch.Tensor:
-        """The score, perturbed for sampling (alg_temp) and pushed down for suppressed positions."""
+        """The score, perturbed for sampling (alg_temp) and, under EOS suppression, replaced by a
+        rank key that puts every suppressed position after every other candidate (strict at any
+        scale of the perturbed scores)."""
         scores = self.score(ctx).double()
         if self.alg_temp > 0:
-            uniform = torch.rand(scores.shape, generator=ctx.generator, device=scores.device, dtype=torch.float64)
+            uniform = rng.uniform(scores.shape, generator=ctx.generator, device=scores.device, dtype=torch.float64)
             scores = scores / self.alg_temp - torch.log(-torch.log(uniform.clamp_min(1e-300)))
         if ctx.suppressed is not None:
-            scores = scores - _SUPPRESSED_PENALTY * ctx.suppressed
+            scores = demote(scores, ctx.suppressed)
         return scores
 
     def select(self, ctx: StepContext) -> torch.Tensor:
@@ -201,15 +221,19 @@ class Threshold(Strategy):
 class RandomOrder(Strategy):
     """The reference DiffuLLaMA sampler: each still-masked position is revealed independently with
     probability 1 / (remaining steps), taking this step's sample; the last step reveals the rest.
+    Under Dream's schedule the probability is Dream's 'origin' one, 1 - s / t on its time grid.
     EOS suppression and alg_temp do not apply (there is no score)."""
 
     name = "random"
     fixed_count = False
 
     def select(self, ctx: StepContext) -> torch.Tensor:
-        remaining = ctx.steps - ctx.step
-        draw = torch.rand(ctx.candidates.shape, generator=ctx.generator, device=ctx.candidates.device)
-        return ctx.candidates & (draw < 1.0 / remaining)
+        if ctx.schedule == "dream":
+            probability = float(dream_fraction(ctx.step, ctx.steps))
+        else:
+            probability = 1.0 / (ctx.steps - ctx.step)
+        draw = rng.uniform(ctx.candidates.shape, generator=ctx.generator, device=ctx.candidates.device)
+        return ctx.candidates & (draw < probability)
 
 
 STRATEGIES: dict[str, type[Strategy]] = {
@@ -248,3 +272,29 @@ def commit_schedule(num_masked: torch.Tensor, steps: int) -> torch.Tensor:
     base, extra = num_masked // steps, num_masked % steps
     step = torch.arange(steps, device=num_masked.device)[:, None]
     return base[None, :] + (step < extra[None, :]).long()
+
+
+def dream_fraction(step: int, steps: int, eps: float = DREAM_EPS) -> torch.Tensor:
+    """Dream's share of the still-masked tokens committed at ``step`` of ``steps``: 1 - s / t with
+    t, s = timesteps[step], timesteps[step + 1] of timesteps = linspace(1, eps, steps + 1), in
+    float32 as Dream computes it; 1 at the last step. A 0-dim FloatTensor."""
+    if step >= steps - 1:
+        return torch.tensor(1.0)
+    timesteps = torch.linspace(1, eps, steps + 1)
+    return 1 - timesteps[step + 1] / timesteps[step]
+
+
+def dream_commit_count(num_masked: torch.Tensor, step: int, steps: int, eps: float = DREAM_EPS) -> torch.Tensor:
+    """Dream's commit count (generation_utils.py of Dream-v0): ``int(n * (1 - s / t))`` tokens of
+    the ``n`` still masked at ``step`` (see `dream_fraction`), all that remain at the last step.
+
+    Computed per row from LongTensor [B] (the still-masked count of each row now) -> LongTensor
+    [B]. Dream itself uses one batch-averaged count, ``mask_index.sum() / batch``, for every row;
+    that is the same number whenever the rows have the same number of masked positions, which
+    is always so in Dream's generation (every row gets max_new_tokens masks and commits the same
+    count per step). Early steps can commit nothing (n * (1 - s / t) < 1), as in Dream.
+    """
+    if step >= steps - 1:
+        return num_masked.clone()
+    fraction = dream_fraction(step, steps, eps).to(num_masked.device)
+    return (num_masked.float() * fraction).long()

@@ -1,9 +1,15 @@
-"""Drawing tokens from logits: greedy, temperature, top-k, nucleus (top-p) and Gumbel-max sampling."""
+"""Drawing tokens from logits: greedy, temperature, top-k, nucleus (top-p) and Gumbel-max sampling.
+
+Every seeded draw goes through `difflm.rng.uniform`: the numbers are drawn on the generator's own
+device and moved, so a CPU generator works for logits on any device and a seed gives the same
+stream wherever the model runs.
+"""
 
 from __future__ import annotations
 
 import torch
 
+from .. import rng
 from ..errors import InputError
 
 
@@ -43,17 +49,40 @@ def gumbel_max(logits: torch.Tensor, generator: torch.Generator | None = None) -
     LLaDA draws this way in float64 because Gumbel noise in low precision collapses the tails
     (few distinct values of -log(-log u)), which lowers diversity. logits: [N, V] -> LongTensor [N].
     """
-    uniform = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
+    uniform = rng.uniform(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
     gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-300)))
     return (logits.double() + gumbel).argmax(-1)
 
 
-def truncated_distribution(logits: torch.Tensor, top_k: int, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+def inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """The index drawn by inverse-CDF sampling in each row of ``probs`` [N, K] (non-negative, rows
+    summing to about 1) with ``uniform`` [N] in [0, 1): LongTensor [N].
+
+    The uniform is scaled by the row's total, and the result is clamped to the last index of
+    non-zero probability: float error in the cumulative sum can never select a token outside
+    the support (zero-probability tokens after the support share the last cumulative value).
+    """
+    cdf = probs.cumsum(-1)
+    target = uniform.to(cdf.dtype)[:, None] * cdf[:, -1:]
+    choice = torch.searchsorted(cdf, target, right=True).squeeze(-1)
+    positions = torch.arange(probs.shape[-1], device=probs.device)
+    last = torch.where(probs > 0, positions, 0).amax(-1)  # last index of the support
+    return torch.minimum(choice, last)
+
+
+def truncated_distribution(
+    logits: torch.Tensor, top_k: int, top_p: float, *, top_p_first: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The top-k / top-p distribution on the few tokens it keeps, without sorting the vocabulary.
 
     Equal to ``top_p_filter(top_k_filter(logits, top_k), top_p).softmax(-1)`` (up to the order of
     tied logits), but it ranks only as many tokens as the nucleus needs: 64 first, 8x more until
     every row's kept mass reaches ``top_p``. Sorting [N, V] was the sampler's largest cost.
+
+    ``top_p_first`` applies the filters in Dream's order instead: the nucleus of the full
+    distribution, then at most ``top_k`` of its tokens, i.e.
+    ``top_k_filter(top_p_filter(logits, top_p), top_k).softmax(-1)``. It keeps at least as many
+    tokens as the default order (whose nucleus is measured on the renormalised top-k).
 
     Args:
         logits: FloatTensor [N, V] (already divided by the temperature).
@@ -62,6 +91,10 @@ def truncated_distribution(logits: torch.Tensor, top_k: int, top_p: float) -> tu
         descending order, probability 0 for those outside the nucleus.
     """
     vocab = logits.shape[-1]
+    if top_p_first and top_p < 1.0 and 0 < top_k < vocab:
+        kept, ids = truncated_distribution(logits, 0, top_p)  # the nucleus, in descending order
+        kept, ids = kept[:, :top_k], ids[:, :top_k]  # then its top_k most likely tokens
+        return kept / kept.sum(-1, keepdim=True), ids
     k_max = top_k if 0 < top_k < vocab else vocab
     if k_max < vocab:
         values, ids = logits.topk(k_max, dim=-1)
@@ -95,6 +128,7 @@ def sample_tokens(
     top_k: int = 0,
     gumbel: bool = False,
     generator: torch.Generator | None = None,
+    top_p_first: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one token per row and report the distribution it came from.
 
@@ -103,9 +137,12 @@ def sample_tokens(
         temperature: 0 = greedy (argmax); otherwise logits / temperature.
         top_p: nucleus mass kept before sampling (1 = off).
         top_k: keep only the k most likely tokens before sampling (0 = off).
-        gumbel: draw by Gumbel-max in float64 (LLaDA) instead of torch.multinomial; the same
-            distribution, a different random stream.
-        generator: RNG for the draw.
+        gumbel: draw by Gumbel-max in float64 (LLaDA) instead of by inverse CDF (one uniform per
+            row); the same distribution, a different random stream. Gumbel-max needs one
+            uniform per vocabulary entry: with a CPU generator and GPU logits those are drawn on
+            the CPU and copied, so prefer a generator on the logits' device there.
+        generator: RNG for the draw, on any device (see `difflm.rng`); None = torch's global RNG.
+        top_p_first: apply top-p before top-k (Dream's order) instead of top-k before top-p.
     Returns:
         (tokens LongTensor [N], probs FloatTensor [N, V]) where probs is the distribution the
         token was drawn from (after temperature, top-k and top-p; the softmax of the logits when
@@ -118,14 +155,14 @@ def sample_tokens(
     scaled = logits / temperature
     if top_p >= 1.0 and not 0 < top_k < logits.shape[-1]:
         probs = scaled.softmax(-1)
-        tokens = gumbel_max(scaled, generator) if gumbel else torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-        return tokens, probs
+        if gumbel:
+            return gumbel_max(scaled, generator), probs
+        return inverse_cdf(probs, rng.uniform((probs.shape[0],), generator=generator, device=probs.device)), probs
     # Draw among the few tokens top-k / top-p keep, then place their probabilities on [N, V].
-    kept, ids = truncated_distribution(scaled, top_k, top_p)
+    kept, ids = truncated_distribution(scaled, top_k, top_p, top_p_first=top_p_first)
     if gumbel:
         choice = gumbel_max(kept.double().log(), generator)
-    else:  # inverse CDF: one uniform per row instead of multinomial's noise over every kept token
-        uniform = torch.rand(kept.shape[0], 1, generator=generator, device=kept.device)
-        choice = torch.searchsorted(kept.cumsum(-1), uniform, right=True).squeeze(-1).clamp(max=kept.shape[-1] - 1)
+    else:  # inverse CDF: one uniform per row instead of noise over every kept token
+        choice = inverse_cdf(kept, rng.uniform((kept.shape[0],), generator=generator, device=kept.device))
     probs = torch.zeros_like(scaled).scatter_(-1, ids, kept)
     return ids.gather(-1, choice[:, None]).squeeze(-1), probs
