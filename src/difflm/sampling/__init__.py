@@ -2,7 +2,7 @@
 block-wise KV cache."""
 
 from .canvas import block_masks, decoding_groups, build_canvas, template_canvas
-from .forward import CACHE_MODES, Denoiser
+from .denoiser import CACHE_MODES, Denoiser
 from .options import FILTER_ORDERS, SamplerOptions
 from .sampler import Generation, SamplerStep, denoise, fill, generate, infill, stop_token_ids, trim_at_stop
 from .strategies import (

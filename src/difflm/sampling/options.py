@@ -12,7 +12,7 @@ from functools import cached_property
 from typing import Any
 
 from ..errors import InputError
-from .forward import CACHE_MODES
+from .denoiser import CACHE_MODES
 from .strategies import SCHEDULES, Strategy, get_strategy
 from .tokens import check_sampling_args
 
@@ -40,7 +40,7 @@ class SamplerOptions:
     threshold: confidence threshold of strategy "threshold" (default 0.9).
     alg_temp: > 0 samples positions with softmax(score / alg_temp) instead of the top scores (Dream).
     cfg_scale: classifier-free guidance scale (0 = off); the unconditional pass masks the prompt.
-    cache: "none" | "prefix" | "dual" (block-wise KV cache, see `forward`).
+    cache: "none" | "prefix" | "dual" (block-wise KV cache, see `denoiser`).
     attention: None (the model's mode) | "causal" | "bidirectional" | "block_causal" (block
         diffusion: bidirectional inside a decoding block, causal across; makes the caches exact).
     stop_at_eos: once a finished block holds EOS/pad in a row, fill the rest of that row with

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import InputError
 from .canvas import TokenIds, as_rows, block_masks, build_canvas, decoding_groups, template_canvas
-from .forward import Denoiser
+from .denoiser import Denoiser
 from .options import SamplerOptions
 from .strategies import StepContext, commit_schedule, dream_commit_count, on_grid
 from .tokens import sample_tokens
