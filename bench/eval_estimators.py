@@ -28,9 +28,9 @@ import torch
 from difflm.evaluation import EvalSettings, load_eval_lm
 from difflm.evaluation.data import load_texts
 from difflm.evaluation.likelihood import elbo_nll
-from difflm.evaluation.protocols import window_requests
 from difflm.evaluation.registry import TASKS_DIR
 from difflm.evaluation.report import json_safe
+from difflm.evaluation.text_tasks import window_requests
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = (("count", True), ("count", False), ("time", True), ("time", False))

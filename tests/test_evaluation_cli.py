@@ -40,12 +40,59 @@ def test_seeded_runs_are_reproducible(model_dirs, tmp_path):  # noqa: F811
     assert metrics("c.json", 1) != metrics("a.json", 0)
 
 
+def test_a_plain_llama_is_scored_as_diffullama_only_when_told(model_dirs, tmp_path, capsys):  # noqa: F811
+    # A tiny LLaMA written by save_pretrained is exactly DiffuLLaMA's published layout: nothing in the
+    # files says "diffusion". Detection must score it as AR, and --format diffullama as a DLM (ELBO).
+    reports, lines = {}, {}
+    for name, extra in (("detected", ()), ("given", ("--format", "diffullama"))):
+        out = tmp_path / f"{name}.json"
+        assert run_eval(model_dirs["ar"], "perplexity,multiple-choice", out, *extra) == 0
+        reports[name] = json.loads(out.read_text())
+        err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("difflm: model ")]
+        assert len(err) == 1, err  # one line says what was chosen
+        lines[name] = err[0]
+    assert "layout causal-lm (detected:" in lines["detected"] and "scored by the exact AR NLL" in lines["detected"]
+    assert "pass --format diffullama" in lines["detected"]
+    assert "layout diffullama (given by --format)" in lines["given"]
+    assert "scored by the ELBO (Monte Carlo, 2 samples" in lines["given"]
+
+    ar, dlm = reports["detected"], reports["given"]
+    assert (ar["model"]["kind"], ar["model"]["layout"]) == ("ar", "causal-lm")
+    assert (dlm["model"]["kind"], dlm["model"]["layout"], dlm["model"]["layout_given"]) == ("dlm", "diffullama", True)
+    assert dlm["model"]["diffusion_config"]["family"] == "diffullama"
+    assert dlm["model"]["diffusion_config"]["shift"] and dlm["model"]["diffusion_config"]["attention"] == "bidirectional"
+    for task, metric in (("perplexity", "nll_per_token"), ("multiple-choice", "acc")):
+        assert ar["tasks"][task]["metrics"][metric]["stderr_source"] == ("exact" if task == "perplexity" else "examples")
+    ppl_ar, ppl_dlm = ar["tasks"]["perplexity"]["metrics"]["nll_per_token"], dlm["tasks"]["perplexity"]["metrics"]["nll_per_token"]
+    assert ppl_ar["stderr"] == 0
+    assert ppl_dlm["stderr_source"] == "monte-carlo" and ppl_dlm["stderr"] > 0  # an ELBO estimate, with its error
+    assert ppl_dlm["value"] != ppl_ar["value"]
+    option_errors = [e for s in dlm["tasks"]["multiple-choice"]["samples"] for e in s["stderr"]]
+    assert any(e > 0 for e in option_errors) and all(e == 0 for s in ar["tasks"]["multiple-choice"]["samples"]
+                                                      for e in s["stderr"])
+
+
+def test_a_layout_a_stock_class_cannot_load_is_not_forced_to_ar(model_dirs, tmp_path, capsys):  # noqa: F811
+    from published_layouts import write_diffugpt
+
+    write_diffugpt(tmp_path / "diffugpt")  # wrapper key names: a stock GPT-2 would silently start from random weights
+    assert run_eval(tmp_path / "diffugpt", "perplexity", tmp_path / "r.json", "--format", "causal-lm") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("difflm: error:") and "in the diffugpt layout" in err and "\n" not in err
+    # a difflm directory stores stock weights: scoring it as AR is the caller's choice, and works
+    assert run_eval(model_dirs["dlm"], "perplexity", tmp_path / "r.json", "--format", "causal-lm") == 0
+    assert json.loads((tmp_path / "r.json").read_text())["model"]["kind"] == "ar"
+    assert "layout causal-lm (given by --format), scored by the exact AR NLL" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("args, message", [
     (["--tasks", "perplexity,nope"], "unknown task 'nope'"),
     (["--tasks", "hellaswag"], "needs a local data file"),
     (["--n-samples", "0"], "n_samples must be an integer >= 1"),
     (["--model", "/nonexistent/model"], "no model at /nonexistent/model"),
     (["--threads", "0"], "--threads must be >= 1"),
+    (["--format", "diffulama"], "unknown format 'diffulama'; choose one of difflm, diffugpt, llada, dream, diffullama, causal-lm"),
+    (["--format", "llada"], "is not in the LLaDA layout"),  # a layout the checkpoint is not in
 ])
 def test_bad_input_is_one_line_and_exit_code_2(model_dirs, tmp_path, capsys, args, message):  # noqa: F811
     argv = ["eval", "--model", str(model_dirs["dlm"]), "--output", str(tmp_path / "r.json"), "--no-progress", *args]

@@ -9,6 +9,8 @@ import argparse
 # torch (a test keeps the two in step).
 TASK_NAMES = ("perplexity", "last-word", "multiple-choice", "infilling", "lambada", "hellaswag", "piqa", "siqa",
               "winogrande", "rocstories", "gsm8k", "humaneval", "humaneval-infill")
+# The names of `difflm.formats.FORMATS`, for the same reason (a test keeps them in step too).
+FORMAT_NAMES = ("difflm", "diffugpt", "llada", "dream", "diffullama", "causal-lm")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,9 +19,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "eval", help="evaluate a model (AR: exact NLL; DLM: ELBO) on benchmark tasks",
         description="Score a model on tasks and print a table; the JSON report (scores, standard errors, "
         "settings, seed) goes to --output. A plain transformers causal LM is scored exactly; a DLM by the "
-        "Monte Carlo ELBO. Tasks: NAME or NAME=PATH (a local data file). Available: " + names + ".",
+        "Monte Carlo ELBO; stderr says which layout was detected (or given) and which score is used. "
+        "Tasks: NAME or NAME=PATH (a local data file). Available: " + names + ".",
     )
     p.add_argument("--model", required=True, help="model directory or bundled name (ar-base, dlm-adapted, dlm-scratch)")
+    p.add_argument("--format", metavar="F",
+                   help="checkpoint layout instead of detection: " + ", ".join(FORMAT_NAMES) + " (causal-lm: a plain "
+                   "causal LM, scored as AR; the others as DLMs). DiffuLLaMA's files are a plain LLaMA: without "
+                   "--format diffullama it is scored as an AR model")
     p.add_argument("--tasks", default="perplexity,last-word,multiple-choice,infilling",
                    help="comma-separated tasks (default: the four bundled ones)")
     p.add_argument("--output", default="difflm-eval.json", help="where to write the JSON report (default: %(default)s)")
@@ -47,8 +54,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     from ..errors import InputError
     from ..evaluation import EvalSettings, load_eval_lm, parse_tasks, print_report, run_evaluation, write_report
+    from ..evaluation.lm import check_format, scoring_summary
 
     if args.threads is not None:
         if args.threads < 1:
@@ -64,8 +74,10 @@ def run(args: argparse.Namespace) -> int:
         block_length=args.block_length, strategy=args.strategy, max_new_tokens=args.max_new_tokens,
         limit=args.limit, progress=not args.no_progress,
     )
-    tasks = parse_tasks(args.tasks)  # before loading the model: a typo should fail fast
-    lm = load_eval_lm(args.model, settings, device=args.device)
+    check_format(args.format)  # before loading anything: a typo should fail fast
+    tasks = parse_tasks(args.tasks)
+    lm = load_eval_lm(args.model, settings, format=args.format, device=args.device)
+    print(scoring_summary(lm, "--format"), file=sys.stderr)
     report = run_evaluation(lm, tasks)
     print_report(report)
     path = write_report(report, args.output)

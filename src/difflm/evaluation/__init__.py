@@ -7,7 +7,7 @@ from .lm import AREvalLM, DiffusionEvalLM, EvalLM, EvalSettings, load_eval_lm
 from .registry import TASKS, build_task, parse_tasks
 from .report import comparison_markdown, print_report, results_table, run_evaluation, write_report
 from .stats import Estimate, mean_stderr
-from .tasks import Task, TaskResult
+from .task_base import Task, TaskResult
 
 __all__ = [
     "AREvalLM", "ChoiceExample", "DiffusionEvalLM", "ESTIMATORS", "Estimate", "EvalLM", "EvalSettings", "InfillExample",

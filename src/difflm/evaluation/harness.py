@@ -4,6 +4,10 @@
   Monte Carlo ELBO bound for a DLM, with ``n_samples`` / ``estimator`` / ``seed`` from the model args);
   ``is_greedy`` decodes the continuation greedily (a DLM: all masked, one token per step).
 * ``loglikelihood_rolling``: the perplexity protocol's independent windows, summed.
+
+A DLM's random draws are keyed by what is scored, never by where lm-eval put a request in its list
+(`request_key`): the options of one document share their draws (common random numbers, as in
+``difflm eval``), and a request's estimate does not depend on which other requests lm-eval sends with it.
 * ``generate_until``: greedy generation (the difflm sampler for a DLM), cut at the stop strings.
 
 lm-eval 0.4.13 finds models only in its own registry, and importing this module adds ``difflm`` to it.
@@ -13,10 +17,16 @@ lm-eval's own command line, so it takes exactly lm-eval's arguments::
     difflm-lm-eval --model difflm --model_args pretrained=DIR,n_samples=32 --tasks TASK --include_path DIR
 
 In Python: ``import difflm.evaluation.harness`` before ``lm_eval.simple_evaluate(model="difflm", ...)``.
+
+The checkpoint layout is detected as by ``difflm eval`` (a plain causal LM: scored as AR) unless the
+``format`` model argument gives it (``format=diffullama`` for DiffuLLaMA, whose files are a plain LLaMA);
+one line on stderr says which layout and which score are used.
 """
 
 from __future__ import annotations
 
+import hashlib
+import sys
 import warnings
 from typing import Any
 
@@ -31,9 +41,29 @@ except ImportError:  # pragma: no cover - depends on the environment
     raise InputError("the lm-eval adapter needs lm-evaluation-harness: pip install 'difflm[eval]'") from None
 
 from .likelihood import ScoreRequest
-from .lm import EvalSettings, grouped, load_eval_lm
-from .protocols import window_requests
-from .tasks import fit_context
+from .lm import EvalSettings, grouped, load_eval_lm, scoring_summary
+from .text_tasks import window_requests
+from .task_base import fit_context
+
+
+def stable_key(*parts: Any) -> int:
+    """A 63-bit key of ``parts`` (their repr), the same in every process (unlike ``hash``)."""
+    digest = hashlib.blake2b(repr(parts).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def request_key(instance: Any, request: ScoreRequest) -> int:
+    """The random-number key (see `elbo_nll`) of a loglikelihood request: its task and document when
+    lm-eval says which (the options of a question share draws), else its context's tokens."""
+    task, doc = getattr(instance, "task_name", None), getattr(instance, "doc_id", None)
+    if doc is not None:
+        return stable_key("doc", task, doc)
+    return stable_key("context", request.ids[: request.start])
+
+
+def window_key(window: ScoreRequest) -> int:
+    """The random-number key of a rolling-loglikelihood window: its tokens."""
+    return stable_key("window", window.ids)
 
 
 def _batch_size(value: Any, default: int) -> int:
@@ -53,10 +83,11 @@ def _device(requested: str | None) -> str | None:
 
 @register_model("difflm")
 class DiffLMHarnessModel(LM):
-    """``--model_args pretrained=DIR[,n_samples=..,estimator=..,stratified=..,seed=..,steps=..,
+    """``--model_args pretrained=DIR[,format=..,n_samples=..,estimator=..,stratified=..,seed=..,steps=..,
     block_length=..,strategy=..,max_new_tokens=..,greedy_check=true|false]``."""
 
-    def __init__(self, pretrained: str, *, n_samples: int = 32, estimator: str = "count", stratified: bool = True,
+    def __init__(self, pretrained: str, *, format: str | None = None, n_samples: int = 32, estimator: str = "count",
+                 stratified: bool = True,
                  seed: int = 0, steps: int | None = None, block_length: int | None = None,
                  strategy: str = "low_confidence", max_new_tokens: int = 256, greedy_check: bool = True,
                  batch_size: Any = 16, device: str | None = None, **_: Any) -> None:
@@ -64,7 +95,8 @@ class DiffLMHarnessModel(LM):
         settings = EvalSettings(n_samples=n_samples, estimator=estimator, stratified=stratified, seed=seed,
                                 batch_size=_batch_size(batch_size, 16), steps=steps, block_length=block_length,
                                 strategy=strategy, max_new_tokens=max_new_tokens, progress=False)
-        self.lm = load_eval_lm(str(pretrained), settings, device=_device(device))
+        self.lm = load_eval_lm(str(pretrained), settings, format=format or None, device=_device(device))
+        print(scoring_summary(self.lm, "format"), file=sys.stderr)
         self.greedy_check = greedy_check
 
     def _requests(self, pairs: list[tuple[str, str]]) -> list[ScoreRequest]:
@@ -78,7 +110,7 @@ class DiffLMHarnessModel(LM):
 
     def loglikelihood(self, requests: list[Any]) -> list[tuple[float, bool]]:
         scored = self._requests([r.args[:2] for r in requests])
-        estimates = self.lm.nll(scored)
+        estimates = self.lm.nll(scored, [request_key(i, r) for i, r in zip(requests, scored)])
         if any(e.greedy is None for e in estimates):  # a DLM: decode to find out
             greedy = self.lm.greedy_matches(scored) if self.greedy_check else [False] * len(scored)
         else:
@@ -92,7 +124,7 @@ class DiffLMHarnessModel(LM):
                 windows.append(w)
                 owner.append(n)
         totals = [0.0] * len(requests)
-        for n, e in zip(owner, self.lm.nll(windows)):
+        for n, e in zip(owner, self.lm.nll(windows, [window_key(w) for w in windows])):
             totals[n] -= e.nll
         return totals
 

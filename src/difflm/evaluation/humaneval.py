@@ -21,7 +21,7 @@ from .data import read_jsonl
 from .lm import EvalLM, grouped
 from .sandbox import run_python
 from .stats import mean_stderr
-from .tasks import Outcome, Task, fit_context
+from .task_base import Outcome, Task, fit_context
 
 STOP_SEQUENCES = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
 FIELDS = ("task_id", "prompt", "canonical_solution", "test", "entry_point")

@@ -19,7 +19,10 @@ Carlo estimators, both with one forward pass per sample:
 per masked token, averaged over masking rates k / T, k = 1..T.
 
 Each request gets its own random generator, seeded from (seed, request index): results do not depend on
-the batch size or on which other requests are scored together. The standard error is std / sqrt(n) over a
+the batch size or on which other requests are scored together. Every draw is made on the CPU with a
+CPU generator (`difflm.rng`) and only its result - which targets to mask - moves to the model's device,
+so a seed gives the same numbers on every device, and a model on a GPU (or a non-CPU default device)
+never meets a generator of another device. The standard error is std / sqrt(n) over a
 request's samples (NaN when n_samples = 1: one draw says nothing about its spread); with
 stratification the samples are negatively correlated, so it errs on the conservative side
 (bench/eval_estimators.py checks it against the spread over seeds).
@@ -33,6 +36,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from .. import rng
 from ..errors import InputError
 from ..noise import get_schedule, sample_t
 from .progress import progress_bar
@@ -114,20 +118,20 @@ class _Row:
 def _uniform01(n: int, stratified: bool, gen: torch.Generator) -> torch.Tensor:
     """n numbers in [0, 1): one per stratum (u0 + s) / n with a shared random offset, or independent."""
     if stratified:
-        return (torch.rand((), generator=gen) + torch.arange(n)) / n
-    return torch.rand(n, generator=gen)
+        return (rng.uniform((), generator=gen) + torch.arange(n, device=gen.device)) / n
+    return rng.uniform((n,), generator=gen)
 
 
 def _count_plan(num: int, n: int, stratified: bool, gen: torch.Generator) -> list[tuple[torch.Tensor, float]]:
     counts = (_uniform01(n, stratified, gen) * num).long().clamp(max=num - 1) + 1  # l in {1..num}
-    return [(torch.randperm(num, generator=gen)[:l], num / int(l)) for l in counts]
+    return [(rng.permutation(num, generator=gen)[:l], num / int(l)) for l in counts]
 
 
 def _time_plan(num: int, n: int, stratified: bool, gen: torch.Generator, schedule, eps: float) -> list[tuple[torch.Tensor, float]]:
-    t = sample_t(n, antithetic=stratified, eps=eps, generator=gen)  # uniform on [eps, 1]
+    t = sample_t(n, antithetic=stratified, eps=eps, generator=gen, device=gen.device)  # uniform on [eps, 1]
     plan = []
     for ts in t:
-        masked = torch.rand(num, generator=gen) < schedule.mask_prob(ts)
+        masked = rng.uniform((num,), generator=gen) < schedule.mask_prob(ts)
         # (1 - eps) turns the mean over U[eps, 1] into the integral over [eps, 1].
         plan.append((masked.nonzero().flatten(), float((1.0 - eps) * schedule.weight(ts))))
     return plan
@@ -136,9 +140,9 @@ def _time_plan(num: int, n: int, stratified: bool, gen: torch.Generator, schedul
 def _reference_plan(num: int, steps: int, gen: torch.Generator) -> list[tuple[torch.Tensor, float]]:
     plan = []
     for k in range(steps, 0, -1):
-        masked = torch.rand(num, generator=gen) < k / steps
+        masked = rng.uniform((num,), generator=gen) < k / steps
         if not masked.any():  # the reference would average over nothing (NaN); mask one token instead
-            masked[torch.randint(num, (), generator=gen)] = True
+            masked[min(int(rng.uniform((), generator=gen) * num), num - 1)] = True
         plan.append((masked.nonzero().flatten(), 1.0 / int(masked.sum())))
     return plan
 
@@ -159,14 +163,15 @@ def _score_rows(model, requests: Sequence[ScoreRequest], rows: list[_Row], *, ba
         for lo in range(0, len(live), batch_size):
             chunk = [rows[i] for i in live[lo : lo + batch_size]]
             length = max(len(requests[r.request].ids) for r in chunk)
-            x0 = torch.full((len(chunk), length), pad, dtype=torch.long)
+            # built on the CPU (where the plans' positions are), whatever the default device; moved once
+            x0 = torch.full((len(chunk), length), pad, dtype=torch.long, device="cpu")
             attn = torch.zeros_like(x0)
             masked = torch.zeros_like(x0, dtype=torch.bool)
             for b, r in enumerate(chunk):
                 ids = requests[r.request].ids
-                x0[b, : len(ids)] = torch.tensor(ids)
+                x0[b, : len(ids)] = torch.tensor(ids, dtype=torch.long, device="cpu")
                 attn[b, : len(ids)] = 1
-                masked[b, r.positions] = True
+                masked[b, r.positions.cpu()] = True
             x0, attn, masked = x0.to(model.device), attn.to(model.device), masked.to(model.device)
             xt = x0.masked_fill(masked, cfg.mask_token_id)
             logits = model.logits(xt, attn if not bool(attn.all()) else None)
@@ -221,9 +226,9 @@ def elbo_nll(
     schedule = get_schedule(model.config.schedule, eps=model.config.eps)
     rows: list[_Row] = []
     for i, r in enumerate(requests):
-        gen = torch.Generator().manual_seed(item_seed(seed, i if keys is None else keys[i]))
+        gen = rng.seeded_generator(item_seed(seed, i if keys is None else keys[i]))
         if estimator == "count" and r.num_targets == 1:
-            plan = [(torch.zeros(1, dtype=torch.long), 1.0)]  # one target: l = 1 always, so one pass is exact
+            plan = [(torch.zeros(1, dtype=torch.long, device="cpu"), 1.0)]  # one target: l = 1 always, so one pass is exact
         elif estimator == "count":
             plan = _count_plan(r.num_targets, n_samples, stratified, gen)
         else:
@@ -251,7 +256,7 @@ def reference_score(
     _targets(model, requests)
     rows: list[_Row] = []
     for i, r in enumerate(requests):
-        gen = torch.Generator().manual_seed(item_seed(seed, i if keys is None else keys[i]))
+        gen = rng.seeded_generator(item_seed(seed, i if keys is None else keys[i]))
         rows.extend(_Row(i, p + r.start, w) for p, w in _reference_plan(r.num_targets, steps, gen))
     values = _score_rows(model, requests, rows, batch_size=batch_size, progress=progress, description="reference score")
     return [sum(v) / len(v) for v in values]
@@ -272,10 +277,10 @@ def ar_nll(
         for lo in range(0, len(order), batch_size):
             chunk = order[lo : lo + batch_size]
             length = max(len(requests[i].ids) for i in chunk)
-            x = torch.full((len(chunk), length), pad_token_id, dtype=torch.long)
+            x = torch.full((len(chunk), length), pad_token_id, dtype=torch.long, device="cpu")
             attn = torch.zeros_like(x)
             for b, i in enumerate(chunk):
-                x[b, : len(requests[i].ids)] = torch.tensor(requests[i].ids)
+                x[b, : len(requests[i].ids)] = torch.tensor(requests[i].ids, dtype=torch.long, device="cpu")
                 attn[b, : len(requests[i].ids)] = 1
             device = model.get_output_embeddings().weight.device
             x, attn = x.to(device), attn.to(device)

@@ -3,8 +3,10 @@
 Tasks only ever call `EvalLM`: ``nll`` (exact for an AR model, the Monte Carlo ELBO bound for a DLM),
 ``generate`` (greedy continuation), ``fill`` (infilling; an AR model sees only the prefix, as in the
 DiffuLLaMA paper's AR baselines) and ``greedy_matches``. `load_eval_lm` picks the right class from the
-checkpoint layout: a plain transformers causal-LM directory is an AR model, a difflm (or DiffuGPT)
-directory a DLM.
+checkpoint layout (detected, or given as ``format``): the ``causal-lm`` layout (a plain transformers
+causal LM) is an AR model, every other layout a DLM. DiffuLLaMA's published files *are* a plain LLaMA,
+so it is detected as ``causal-lm`` (and scored as AR) unless ``format="diffullama"`` says otherwise;
+`scoring_summary` is the one line that tells the user which layout and which score were used.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any, Callable, Hashable, Sequence, TypeVar
 
 import torch
 
+from .. import rng
 from ..errors import InputError, ModelLoadError
 from .likelihood import ESTIMATORS, NLLEstimate, ScoreRequest, ar_nll, elbo_nll, reference_score
 
@@ -85,18 +88,45 @@ def grouped(items: Sequence[T], key: Callable[[T], Hashable]) -> list[tuple[Hash
     return list(groups.items())
 
 
+AR_FORMAT = "causal-lm"  # the one layout scored as an AR model (exact NLL); every other one is a DLM
+
+
+def check_format(format: str | None) -> str | None:
+    """``format`` if it names a checkpoint layout (`difflm.formats.FORMATS`) or is None; else `InputError`."""
+    from ..formats import FORMATS
+
+    if format is not None and format not in FORMATS:
+        raise InputError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)} "
+                         f"({AR_FORMAT}: a plain causal LM, scored as an AR model; the others: scored as DLMs)")
+    return format
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The checkpoint layout a model was loaded as: its `difflm.formats` name, whether the caller gave
+    it (else it was detected) and why it was chosen."""
+
+    format: str
+    given: bool
+    reason: str
+    model_type: str | None = None  # config.json's
+
+
 class EvalLM(ABC):
     """A model under evaluation: its tokenizer, settings and the four operations tasks use."""
 
     kind = "base"  # "ar" | "dlm"
+    scoring = "its own nll()"  # how likelihoods are computed, in words (the report, `scoring_summary`)
 
-    def __init__(self, model: Any, tokenizer: Any, settings: EvalSettings | None = None, name: str = "model") -> None:
+    def __init__(self, model: Any, tokenizer: Any, settings: EvalSettings | None = None, name: str = "model",
+                 layout: Layout | None = None) -> None:
         if tokenizer is None:
             raise ModelLoadError(f"{name} has no tokenizer; save one next to the weights (tokenizer.json) to evaluate it")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.settings = settings or EvalSettings()
         self.name = name
+        self.layout = layout
 
     # -- text <-> ids ---------------------------------------------------------------------------
     @property
@@ -148,7 +178,10 @@ class EvalLM(ABC):
         return None
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind}
+        out: dict[str, Any] = {"name": self.name, "kind": self.kind, "scoring": self.scoring}
+        if self.layout is not None:
+            out.update(layout=self.layout.format, layout_given=self.layout.given, layout_reason=self.layout.reason)
+        return out
 
     def _batches(self, items: Sequence[Any]) -> list[Sequence[Any]]:
         size = self.settings.batch_size
@@ -163,6 +196,7 @@ class AREvalLM(EvalLM):
     """A transformers causal LM: exact likelihoods, greedy decoding with the KV cache."""
 
     kind = "ar"
+    scoring = "the exact AR NLL"
 
     @property
     def max_length(self) -> int | None:
@@ -186,10 +220,10 @@ class AREvalLM(EvalLM):
         device = self.model.get_output_embeddings().weight.device
         for batch in self._batches(list(prompts)):
             width = max(len(p) for p in batch)
-            x = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
+            x = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long, device="cpu")
             attn = torch.zeros_like(x)
             for b, p in enumerate(batch):  # left padding: every row's next token lands in the same column
-                x[b, width - len(p) :] = torch.tensor(list(p))
+                x[b, width - len(p) :] = torch.tensor(list(p), dtype=torch.long, device="cpu")
                 attn[b, width - len(p) :] = 1
             gen = self.model.generate(
                 input_ids=x.to(device), attention_mask=attn.to(device), max_new_tokens=max_new_tokens, do_sample=False,
@@ -208,6 +242,21 @@ class DiffusionEvalLM(EvalLM):
 
     kind = "dlm"
 
+    def __init__(self, model: Any, tokenizer: Any, settings: EvalSettings | None = None, name: str = "model",
+                 layout: Layout | None = None) -> None:
+        from ..sampling import SamplerOptions
+
+        super().__init__(model, tokenizer, settings, name, layout)
+        s = self.settings
+        # Validated once (a bad strategy fails before any task runs); steps None = one per generated
+        # token, the reference protocol.
+        self.sampler_options = SamplerOptions(steps=s.steps, strategy=s.strategy, block_length=s.block_length)
+
+    @property
+    def scoring(self) -> str:
+        s = self.settings
+        return f"the ELBO (Monte Carlo, {s.n_samples} samples, {s.estimator} estimator)"
+
     @property
     def max_length(self) -> int | None:
         return self.model.max_length
@@ -224,17 +273,18 @@ class DiffusionEvalLM(EvalLM):
         return reference_score(self.model, requests, steps=s.reference_steps, seed=s.seed, keys=keys,
                                batch_size=s.batch_size, progress=s.progress)
 
-    def _sampler_options(self, tokens: int) -> dict[str, Any]:
-        s = self.settings
-        return {"steps": s.steps or tokens, "strategy": s.strategy, "block_length": s.block_length,
-                "generator": torch.Generator().manual_seed(s.seed)}
+    def sampler_generator(self) -> torch.Generator:
+        """The generator of one sampler call: a CPU generator seeded with the settings' seed. The sampler
+        draws on its device and moves the draws (`difflm.rng`), so a seed decodes alike on every device."""
+        return rng.seeded_generator(self.settings.seed)
 
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
         from ..sampling import generate
 
         out: list[list[int]] = []
         for batch in self._batches([list(p) for p in prompts]):
-            canvas = generate(self.model, batch, max_new_tokens=max_new_tokens, **self._sampler_options(max_new_tokens))
+            canvas = generate(self.model, batch, max_new_tokens=max_new_tokens, options=self.sampler_options,
+                              generator=self.sampler_generator())
             out.extend(_cut_at_eos(row[-max_new_tokens:].tolist(), self.eos_token_id) for row in canvas)
         return out
 
@@ -245,7 +295,7 @@ class DiffusionEvalLM(EvalLM):
         pairs = list(zip([list(p) for p in prefixes], [list(s) for s in suffixes]))
         for batch in self._batches(pairs):
             canvas = infill(self.model, [p for p, _ in batch], [s for _, s in batch], middle_length=length,
-                            **self._sampler_options(length))
+                            options=self.sampler_options, generator=self.sampler_generator())
             for row, (_, suffix) in zip(canvas.tolist(), batch):
                 end = len(row) - len(suffix)  # rows are left-padded: [pad | prefix | middle | suffix]
                 out.append(row[end - length : end])
@@ -265,34 +315,72 @@ class DiffusionEvalLM(EvalLM):
         return {**super().describe(), "diffusion_config": self.model.config.to_dict()}
 
 
-def load_eval_lm(name_or_path: str | os.PathLike, settings: EvalSettings | None = None, *,
+_STOCK_WEIGHTS = ("difflm", "diffullama", AR_FORMAT)  # layouts whose weights a stock causal LM loads as stored
+
+
+def load_eval_lm(name_or_path: str | os.PathLike, settings: EvalSettings | None = None, *, format: str | None = None,
                  dtype: torch.dtype | str = torch.float32, device: str | None = None) -> EvalLM:
     """Load a model for evaluation: a bundled name (``ar-base``, ``dlm-adapted``, ...) or a directory.
 
-    A plain transformers causal LM becomes an `AREvalLM` (exact NLL); a difflm or DiffuGPT directory a
-    `DiffusionEvalLM` (ELBO). Weights are cast to ``dtype`` (float32 by default: scores should not
-    depend on the storage precision).
+    ``format`` (a name of `difflm.formats.FORMATS`, as for `DiffusionLM.from_pretrained`) gives the
+    checkpoint layout instead of detecting it. The ``causal-lm`` layout becomes an `AREvalLM` (exact
+    NLL); every other layout a `DiffusionEvalLM` (ELBO). A plain LLaMA directory is detected as
+    ``causal-lm``: DiffuLLaMA needs ``format="diffullama"``. The result's ``layout`` records the
+    choice; `scoring_summary` says it in one line. Weights are cast to ``dtype`` (float32 by default:
+    scores should not depend on the storage precision).
     """
     from ..bundled import resolve_model
-    from ..formats import detect_format, load_tokenizer
+    from ..formats import detect, load_tokenizer
 
+    check_format(format)
     path = Path(resolve_model(name_or_path))
     if not path.exists():
         raise ModelLoadError(f"no model at {path}; pass a model directory or a bundled name (ar-base, dlm-adapted, dlm-scratch)")
-    fmt = detect_format(path)
-    if fmt == "causal-lm":
+    found = detect(path, format)
+    layout = Layout(found.format, format is not None, found.reason if format is None else "given by the caller",
+                    found.checkpoint.model_type)
+    if found.format == AR_FORMAT:
         from transformers import AutoModelForCausalLM
 
+        if format is not None:  # forced: refuse layouts whose weights a stock class would not find (random init)
+            try:
+                stored = detect(path).format
+            except ModelLoadError:
+                stored = AR_FORMAT
+            if stored not in _STOCK_WEIGHTS:
+                raise ModelLoadError(f"{path} is in the {stored} layout, whose weights a stock causal LM cannot load; "
+                                     f"it can only be evaluated as a DLM (format {stored})")
         try:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise ModelLoadError(f"could not load a causal LM from {path}: {exc}") from None
-        lm: EvalLM = AREvalLM(model, load_tokenizer(path), settings, name=str(name_or_path))
+        lm: EvalLM = AREvalLM(model, load_tokenizer(path), settings, name=str(name_or_path), layout=layout)
     else:
         from ..model import DiffusionLM
 
-        dlm = DiffusionLM.from_pretrained(path, dtype=dtype)
-        lm = DiffusionEvalLM(dlm, dlm.tokenizer, settings, name=str(name_or_path))
+        dlm = DiffusionLM.from_pretrained(path, format=found.format, dtype=dtype)
+        lm = DiffusionEvalLM(dlm, dlm.tokenizer, settings, name=str(name_or_path), layout=layout)
     if device is not None:
         lm.model.to(device)
     return lm
+
+
+def scoring_summary(lm: EvalLM, option: str = "--format") -> str:
+    """One line for stderr: which layout ``lm`` was loaded as (given or detected, and why) and how it is
+    scored. ``option`` is how the user gives a layout (``--format`` on difflm's command line,
+    ``format`` in lm-eval's model arguments)."""
+
+    def given(fmt: str) -> str:
+        return f"{option} {fmt}" if option.startswith("-") else f"{option}={fmt}"
+
+    layout = lm.layout
+    if layout is None:
+        where = f"layout unknown ({type(lm).__name__} built directly)"
+    elif layout.given:
+        where = f"layout {layout.format} (given by {option})"
+    else:
+        where = f"layout {layout.format} (detected: {layout.reason})"
+    line = f"difflm: model {lm.name}: {where}, scored by {lm.scoring}"
+    if layout is not None and not layout.given and layout.format == AR_FORMAT and layout.model_type == "llama":
+        line += f"; if it is a DiffuLLaMA checkpoint, pass {given('diffullama')}"
+    return line

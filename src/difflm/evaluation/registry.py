@@ -16,8 +16,8 @@ from typing import Any, Callable
 
 from ..bundled import BUNDLED_DIR
 from ..errors import InputError
-from . import data, humaneval, protocols
-from .tasks import Task
+from . import data, humaneval, text_tasks
+from .task_base import Task
 
 TASKS_DIR = BUNDLED_DIR / "tasks"
 _PACKAGE = "package"  # default "path" of tasks whose data ship with a Python package
@@ -35,21 +35,21 @@ class TaskSpec:
 
 
 TASKS: dict[str, TaskSpec] = {
-    "perplexity": TaskSpec(protocols.PerplexityTask, data.load_texts, TASKS_DIR / "perplexity.jsonl",
+    "perplexity": TaskSpec(text_tasks.PerplexityTask, data.load_texts, TASKS_DIR / "perplexity.jsonl",
                            "likelihood of held-out passages (or =FILE: a .txt or {text} JSONL)"),
-    "last-word": TaskSpec(protocols.LastWordTask, data.load_last_word, TASKS_DIR / "last-word.jsonl",
+    "last-word": TaskSpec(text_tasks.LastWordTask, data.load_last_word, TASKS_DIR / "last-word.jsonl",
                           "predict a passage's final word (LAMBADA protocol)"),
-    "multiple-choice": TaskSpec(protocols.MultipleChoiceTask, data.load_choice, TASKS_DIR / "multiple-choice.jsonl",
+    "multiple-choice": TaskSpec(text_tasks.MultipleChoiceTask, data.load_choice, TASKS_DIR / "multiple-choice.jsonl",
                                 "4-way continuation choice, distractors from other passages"),
-    "infilling": TaskSpec(protocols.InfillingTask, data.load_infilling, TASKS_DIR / "infilling.jsonl",
+    "infilling": TaskSpec(text_tasks.InfillingTask, data.load_infilling, TASKS_DIR / "infilling.jsonl",
                           "fill the middle line of five (ROCStories protocol)"),
-    "lambada": TaskSpec(protocols.LastWordTask, data.load_lambada, None, "LAMBADA ({text} JSONL)"),
-    "hellaswag": TaskSpec(protocols.MultipleChoiceTask, data.load_hellaswag, None, "HellaSwag JSONL"),
-    "piqa": TaskSpec(protocols.MultipleChoiceTask, data.load_piqa, None, "PIQA JSONL (goal, sol1, sol2, label)"),
-    "siqa": TaskSpec(protocols.MultipleChoiceTask, data.load_siqa, None, "Social IQa JSONL"),
-    "winogrande": TaskSpec(protocols.MultipleChoiceTask, data.load_winogrande, None, "Winogrande JSONL (partial scoring)"),
-    "rocstories": TaskSpec(protocols.InfillingTask, data.load_rocstories, None, "ROCStories CSV/JSONL: fill sentence 3"),
-    "gsm8k": TaskSpec(protocols.GSM8KTask, data.load_gsm8k, None, "GSM8K JSONL (question, answer)"),
+    "lambada": TaskSpec(text_tasks.LastWordTask, data.load_lambada, None, "LAMBADA ({text} JSONL)"),
+    "hellaswag": TaskSpec(text_tasks.MultipleChoiceTask, data.load_hellaswag, None, "HellaSwag JSONL"),
+    "piqa": TaskSpec(text_tasks.MultipleChoiceTask, data.load_piqa, None, "PIQA JSONL (goal, sol1, sol2, label)"),
+    "siqa": TaskSpec(text_tasks.MultipleChoiceTask, data.load_siqa, None, "Social IQa JSONL"),
+    "winogrande": TaskSpec(text_tasks.MultipleChoiceTask, data.load_winogrande, None, "Winogrande JSONL (partial scoring)"),
+    "rocstories": TaskSpec(text_tasks.InfillingTask, data.load_rocstories, None, "ROCStories CSV/JSONL: fill sentence 3"),
+    "gsm8k": TaskSpec(text_tasks.GSM8KTask, data.load_gsm8k, None, "GSM8K JSONL (question, answer)"),
     "humaneval": TaskSpec(humaneval.HumanEvalTask, humaneval.load_humaneval, _PACKAGE, "HumanEval completion, pass@1"),
     "humaneval-infill": TaskSpec(humaneval.HumanEvalInfillTask,
                                  lambda path: humaneval.single_line_infills(humaneval.load_humaneval(path)),

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .lm import EvalLM
-from .tasks import Task
+from .task_base import Task
 
 REPORT_VERSION = 1
 

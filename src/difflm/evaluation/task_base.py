@@ -1,7 +1,8 @@
-"""What a task is: examples + a protocol that turns an `EvalLM` into metrics with standard errors.
+"""The task base class: what every task is (examples + a protocol that turns an `EvalLM` into metrics
+with standard errors), its result type, and helpers shared by the tasks.
 
-The protocols themselves live in `protocols.py` (text benchmarks) and `humaneval.py` (code); the names
-``difflm eval --tasks`` accepts are in `registry.py`.
+The concrete tasks live in `text_tasks.py` (text benchmarks) and `humaneval.py` (code); the names
+``difflm eval --tasks`` accepts, and the data each one reads, are in `registry.py`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The text benchmark protocols, each applied to AR models and DLMs alike.
+"""The text benchmark tasks (`Task` subclasses, one protocol each), applied to AR models and DLMs alike.
 
 | task                 | protocol                                                                         |
 |----------------------|-----------------------------------------------------------------------------------|
@@ -22,7 +22,7 @@ from .likelihood import ScoreRequest
 from .lm import EvalLM, grouped
 from .metrics import extract_answer, numbers_match, rouge
 from .stats import Estimate, mean_stderr
-from .tasks import Outcome, Task, estimate_kind, fit_context
+from .task_base import Outcome, Task, estimate_kind, fit_context
 
 
 def window_requests(lm: EvalLM, ids: list[int]) -> list[ScoreRequest]:
