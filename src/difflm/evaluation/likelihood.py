@@ -186,7 +186,7 @@ def _score_rows(model, requests: Sequence[ScoreRequest], rows: list[_Row], *, ba
 
 def _targets(model, requests: Sequence[ScoreRequest]) -> None:
     check_requests(requests, vocab_size=model.vocab_size, max_length=model.max_length,
-                   first_target=1 if model.config.shift else 0, forbidden_id=model.config.mask_token_id)
+                   first_target=model.first_predictable_position, forbidden_id=model.config.mask_token_id)
 
 
 @torch.inference_mode()
