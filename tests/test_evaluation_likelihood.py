@@ -96,6 +96,7 @@ def test_only_targets_are_ever_masked(dlm):
         device = dlm.device
         vocab_size = dlm.vocab_size
         max_length = dlm.max_length
+        first_predictable_position = dlm.first_predictable_position
 
         def logits(self, ids, attention_mask=None):
             seen.append(ids.clone())
