@@ -2,14 +2,15 @@
 
 import io
 import json
+import re
 
 import pytest
 from rich.console import Console
 
 from difflm import DiffusionLM
 from difflm.cli import main
-from difflm.cli.generate import encode_template, parse_template
 from difflm.sampling import generate
+from difflm.sampling.templates import continuation_ids, encode_template, gap_template, parse_template, template_ids
 from difflm.visualize import DenoisingView
 from conftest import tiny_backbone, tiny_tokenizer
 from test_sampling import single_thread  # noqa: F401 (autouse fixture)
@@ -66,8 +67,12 @@ def test_infill_prefix_suffix(model_dir, capsys):
 
 def test_template_parsing():
     assert parse_template("a b [MASK:2] c [MASK:1]") == ["a b", 2, " c", 1, ""]
+    assert gap_template("w1 ", "w8", 3) == ["w1", 3, " w8"] and gap_template("w1", ", w8", 2) == ["w1", 2, ", w8"]
     tok = tiny_tokenizer()
-    assert encode_template(tok, ["w1", 2, " w3"], MASK) == [tok.convert_tokens_to_ids("w1"), MASK, MASK, tok.convert_tokens_to_ids("w3")]
+    w1, w3 = tok.convert_tokens_to_ids(["w1", "w3"])
+    assert encode_template(tok, ["w1", 2, " w3"], MASK) == [w1, MASK, MASK, w3]
+    assert template_ids("w1 [MASK:2] w3", tok, MASK) == [w1, MASK, MASK, w3]
+    assert continuation_ids("w1 w3", tok, MASK, 2) == [w1, w3, MASK, MASK]
 
 
 @pytest.mark.parametrize("argv, match", [
@@ -93,10 +98,55 @@ def test_missing_model_dir(tmp_path, capsys):
     assert "not a directory" in capsys.readouterr().err
 
 
-def test_show_steps_leaves_the_final_text(model_dir, capsys):
-    assert main(["generate", "w1 w2", "--model", model_dir, "--length", "4", "--show-steps"]) == 0
-    out = capsys.readouterr().out
-    assert "step 4/4" in out and "4/4 tokens" in out
+GLYPH = "░░"
+
+
+def _frames(out: str) -> list[tuple[str, str]]:
+    """The panels `DenoisingView` printed, as (header line, canvas text) pairs."""
+    frames, lines = [], None
+    for line in out.splitlines():
+        if line.startswith("╭"):
+            lines = []
+        elif line.startswith("╰"):
+            frames.append((lines[0], "".join(lines[1:])))
+            lines = None
+        elif lines is not None:
+            lines.append(line.strip()[1:-1].strip())  # "│ text   │" -> "text"
+    return frames
+
+
+def test_show_steps_draws_every_step_and_ends_on_the_json_result(model_dir, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    argv = ["generate", "w1 w2", "--model", model_dir, "--length", "6", "--block-length", "3", "--steps", "4",
+            "--temperature", "1.0", "--seed", "5"]
+    assert main(argv + ["--json"]) == 0
+    (row,) = _json_lines(capsys)
+    assert main(argv + ["--show-steps"]) == 0
+    frames = _frames(capsys.readouterr().out)
+
+    # one frame per model call, blocks of 3 finished in order (2 steps each: 2 + 1 commits)
+    headers = [re.fullmatch(r"step (\d)/4  block (\d)  (\d)/6 tokens", header).groups() for header, _ in frames]
+    assert headers == [("1", "1", "2"), ("2", "1", "3"), ("3", "2", "5"), ("4", "2", "6")]
+    assert row["steps"] == 4
+    # masked positions fill in: each frame shows every position either masked or holding its final token
+    tok = tiny_tokenizer()
+    final_pieces = [tok.decode([t], skip_special_tokens=True) for t in row["new_tokens"]]
+    shape = "w1w2" + "".join(f"(?:{re.escape(GLYPH)}|{re.escape(piece)})" for piece in final_pieces)
+    for (_, canvas), (_, _, done) in zip(frames, headers):
+        assert canvas.count(GLYPH) == 6 - int(done)
+        assert re.fullmatch(shape, canvas), canvas
+    # the last frame is the --json result of the same seed
+    assert frames[-1][1] == "w1w2" + "".join(final_pieces)
+
+
+def test_denoising_view_on_a_terminal_draws_every_step():
+    model = DiffusionLM.from_causal_lm(tiny_backbone("llama"), mask_token=MASK, tokenizer=tiny_tokenizer(),
+                                       attention="bidirectional")
+    console = Console(file=io.StringIO(), width=100, force_terminal=True, color_system=None)
+    with DenoisingView(model.tokenizer, console=console) as view:
+        generate(model, [[5, 6]], max_new_tokens=4, steps=4, callback=view)
+    drawn = console.file.getvalue()
+    assert all(f"step {i}/4  block 1  {i}/4 tokens" in drawn for i in range(1, 5))
 
 
 def test_denoising_view_renders_masks_then_text():

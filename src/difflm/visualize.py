@@ -6,7 +6,9 @@
         model.generate(ids, max_new_tokens=64, callback=view)
 
 Prompt text is shown plain, tokens still masked as dim blocks, tokens committed at this step
-highlighted, and earlier commits in green. Used by ``difflm generate --show-steps``,
+highlighted, and earlier commits in green. On a terminal (or in Jupyter) one frame is redrawn in
+place at every step; written to a file or a pipe, every step's frame is printed in turn, so the
+output is a record of the denoising. Used by ``difflm generate --show-steps``,
 ``difflm infill --show-steps`` and ``difflm demo``.
 """
 
@@ -27,7 +29,7 @@ STYLES = {"prompt": "", "masked": "dim", "new": "bold black on bright_green", "d
 
 
 class DenoisingView:
-    """Render `SamplerStep`s of a sampler run live in the terminal.
+    """Render `SamplerStep`s of a sampler run in the terminal, one frame per step.
 
     Args:
         tokenizer: decodes single token ids (``decode([id])``).
@@ -35,8 +37,9 @@ class DenoisingView:
         console: a `rich.console.Console` (default: stdout).
         title: panel title.
         mask_glyph: what a masked position looks like.
-        delay: seconds to pause after each step, so fast runs stay watchable.
-        transient: clear the view when the run ends.
+        delay: seconds to pause after each step on a terminal, so fast runs stay watchable (no
+            pause when the frames go to a file).
+        transient: clear the view when the run ends (on a file: print no frames).
     """
 
     def __init__(
@@ -57,41 +60,51 @@ class DenoisingView:
         self.mask_glyph = mask_glyph
         self.delay = delay
         self.transient = transient
-        self.last: SamplerStep | None = None
+        self.last_step: SamplerStep | None = None
         self._live: Live | None = None
-        self._pieces: dict[int, str] = {}
+        self._printing_frames = False  # inside the context on a console that cannot redraw
+        self._token_text: dict[int, str] = {}
+
+    @property
+    def redraws_in_place(self) -> bool:
+        """Whether the console can redraw one frame in place (a terminal or Jupyter)."""
+        return (self.console.is_terminal and not self.console.is_dumb_terminal) or self.console.is_jupyter
 
     # -- context manager ------------------------------------------------------------------------
     def __enter__(self) -> "DenoisingView":
-        self._live = Live(Text(f"{self.title}: starting ..."), console=self.console, refresh_per_second=20,
-                          transient=self.transient)
-        self._live.__enter__()
+        if self.redraws_in_place:
+            self._live = Live(Text(f"{self.title}: starting ..."), console=self.console, refresh_per_second=20,
+                              transient=self.transient)
+            self._live.__enter__()
+        else:
+            self._printing_frames = not self.transient
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        self._printing_frames = False
         if self._live is not None:
-            if self.last is not None:
-                self._live.update(self.render(self.last))
+            if self.last_step is not None:
+                self._live.update(self.render(self.last_step))
             self._live.__exit__(*exc)
             self._live = None
-            if not self.console.is_terminal:  # rich ends the last line only on terminals
-                self.console.line()
 
     # -- callback -------------------------------------------------------------------------------
     def __call__(self, step: SamplerStep) -> None:
-        self.last = step
+        self.last_step = step
         if self._live is not None:
-            self._live.update(self.render(step))
+            self._live.update(self.render(step), refresh=True)  # every step is drawn, however fast
             if self.delay:
                 time.sleep(self.delay)
+        elif self._printing_frames:
+            self.console.print(self.render(step))
 
     def render(self, step: SamplerStep) -> Panel:
         """The view of one step: one block of text per shown row under a progress line."""
-        canvas, gen, committed = step.canvas.cpu(), step.generate_mask.cpu(), step.committed.cpu()
-        real = step.attention_mask.cpu().bool() if step.attention_mask is not None else torch.ones_like(gen)
-        masked = gen & (canvas == step.mask_token_id) if step.mask_token_id is not None else torch.zeros_like(gen)
+        canvas, generated, committed = step.canvas.cpu(), step.generate_mask.cpu(), step.committed.cpu()
+        real = step.attention_mask.cpu().bool() if step.attention_mask is not None else torch.ones_like(generated)
+        masked = generated & (canvas == step.mask_token_id) if step.mask_token_id is not None else torch.zeros_like(generated)
         rows = self.rows if self.rows is not None else range(canvas.shape[0])
-        done, total = int((gen & ~masked).sum()), int(gen.sum())
+        done, total = int((generated & ~masked).sum()), int(generated.sum())
         header = Text(f"step {step.step + 1}/{step.total_steps}  block {step.block + 1}  {done}/{total} tokens", style="bold")
         texts = []
         for b in rows:
@@ -100,14 +113,14 @@ class DenoisingView:
                 if masked[b, pos]:
                     text.append(self.mask_glyph, style=STYLES["masked"])
                     continue
-                piece = self._piece(int(canvas[b, pos]))
-                style = STYLES["new"] if committed[b, pos] else STYLES["done"] if gen[b, pos] else STYLES["prompt"]
+                piece = self._text_of(int(canvas[b, pos]))
+                style = STYLES["new"] if committed[b, pos] else STYLES["done"] if generated[b, pos] else STYLES["prompt"]
                 text.append(piece, style=style)
             texts.append(text)
         return Panel(Group(header, *texts), title=self.title, title_align="left")
 
-    def _piece(self, token: int) -> str:
+    def _text_of(self, token: int) -> str:
         """Text of one token (cached; special tokens such as BOS show as nothing)."""
-        if token not in self._pieces:
-            self._pieces[token] = self.tokenizer.decode([token], skip_special_tokens=True)
-        return self._pieces[token]
+        if token not in self._token_text:
+            self._token_text[token] = self.tokenizer.decode([token], skip_special_tokens=True)
+        return self._token_text[token]

@@ -1,23 +1,47 @@
 """The `difflm` command. Each subcommand lives in its own module of this package and exposes
-``register(subparsers)``, which adds its parser and sets ``func`` (args -> exit code)."""
+``register(subparsers)``, which adds its parser and sets ``func`` (args -> exit code).
+
+Building the parser imports neither torch nor transformers (``register`` must not either: choice
+lists are torch-free constants, everything heavy is imported inside the command's ``func``), so
+``difflm --help``, ``difflm --version`` and argument errors answer at once.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+from pathlib import Path
+from typing import NoReturn
 
 from .. import __version__
-from ..errors import DiffLMError
+from ..errors import DiffLMError, InputError
 
 # Modules of this package that define subcommands, in the order `difflm --help` lists them.
 COMMAND_MODULES = ("generate", "train", "eval", "demo", "inspect", "convert")  # generate also registers infill
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="difflm", description="Diffusion language models: adapt, train, sample, evaluate."
-    )
+class UsageError(Exception):
+    """A command line argparse rejects (unknown option, bad int, invalid choice); `main` prints it as
+    one line and returns 2."""
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(message)
+        self.prog = prog
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad command line raises `UsageError` instead of printing the usage block and
+    exiting, so that every bad input ends the same way: one line on stderr, exit status 2. The
+    subcommand parsers are of this class too (``add_subparsers`` uses the parent's class)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(self.prog, message)
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="difflm", description="Diffusion language models: adapt, train, sample, evaluate.")
     parser.add_argument("--version", action="version", version=f"difflm {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
@@ -25,29 +49,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_output_dir(path: str, flag: str) -> Path:
+    """``path`` as a Path if a directory can be written there (it exists as a directory, or its
+    nearest existing parent is a writable directory); else `InputError` naming ``flag``."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{flag} {path} is a file, not a directory")
+    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise InputError(f"{flag} {path} cannot be created: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{flag} {path} cannot be written: no write permission in {existing}")
+    return out
+
+
 def _quiet_transformers() -> None:
     """transformers' own warnings and progress bars (weight loading, long tokenizer inputs when
-    packing a corpus) are noise on a command line whose output is the product."""
+    packing a corpus) are noise on a command line whose output is the product. Called once a
+    command runs, not before: importing transformers takes seconds."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
 
 
-def main(argv: list[str] | None = None) -> int:
-    _quiet_transformers()
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+def _parse(parser: ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    args, unparsed = parser.parse_known_args(argv)
     # key=value overrides may follow flags (`difflm train cfg.yaml --resume lr=1e-4`), which
     # argparse cannot interleave with positionals on its own
-    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
-        args.overrides = [*args.overrides, *extra]
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if unparsed and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in unparsed):
+        args.overrides = [*args.overrides, *unparsed]
+    elif unparsed:
+        parser.error(f"unrecognized arguments: {' '.join(unparsed)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = _parse(parser, argv)
+    except UsageError as exc:
+        print(f"difflm: error: {exc} (see `{exc.prog} --help`)", file=sys.stderr)
+        return 2
     if args.command is None:
         parser.print_help()
         return 0
     try:
+        _quiet_transformers()
         return int(args.func(args) or 0)
     except DiffLMError as exc:
         print(f"difflm: error: {exc}", file=sys.stderr)

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .inspect import add_load_arguments, human_count, load_overrides
+from . import check_output_dir
+from .inspect import add_load_arguments, config_overrides, human_count
 
 
 def register(subparsers: Any) -> None:
@@ -24,7 +25,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("dir", help="checkpoint directory to read")
     parser.add_argument("out", help="directory to write (replaced if it exists)")
     add_load_arguments(parser)
-    parser.add_argument("--dtype", default="auto", help="auto (as stored), float32, bfloat16 or float16")
+    parser.add_argument("--dtype", default="auto", help="auto (as stored), float32, bfloat16 or float16 (default auto)")
     parser.set_defaults(func=run)
 
 
@@ -33,8 +34,12 @@ def run(args: argparse.Namespace) -> int:
 
     if Path(args.out).resolve() == Path(args.dir).resolve():
         raise InputError("OUT must be a new directory, not DIR itself (converting in place would delete the original)")
-    model = DiffusionLM.from_pretrained(args.dir, format=args.format, dtype=args.dtype, **load_overrides(args))
-    out = model.save_pretrained(args.out)
+    check_output_dir(args.out, "OUT")  # before the (possibly long) load
+    model = DiffusionLM.from_pretrained(args.dir, format=args.format, dtype=args.dtype, **config_overrides(args))
+    try:
+        out = model.save_pretrained(args.out)
+    except OSError as exc:  # disk full, permissions changed since the check, ...
+        raise InputError(f"cannot write OUT {args.out}: {exc.strerror or exc}") from None
     params = sum(p.numel() for p in model.model.parameters())
     print(f"wrote {out}: {model.config.family}, {human_count(params)} parameters, "
           f"{str(model.dtype).removeprefix('torch.')}, mask id {model.mask_token_id}, shift {model.config.shift}")

@@ -13,23 +13,46 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..sampling.options import SamplerOptions
 
 PROMPT = "ROMEO:\n"
+# 1/4: the AR base's sample (transformers' generate)
+AR_SAMPLING = {"max_new_tokens": 40, "do_sample": True, "top_p": 0.9, "temperature": 0.8}
+# 3/4: the adapted DLM continues PROMPT, then fills the gap of INFILL (`SamplerOptions` fields)
+GENERATE_LENGTH = 48
+GENERATE_OPTIONS = {"steps": 24, "block_length": 16, "temperature": 0.8, "top_p": 0.9}
 INFILL = "And God said, Let there be [MASK:4] and there was light."
+INFILL_OPTIONS = {"steps": 4}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("demo", help="adapt the bundled AR model into a DLM, then generate and infill",
-                              description=__doc__.split("\n\n")[0])
-    p.add_argument("--adapt-steps", type=int, default=150, help="optimizer steps of the live adaptation (0 skips it)")
-    p.add_argument("--output-dir", default="runs/demo", help="where the live adaptation writes its run")
-    p.add_argument("--eval-blocks", type=int, default=16, help="validation blocks of the final table")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=run)
+    parser = subparsers.add_parser("demo", help="adapt the bundled AR model into a DLM, then generate and infill",
+                                   description=__doc__.split("\n\n")[0])
+    parser.add_argument("--adapt-steps", type=int, default=150, help="optimizer steps of the live adaptation (0 skips it)")
+    parser.add_argument("--output-dir", default="runs/demo", help="where the live adaptation writes its run")
+    parser.add_argument("--eval-blocks", type=int, default=16, help="validation blocks of the final table")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the samples and the adaptation (default 0)")
+    parser.set_defaults(func=run)
 
 
-def _bundled(name: str) -> Path:
+def _check_args(args: argparse.Namespace) -> None:
+    from . import check_output_dir
+    from ..errors import InputError
+
+    if args.adapt_steps < 0:
+        raise InputError(f"--adapt-steps must be >= 0 (0 skips the adaptation), got {args.adapt_steps}")
+    if args.eval_blocks < 1:
+        raise InputError(f"--eval-blocks must be >= 1, got {args.eval_blocks}")
+    if not 0 <= args.seed < 2**32:  # it also seeds the adaptation run (numpy takes 32-bit seeds)
+        raise InputError(f"--seed must be an integer in [0, 2**32), got {args.seed}")
+    if args.adapt_steps:
+        check_output_dir(args.output_dir, "--output-dir")
+
+
+def _bundled_model_dir(name: str) -> Path:
     from ..bundled import MODELS
     from ..errors import ModelLoadError
 
@@ -39,42 +62,39 @@ def _bundled(name: str) -> Path:
     return path
 
 
-def _summary(path: Path) -> dict[str, Any]:
-    f = path / "training_summary.json"
-    return json.loads(f.read_text()) if f.is_file() else {}
+def _training_summary(path: Path) -> dict[str, Any]:
+    summary_file = path / "training_summary.json"
+    return json.loads(summary_file.read_text()) if summary_file.is_file() else {}
 
 
 def run(args: argparse.Namespace) -> int:
+    _check_args(args)  # before anything slow
     import torch
     from rich.console import Console
     from rich.rule import Rule
 
-    from ..errors import InputError
-
-    if args.adapt_steps < 0 or args.eval_blocks < 1:
-        raise InputError("--adapt-steps must be >= 0 and --eval-blocks >= 1")
     console = Console()
     torch.manual_seed(args.seed)
-    ar_dir, dlm_dir, scratch_dir = _bundled("ar-base"), _bundled("dlm-adapted"), _bundled("dlm-scratch")
+    ar_dir, dlm_dir, scratch_dir = (_bundled_model_dir(name) for name in ("ar-base", "dlm-adapted", "dlm-scratch"))
     start = time.perf_counter()
 
     console.print(Rule("[bold]1/4  The autoregressive base"))
-    _ar_sample(console, ar_dir, args.seed)
+    _show_ar_sample(console, ar_dir, args.seed)
 
     if args.adapt_steps:
         console.print(Rule(f"[bold]2/4  Adapting it into a diffusion LM ({args.adapt_steps} steps, live)"))
-        _adapt(console, ar_dir, args)
+        _show_adaptation(console, ar_dir, args)
 
     console.print(Rule("[bold]3/4  Generating and infilling with the fully adapted DLM"))
-    _sample(console, dlm_dir, args.seed)
+    _show_dlm_sampling(console, dlm_dir, args.seed)
 
     console.print(Rule("[bold]4/4  AR base vs adapted DLM vs DLM from scratch"))
-    _table(console, ar_dir, dlm_dir, scratch_dir, args.eval_blocks)
+    _comparison_table(console, ar_dir, dlm_dir, scratch_dir, args.eval_blocks)
     console.print(f"[dim]demo finished in {time.perf_counter() - start:.0f} s[/dim]")
     return 0
 
 
-def _ar_sample(console, ar_dir: Path, seed: int) -> None:
+def _show_ar_sample(console, ar_dir: Path, seed: int) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -82,25 +102,24 @@ def _ar_sample(console, ar_dir: Path, seed: int) -> None:
     model = AutoModelForCausalLM.from_pretrained(ar_dir, dtype=torch.float32).eval()
     ids = tok(PROMPT, return_tensors="pt")["input_ids"]
     torch.manual_seed(seed)
-    out = model.generate(ids, max_new_tokens=40, do_sample=True, top_p=0.9, temperature=0.8,
-                         pad_token_id=tok.pad_token_id)
-    n = sum(p.numel() for p in model.parameters())
-    console.print(f"[dim]{ar_dir.name}: LLaMA architecture, {n / 1e6:.1f} M parameters, left to right:[/dim]")
-    console.print(tok.decode(out[0], skip_special_tokens=True), highlight=False)
+    sequence = model.generate(ids, pad_token_id=tok.pad_token_id, **AR_SAMPLING)[0]
+    n_params = sum(p.numel() for p in model.parameters())
+    console.print(f"[dim]{ar_dir.name}: LLaMA architecture, {n_params / 1e6:.1f} M parameters, left to right:[/dim]")
+    console.print(tok.decode(sequence, skip_special_tokens=True), highlight=False, markup=False)  # "[exit]" is text
 
 
-def _adapt(console, ar_dir: Path, args: argparse.Namespace) -> None:
+def _show_adaptation(console, ar_dir: Path, args: argparse.Namespace) -> None:
     from ..training import Trainer, load_train_config
 
     steps = args.adapt_steps
     cfg = load_train_config(None, [
         "objective=adapt", f"init={ar_dir}", f"output_dir={args.output_dir}", "block_size=128", "batch_size=8",
-        f"max_steps={steps}", f"anneal_steps={max(1, steps // 3)}", f"warmup_steps={max(1, steps // 10)}",
+        f"max_steps={steps}", f"diffusion.anneal_steps={max(1, steps // 3)}", f"warmup_steps={max(1, steps // 10)}",
         "lr=5e-4", "min_lr=5e-5", f"eval_every={max(1, steps // 5)}", "eval_batches=4", f"save_every={steps}",
         "log_every=10", "source_weights={wordnet: 0.4}", f"seed={args.seed}",
     ])
     console.print("[dim]masked-diffusion loss (1/t weights), shift kept, attention annealed causal -> "
-                  f"bidirectional over {cfg.anneal_steps} steps; validation = ELBO bound in nats/token[/dim]")
+                  f"bidirectional over {cfg.diffusion['anneal_steps']} steps; validation = ELBO bound in nats/token[/dim]")
     result = Trainer(cfg).train()
     records = [json.loads(line) for line in (Path(args.output_dir) / "metrics.jsonl").read_text().splitlines()]
     falling = "  ->  ".join(f"{r['val_loss']:.2f}" for r in records if "val_loss" in r)
@@ -109,29 +128,34 @@ def _adapt(console, ar_dir: Path, args: argparse.Namespace) -> None:
                   "is the same recipe run to the end (configs/adapt.yaml)[/dim]")
 
 
-def _sample(console, dlm_dir: Path, seed: int) -> None:
+def sampling_runs(tokenizer, mask_id: int) -> list[tuple[str, list[int], SamplerOptions]]:
+    """Part 3's runs: (title, template ids with ``mask_id`` where the DLM writes, `SamplerOptions`)."""
+    from ..sampling.options import SamplerOptions
+    from ..sampling.templates import continuation_ids, template_ids
+
+    generate_options = SamplerOptions(**GENERATE_OPTIONS)
+    return [
+        (f"generate: {GENERATE_LENGTH} tokens after the prompt, blocks of {generate_options.block_length}, "
+         f"{generate_options.steps} steps", continuation_ids(PROMPT, tokenizer, mask_id, GENERATE_LENGTH), generate_options),
+        (f"infill: {INFILL}", template_ids(INFILL, tokenizer, mask_id), SamplerOptions(**INFILL_OPTIONS)),
+    ]
+
+
+def _show_dlm_sampling(console, dlm_dir: Path, seed: int) -> None:
     import torch
 
-    from ..cli.generate import encode_template, parse_template
     from ..model import DiffusionLM
     from ..sampling import fill
     from ..visualize import DenoisingView
 
     model = DiffusionLM.from_pretrained(dlm_dir).eval()
-    tok = model.tokenizer
-    mask = model.mask_token_id
-    jobs = [
-        ("generate: 48 tokens after the prompt, blocks of 16, 24 steps", tok(PROMPT)["input_ids"] + [mask] * 48,
-         dict(steps=24, block_length=16, temperature=0.8, top_p=0.9)),
-        (f"infill: {INFILL}", encode_template(tok, parse_template(INFILL), mask), dict(steps=4)),
-    ]
-    for title, template, options in jobs:
+    for title, template, options in sampling_runs(model.tokenizer, model.mask_token_id):
         generator = torch.Generator().manual_seed(seed)
-        with DenoisingView(tok, title=title, delay=0.05) as view:
-            fill(model, [template], generator=generator, callback=view, **options)
+        with DenoisingView(model.tokenizer, console=console, title=title, delay=0.05) as view:
+            fill(model, [template], options=options, generator=generator, callback=view)
 
 
-def _table(console, ar_dir: Path, dlm_dir: Path, scratch_dir: Path, n_blocks: int) -> None:
+def _comparison_table(console, ar_dir: Path, dlm_dir: Path, scratch_dir: Path, n_blocks: int) -> None:
     import math
 
     import torch
@@ -152,14 +176,14 @@ def _table(console, ar_dir: Path, dlm_dir: Path, scratch_dir: Path, n_blocks: in
     for col in ("model", "objective", "NLL or bound", "perplexity (bound)", "tokens trained"):
         table.add_column(col, justify="left" if col in ("model", "objective") else "right")
     ar = AutoModelForCausalLM.from_pretrained(ar_dir, dtype=torch.float32).eval()
-    nll = sum(e.nll for e in ar_nll(ar, requests, progress=False)) / n_tokens
-    rows = [("ar-base", "exact NLL", nll, 0.0, _summary(ar_dir))]
+    ar_nll_per_token = sum(e.nll for e in ar_nll(ar, requests, progress=False)) / n_tokens
+    rows = [("ar-base", "exact NLL", ar_nll_per_token, 0.0, _training_summary(ar_dir))]
     for name, path in (("dlm-adapted", dlm_dir), ("dlm-scratch", scratch_dir)):
         model = DiffusionLM.from_pretrained(path).eval()
-        est = elbo_nll(model, requests, n_samples=4, estimator="count", seed=0, progress=False)
-        value = sum(e.nll for e in est) / n_tokens
-        stderr = math.sqrt(sum(e.stderr ** 2 for e in est)) / n_tokens
-        rows.append((name, "ELBO bound", value, stderr, _summary(path)))
+        estimates = elbo_nll(model, requests, n_samples=4, estimator="count", seed=0, progress=False)
+        bound = sum(e.nll for e in estimates) / n_tokens
+        stderr = math.sqrt(sum(e.stderr ** 2 for e in estimates)) / n_tokens
+        rows.append((name, "ELBO bound", bound, stderr, _training_summary(path)))
     for name, kind, value, stderr, summary in rows:
         tokens, total = summary.get("tokens"), summary.get("tokens_including_init", 0)
         trained = f"{tokens:,}" if tokens else "?"

@@ -4,57 +4,68 @@
     difflm infill "And God said, Let there be [MASK:8] and there was light" --show-steps
     difflm infill --prefix "To be, or not" --suffix "that is the question" --length 4
 
-Every option of `difflm.sampling.SamplerOptions` is a flag; ``--json`` prints one JSON object per
-line; ``--show-steps`` shows the denoising live (`difflm.visualize.DenoisingView`).
+Every option of `difflm.sampling.SamplerOptions` is a flag; the flags become one `SamplerOptions`,
+validated before the model loads. ``--json`` prints one JSON object per line; ``--show-steps``
+shows the denoising live (`difflm.visualize.DenoisingView`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import re
+import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError, ModelLoadError
-from ..sampling.options import SamplerOptions
 
-PLACEHOLDER = re.compile(r"\[MASK:(\d+)\]")
+if TYPE_CHECKING:
+    from ..sampling import Generation, SamplerOptions
+
+# The values `SamplerOptions` accepts, listed here so that building the parser (`difflm --help`)
+# does not import torch; tests/test_cli_startup.py keeps them in step with difflm.sampling.
+STRATEGY_NAMES = ("random", "low_confidence", "maskgit_plus", "topk_margin", "entropy", "threshold")
+CACHE_MODE_NAMES = ("none", "prefix", "dual")
+ATTENTION_NAMES = ("causal", "bidirectional", "block_causal")
+SCHEDULE_NAMES = ("equal", "dream")
+FILTER_ORDER_NAMES = ("top_k_first", "top_p_first")
 
 
 def register(subparsers: Any) -> None:
-    gen = subparsers.add_parser(
+    generate_parser = subparsers.add_parser(
         "generate", help="continue a prompt by iterative denoising",
         description="Generate text after each PROMPT with a diffusion LM (all decoding strategies, blocks, CFG, "
         "EOS handling and the block-wise KV cache are flags).",
     )
-    gen.add_argument("prompt", nargs="+", help="prompt text (several prompts run as one left-padded batch)")
-    gen.add_argument("--length", type=int, default=64, help="new tokens per prompt (default 64)")
-    gen.add_argument("--chat", action="store_true", help="wrap each prompt in the checkpoint's chat template; "
-                     "print the reply up to the end of the turn")
-    _add_common(gen)
-    gen.set_defaults(func=run_generate)
+    generate_parser.add_argument("prompt", nargs="+", help="prompt text (several prompts run as one left-padded batch)")
+    generate_parser.add_argument("--length", type=int, default=64, help="new tokens per prompt (default 64)")
+    generate_parser.add_argument("--chat", action="store_true", help="wrap each prompt in the checkpoint's chat "
+                                 "template; print the reply up to the end of the turn")
+    _add_sampling_arguments(generate_parser)
+    generate_parser.set_defaults(func=run_generate)
 
-    inf = subparsers.add_parser(
+    infill_parser = subparsers.add_parser(
         "infill", help="fill [MASK:n] gaps in a text (or the gap between --prefix and --suffix)",
         description="Fill every [MASK:n] placeholder of TEMPLATE with n tokens (several gaps at once), or "
         "--length tokens between --prefix and --suffix.",
     )
-    inf.add_argument("template", nargs="?", help='text with placeholders, e.g. "Let there be [MASK:4] and there was light"')
-    inf.add_argument("--prefix", help="text before the gap (instead of a template)")
-    inf.add_argument("--suffix", default="", help="text after the gap (a separating space is added)")
-    inf.add_argument("--length", type=int, help="tokens to fill between --prefix and --suffix")
-    _add_common(inf)
-    inf.set_defaults(func=run_infill)
+    infill_parser.add_argument("template", nargs="?",
+                               help='text with placeholders, e.g. "Let there be [MASK:4] and there was light"')
+    infill_parser.add_argument("--prefix", help="text before the gap (instead of a template)")
+    infill_parser.add_argument("--suffix", default="", help="text after the gap (a separating space is added)")
+    infill_parser.add_argument("--length", type=int, help="tokens to fill between --prefix and --suffix")
+    _add_sampling_arguments(infill_parser)
+    infill_parser.set_defaults(func=run_infill)
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     from ..bundled import DEFAULT_DLM
-    from ..sampling import CACHE_MODES, STRATEGIES
 
     parser.add_argument("--model", default=DEFAULT_DLM, help=f"model directory or bundled model name (default {DEFAULT_DLM})")
     parser.add_argument("--steps", type=int, help="denoising steps = model calls at most (default: one per token)")
-    parser.add_argument("--strategy", default="low_confidence", help=f"which positions to commit: {', '.join(STRATEGIES)}")
+    parser.add_argument("--strategy", default="low_confidence", metavar="NAME",
+                        help=f"which positions to commit: {', '.join(STRATEGY_NAMES)} (default low_confidence)")
     parser.add_argument("--block-length", type=int, help="semi-autoregressive block size (default: one block)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1] (default 1 = off)")
@@ -63,25 +74,62 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, help="confidence threshold in (0, 1] of --strategy threshold (default 0.9)")
     parser.add_argument("--alg-temp", type=float, default=0.0, help="> 0 samples positions instead of the top scores (Dream)")
     parser.add_argument("--cfg-scale", type=float, default=0.0, help="classifier-free guidance scale >= 0 (default 0 = off)")
-    parser.add_argument("--cache", choices=CACHE_MODES, default="none", help="block-wise KV cache (default none)")
-    parser.add_argument("--attention", choices=("causal", "bidirectional", "block_causal"),
+    parser.add_argument("--cache", choices=CACHE_MODE_NAMES, default="none", help="block-wise KV cache (default none)")
+    parser.add_argument("--attention", choices=ATTENTION_NAMES,
                         help="override the model's attention (block_causal makes the caches exact)")
+    parser.add_argument("--schedule", choices=SCHEDULE_NAMES,
+                        help="tokens committed per step: equal shares (LLaDA) or Dream's time grid "
+                        "(default: the model family's convention)")
+    parser.add_argument("--filter-order", choices=FILTER_ORDER_NAMES,
+                        help="order of the top-k and top-p filters (default: the model family's convention)")
     parser.add_argument("--stop-at-eos", action="store_true", help="stop a row once a finished block holds EOS")
     parser.add_argument("--suppress-eos", action="store_true", help="commit EOS only when nothing else is left")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N, mps, ... (default cpu)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per prompt")
-    parser.add_argument("--show-steps", action="store_true", help="show the denoising live in the terminal")
+    parser.add_argument("--show-steps", action="store_true", help="show the denoising step by step in the terminal")
     parser.add_argument("--delay", type=float, default=0.0, help="with --show-steps: seconds to pause per step")
 
 
-def _options(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "steps": args.steps, "strategy": args.strategy, "block_length": args.block_length,
-        "temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k, "gumbel": args.gumbel,
-        "threshold": args.threshold, "alg_temp": args.alg_temp, "cfg_scale": args.cfg_scale, "cache": args.cache,
-        "attention": args.attention, "stop_at_eos": args.stop_at_eos, "suppress_eos": args.suppress_eos,
-    }
+def sampler_options(args: argparse.Namespace) -> SamplerOptions:
+    """The one validated `SamplerOptions` of the sampling flags (`InputError` on a bad value)."""
+    from ..sampling.options import SamplerOptions
+
+    return SamplerOptions(
+        steps=args.steps, strategy=args.strategy, block_length=args.block_length, temperature=args.temperature,
+        top_p=args.top_p, top_k=args.top_k, gumbel=args.gumbel, threshold=args.threshold, alg_temp=args.alg_temp,
+        cfg_scale=args.cfg_scale, cache=args.cache, attention=args.attention, stop_at_eos=args.stop_at_eos,
+        suppress_eos=args.suppress_eos, schedule=args.schedule, filter_order=args.filter_order,
+    )
+
+
+def check_device(name: str) -> str:
+    """``name`` if torch can put tensors there; else `InputError`, both for a string that names no
+    torch device ("quantum") and for a device this machine lacks (cuda without a GPU or without a
+    CUDA build, a GPU index past the last one, mps off Apple silicon)."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise InputError(f"--device {name!r} is not a torch device; use e.g. cpu, cuda, cuda:1 or mps") from None
+    if device.type == "meta":
+        raise InputError("--device meta holds no data and cannot sample; use e.g. cpu or cuda")
+    try:
+        torch.empty(1, device=device)
+    except Exception as exc:  # AssertionError (no CUDA build), RuntimeError (no driver, bad index), ...
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        reason = reason.split(". ")[0].rstrip(".")  # torch's messages go on with build advice
+        raise InputError(f"--device {name}: not available on this machine ({reason})") from None
+    return name
+
+
+def _check_run_args(args: argparse.Namespace) -> None:
+    """The flags that are not sampler options: --seed and --delay."""
+    if not 0 <= args.seed < 2**63:
+        raise InputError(f"--seed must be an integer in [0, 2**63), got {args.seed}")
+    if not (math.isfinite(args.delay) and args.delay >= 0):
+        raise InputError(f"--delay must be a number of seconds >= 0, got {args.delay}")
 
 
 def load_dlm(name_or_path: str, device: str = "cpu"):
@@ -98,50 +146,29 @@ def load_dlm(name_or_path: str, device: str = "cpu"):
     return model
 
 
-def parse_template(template: str) -> list[str | int]:
-    """Split a template into text pieces and gap lengths: "a [MASK:2] b" -> ["a", 2, " b"]."""
-    parts: list[str | int] = []
-    pos = 0
-    for match in PLACEHOLDER.finditer(template):
-        n = int(match.group(1))
-        if n < 1:
-            raise InputError(f"placeholder {match.group(0)} asks for no tokens; use [MASK:n] with n >= 1")
-        # A gap's tokens carry their own leading space (byte-level BPE), so the text before it
-        # gives up its trailing whitespace.
-        parts += [template[pos : match.start()].rstrip(), n]
-        pos = match.end()
-    if not parts:
-        raise InputError("the template has no [MASK:n] placeholder; write e.g. \"Let there be [MASK:4] and there was light\"")
-    return parts + [template[pos:]]
-
-
-def encode_template(tokenizer, parts: list[str | int], mask_id: int) -> list[int]:
-    """Token ids of a parsed template, gaps as mask ids; only the first piece gets special tokens (BOS)."""
-    ids: list[int] = []
-    for i, part in enumerate(parts):
-        if isinstance(part, int):
-            ids += [mask_id] * part
-        elif part or i == 0:
-            ids += tokenizer(part, add_special_tokens=i == 0)["input_ids"]
-    return ids
-
-
 def run_generate(args: argparse.Namespace) -> int:
     if args.length < 1:
         raise InputError(f"--length must be >= 1, got {args.length}")
-    SamplerOptions(**_options(args))  # bad options fail before the model loads
+    # every bad value fails before the model loads
+    _check_run_args(args)
+    options = sampler_options(args)
+    check_device(args.device)
     model = load_dlm(args.model, args.device)
+    mask_id = model.config.mask_token_id
     if args.chat:
         from ..chat import chat_prompt_ids
 
-        prompts = [chat_prompt_ids(model, p) for p in args.prompt]
+        templates = [chat_prompt_ids(model, prompt) + [mask_id] * args.length for prompt in args.prompt]
     else:
-        prompts = [model.tokenizer(p)["input_ids"] for p in args.prompt]
-    mask = model.config.mask_token_id
-    return _run(args, model, [p + [mask] * args.length for p in prompts], args.prompt)
+        from ..sampling.templates import continuation_ids
+
+        templates = [continuation_ids(prompt, model.tokenizer, mask_id, args.length) for prompt in args.prompt]
+    return _sample_and_print(args, options, model, templates, args.prompt)
 
 
 def run_infill(args: argparse.Namespace) -> int:
+    from ..sampling.templates import encode_template, gap_template, parse_template
+
     if (args.template is None) == (args.prefix is None):
         raise InputError("give either a TEMPLATE with [MASK:n] gaps or --prefix (with --suffix and --length)")
     if args.template is not None:
@@ -149,32 +176,33 @@ def run_infill(args: argparse.Namespace) -> int:
     else:
         if args.length is None or args.length < 1:
             raise InputError("--prefix needs --length >= 1 (tokens to fill)")
-        # words after a gap start with a space, as in running text (byte-level BPE keeps it)
-        suffix = " " + args.suffix if args.suffix[:1].isalnum() else args.suffix
-        parts = [args.prefix.rstrip(), args.length, suffix]
-    SamplerOptions(**_options(args))
+        parts = gap_template(args.prefix, args.suffix, args.length)
+    _check_run_args(args)
+    options = sampler_options(args)
+    check_device(args.device)
     model = load_dlm(args.model, args.device)
-    return _run(args, model, [encode_template(model.tokenizer, parts, model.config.mask_token_id)], [args.template or ""])
+    template = encode_template(model.tokenizer, parts, model.config.mask_token_id)
+    return _sample_and_print(args, options, model, [template], [args.template or ""])
 
 
-def _run(args: argparse.Namespace, model, templates: list[list[int]], labels: list[str]) -> int:
+def _sample_and_print(args: argparse.Namespace, options: SamplerOptions, model, templates: list[list[int]],
+                      labels: list[str]) -> int:
     import torch
 
     from ..sampling import fill
 
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
-    options = _options(args)
     start = time.perf_counter()
     if args.show_steps:
         from ..visualize import DenoisingView
 
-        with DenoisingView(model.tokenizer, title=f"difflm {args.func.__name__.removeprefix('run_')}", delay=args.delay) as view:
-            result = fill(model, templates, generator=generator, callback=view, return_dict=True, **options)
+        with DenoisingView(model.tokenizer, title=f"difflm {args.command}", delay=args.delay) as view:
+            result = fill(model, templates, options=options, generator=generator, callback=view, return_dict=True)
     else:
-        result = fill(model, templates, generator=generator, return_dict=True, **options)
+        result = fill(model, templates, options=options, generator=generator, return_dict=True)
     seconds = time.perf_counter() - start
-    tok = model.tokenizer
-    total_new = sum(len(t) for t in result.new_tokens)
+    tokenizer = model.tokenizer
+    total_new = sum(len(tokens) for tokens in result.new_tokens)
     chat = getattr(args, "chat", False)
     if chat:  # the reply alone, up to the family's end of turn
         from ..chat import end_of_turn_ids
@@ -182,27 +210,27 @@ def _run(args: argparse.Namespace, model, templates: list[list[int]], labels: li
 
         result.new_tokens = [trim_at_stop(row, end_of_turn_ids(model)) for row in result.new_tokens]
     for b, label in enumerate(labels):
-        text = tok.decode(result.new_tokens[b] if chat else visible_ids(result, b), skip_special_tokens=True)
+        text = tokenizer.decode(result.new_tokens[b] if chat else visible_ids(result, b), skip_special_tokens=True)
         if args.json:
             print(json.dumps({
-                "prompt": label, "text": text, "generated": tok.decode(result.new_tokens[b], skip_special_tokens=True),
+                "prompt": label, "text": text, "generated": tokenizer.decode(result.new_tokens[b], skip_special_tokens=True),
                 "new_tokens": result.new_tokens[b], "steps": result.steps, "seconds": round(seconds, 4),
-                "tokens_per_second": round(total_new / seconds, 2), "options": options,
+                "tokens_per_second": round(total_new / seconds, 2), "options": dataclasses.asdict(options),
             }))
-        elif not args.show_steps:  # the live view already left the final text on screen
+        elif not args.show_steps:  # the view already left the final text on screen
             print(text)
     return 0
 
 
-def visible_ids(result, b: int) -> list[int]:
+def visible_ids(result: Generation, b: int) -> list[int]:
     """Row ``b`` of a `Generation` as text ids: generated tokens beyond ``new_tokens`` (cut at
     EOS with stop_at_eos) are dropped; padding and BOS go when decoding (special tokens)."""
     keep = len(result.new_tokens[b])
     out, seen = [], 0
-    for tok, generated in zip(result.sequences[b].tolist(), result.generate_mask[b].tolist()):
+    for token, generated in zip(result.sequences[b].tolist(), result.generate_mask[b].tolist()):
         if generated:
             seen += 1
             if seen > keep:
                 continue
-        out.append(tok)
+        out.append(token)
     return out

@@ -11,17 +11,30 @@ import argparse
 import json
 from typing import Any
 
+from ..errors import InputError
+
+# The names of `difflm.formats.FORMATS`, listed here so that building the parser (`difflm --help`)
+# does not import torch; tests/test_cli_startup.py keeps them in step.
+FORMAT_NAMES = ("difflm", "diffugpt", "llada", "dream", "diffullama", "causal-lm")
+
 
 def add_load_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by the commands that read a checkpoint directory."""
-    from ..formats import FORMATS
-
-    parser.add_argument("--format", choices=list(FORMATS), help="skip detection and read DIR as this layout")
+    parser.add_argument("--format", choices=FORMAT_NAMES, metavar="FORMAT",
+                        help=f"skip detection and read DIR as this layout: {', '.join(FORMAT_NAMES)}")
     parser.add_argument("--mask-token-id", type=int, help="id of the [MASK] token (needed for plain causal LMs)")
 
 
-def load_overrides(args: argparse.Namespace) -> dict[str, Any]:
+def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The `DiffusionConfig` fields the load options replace (``--mask-token-id``)."""
     return {} if args.mask_token_id is None else {"mask_token_id": args.mask_token_id}
+
+
+def check_mask_token_id(mask_token_id: int | None, vocab_size: int) -> None:
+    """`InputError` when the mask id (given or detected) is not a token of the vocabulary."""
+    if mask_token_id is not None and not 0 <= mask_token_id < vocab_size:
+        raise InputError(f"mask token id {mask_token_id} is outside the vocabulary (0 .. {vocab_size - 1}); "
+                         "pass --mask-token-id with the id of a token of this checkpoint")
 
 
 def register(subparsers: Any) -> None:
@@ -43,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.json:
         print(f"{'path':<13} {found.checkpoint.path}")
         print(f"{'format':<13} {found.format}  ({found.reason})")
-    info = describe_checkpoint(args.dir, format=args.format, **load_overrides(args))
+    info = describe_checkpoint(args.dir, format=args.format, **config_overrides(args))
+    check_mask_token_id(info["config"].mask_token_id, info["vocab_size"])
     if args.json:
         print(json.dumps({**info, "config": info["config"].to_dict()}, indent=2, default=str))
         return 0
@@ -54,10 +68,11 @@ def run(args: argparse.Namespace) -> int:
         ("parameters", human_count(info["parameters"])),
         ("weights", f"{info['stored_dtype']}, {human_bytes(info['stored_bytes'])} in {info['files']} file(s)"),
         ("vocabulary", str(info["vocab_size"])),
-        ("mask id", _token(cfg.mask_token_id, info["tokens"].get("mask"))),
+        ("mask id", _describe_token(cfg.mask_token_id, info["tokens"].get("mask"))),
         ("shift", "yes (the logit at i-1 predicts token i)" if cfg.shift else "no (the logit at i predicts token i)"),
         ("attention", cfg.attention),
-        ("tokens", ", ".join(f"{name} {_token(*value)}" for name, value in info["tokens"].items() if name != "mask") or "none"),
+        ("tokens", ", ".join(f"{name} {_describe_token(*value)}" for name, value in info["tokens"].items()
+                             if name != "mask") or "none"),
         ("tokenizer", f"{info['tokenizer'] or 'none'}; chat template: {'yes' if info['chat_template'] else 'no'}"),
     ]
     rows += [("note", note) for note in info["notes"]]
@@ -81,7 +96,8 @@ def human_bytes(n: int) -> str:
     return f"{n} B"
 
 
-def _token(token_id: int, text: Any = None) -> str:
+def _describe_token(token_id: int, text: Any = None) -> str:
+    """'5' or "5 '<mask>'"."""
     if isinstance(text, tuple):  # (id, text) from describe_checkpoint
         text = text[1]
     return f"{token_id} {text!r}" if text else str(token_id)

@@ -6,22 +6,23 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
+    parser = subparsers.add_parser(
         "train", help="train an AR model, a DLM from scratch, or adapt an AR model into a DLM",
         description="Train with a YAML preset (configs/*.yaml) and key=value overrides, e.g. "
         "`difflm train configs/adapt.yaml max_steps=500 lr=3e-4`. Runs on several processes under "
         "`torchrun --nproc_per_node N $(which difflm) train ...` (DDP through accelerate).",
     )
-    p.add_argument("config", nargs="?", help="YAML preset")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (dotted keys reach into mappings)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
-    p.add_argument("--output-dir", help="shortcut for output_dir=...")
-    p.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
-    p.set_defaults(func=run)
+    parser.add_argument("config", nargs="?", help="YAML preset")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (dotted keys reach into mappings)")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
+    parser.add_argument("--output-dir", help="shortcut for output_dir=...")
+    parser.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
+    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..training import Trainer, load_train_config
+    from . import check_output_dir
 
     overrides = list(args.overrides)
     if args.config and "=" in args.config:  # only overrides, no preset
@@ -30,8 +31,8 @@ def run(args: argparse.Namespace) -> int:
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
     cfg = load_train_config(args.config, overrides)
+    check_output_dir(str(cfg.output_dir), "--output-dir" if args.output_dir else "output_dir")
     result = Trainer(cfg, resume=args.resume, show_progress=not args.no_progress).train()
-    val = result["val_loss"]
-    print(f"trained {result['step']} steps, {result['tokens']:,} tokens; validation {val:.4f} nats/token; "
+    print(f"trained {result['step']} steps, {result['tokens']:,} tokens; validation {result['val_loss']:.4f} nats/token; "
           f"model saved to {result['model_dir']}")
     return 0
