@@ -20,17 +20,6 @@ needs_bundled_models = pytest.mark.skipif(not all((p / "model.safetensors").is_f
 SEED = 3
 
 
-@pytest.fixture
-def restores_accelerate_state():
-    """The demo's adaptation runs in this process; accelerate keeps its (bf16) state process-wide, and
-    later tests build Accelerators with other settings."""
-    yield
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
 def _normalized(text: str) -> str:
     return " ".join(text.split())
 
@@ -66,7 +55,7 @@ def _table_rows(section: str) -> dict[str, tuple[float, float, float]]:
 
 
 @needs_bundled_models
-def test_demo_shows_what_the_bundled_models_produce(tmp_path, capsys, monkeypatch, restores_accelerate_state):
+def test_demo_shows_what_the_bundled_models_produce(tmp_path, capsys, monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from difflm import DiffusionLM

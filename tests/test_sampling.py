@@ -174,3 +174,9 @@ def test_bad_input(model):
         generate(model, [MASK], max_new_tokens=4)
     with pytest.raises(InputError, match="middle_length"):
         infill(model, [1], [2], middle_length=0)
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("inf"), float("nan")])
+def test_cfg_scale_must_be_finite_and_non_negative(model, bad):
+    with pytest.raises(InputError, match="cfg_scale"):
+        generate(model, [1], max_new_tokens=4, cfg_scale=bad)

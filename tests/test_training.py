@@ -200,3 +200,24 @@ def test_checkpoints_of_a_tied_model_do_not_warn_about_shared_tensors(tmp_path, 
     assert (tmp_path / "checkpoints").is_dir()
     out = capfd.readouterr()
     assert "Removed shared tensor" not in caplog.text + out.err + out.out
+
+
+def test_two_runs_with_different_precision_in_one_process(tmp_path, data):
+    """accelerate keeps its settings process-wide; a second Trainer (a notebook, the demo) must not
+    inherit the first one's or fail on them."""
+    from accelerate.state import AcceleratorState
+
+    _train(TINY + data + ["objective=ar", f"output_dir={tmp_path / 'a'}", "max_steps=1"])
+    trainer = Trainer(load_train_config(None, TINY + data + ["objective=ar", f"output_dir={tmp_path / 'b'}",
+                                                             "max_steps=1", "mixed_precision=bf16"]), show_progress=False)
+    wanted = "bf16" if torch.cuda.is_available() or trainer_bf16() else "no"
+    assert AcceleratorState().mixed_precision == wanted
+    trainer.train()
+    _train(TINY + data + ["objective=ar", f"output_dir={tmp_path / 'c'}", "max_steps=1"])
+    assert AcceleratorState().mixed_precision == "no"
+
+
+def trainer_bf16() -> bool:
+    from difflm.training.trainer import _cpu_supports_bf16
+
+    return _cpu_supports_bf16()

@@ -76,8 +76,8 @@ class SamplerOptions:
             raise InputError(f"steps must be >= 1, got {self.steps}")
         if self.block_length is not None and self.block_length < 1:
             raise InputError(f"block_length must be >= 1, got {self.block_length}")
-        if not self.cfg_scale >= 0:
-            raise InputError(f"cfg_scale must be >= 0, got {self.cfg_scale}")
+        if not 0 <= self.cfg_scale < float("inf"):
+            raise InputError(f"cfg_scale must be a finite number >= 0, got {self.cfg_scale}")
         if self.cache not in CACHE_MODES:
             raise InputError(f"unknown cache mode {self.cache!r}; choose one of {', '.join(CACHE_MODES)}")
         if self.attention is not None and self.attention not in ATTENTION_OVERRIDES:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import yaml
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
 
@@ -103,6 +104,11 @@ class Trainer:
         precision = cfg.mixed_precision
         if precision == "bf16" and cpu and not _cpu_supports_bf16():
             precision = "no"
+        # accelerate keeps its settings process-wide and refuses a second Accelerator with other
+        # ones; a Trainer owns its run's settings, so a second run in one process (a notebook,
+        # the demo) starts from a clean accelerate state. The process group (PartialState) stays.
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
         self.accelerator = Accelerator(cpu=cpu, mixed_precision=precision)
         acc = self.accelerator
         per_process, rest = divmod(cfg.batch_size, acc.num_processes * cfg.grad_accum)
