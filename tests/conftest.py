@@ -57,3 +57,26 @@ def tiny_tokenizer(with_mask: bool = False):
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>",
                                    unk_token="<unk>", **extra)
     return fast
+
+
+@pytest.fixture
+def cuda_like_generators(monkeypatch):
+    """torch.rand / torch.multinomial refuse a generator that lives on another device than the
+    tensor they fill, as they do for CUDA tensors."""
+    real_rand, real_multinomial = torch.rand, torch.multinomial
+
+    def check(generator, device):
+        device = torch.device(device if device is not None else "cpu")
+        if generator is not None and generator.device.type != device.type:
+            raise RuntimeError(f"Expected a '{device.type}' device type for generator but found '{generator.device.type}'")
+
+    def rand(*size, generator=None, device=None, **kwargs):
+        check(generator, device)
+        return real_rand(*size, generator=generator, device=device, **kwargs)
+
+    def multinomial(input, num_samples, replacement=False, *, generator=None, **kwargs):
+        check(generator, input.device)
+        return real_multinomial(input, num_samples, replacement, generator=generator, **kwargs)
+
+    monkeypatch.setattr(torch, "rand", rand)
+    monkeypatch.setattr(torch, "multinomial", multinomial)

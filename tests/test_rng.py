@@ -40,6 +40,23 @@ def test_uniform_gives_the_same_numbers_whatever_the_target_device():
     assert moved.device.type == "meta" and moved.shape == (3, 4)
 
 
+def test_annealed_training_draws_work_for_a_foreign_device(cuda_like_generators):
+    """The adapt objective's step on a GPU: the trainer's CPU generator draws the annealing
+    pattern and the noise for tensors on another device (meta stands in for CUDA; the fixture
+    makes torch refuse a foreign generator as CUDA does)."""
+    from conftest import tiny_dlm
+
+    gen = torch.Generator().manual_seed(0)
+    mask = annealed_attention_mask(16, 0.5, generator=gen, device="meta")
+    assert mask.device.type == "meta"
+    model = tiny_dlm("llama", attention="annealed", anneal_steps=4).to("meta")
+    x = torch.zeros(2, 12, dtype=torch.long, device="meta")
+    assert model.logits(x, step=1, generator=gen).device.type == "meta"
+    t = sample_t(2, antithetic=True, generator=gen, device="meta")
+    _, noise = corrupt(x, t, 7, generator=gen)
+    assert noise.device.type == "meta"
+
+
 @pytest.mark.gpu
 @cuda
 def test_cpu_generator_serves_cuda_draws_with_the_cpu_numbers():

@@ -4,7 +4,7 @@ tensors on a GPU and a seed gives the same stream wherever the model runs.
 
 PyTorch refuses `torch.rand(..., generator=cpu_generator, device="cuda")`; on the meta device it
 silently draws nothing instead. Meta tensors stand in for a foreign device here: the fixture
-`cuda_like_generators` makes torch refuse a generator of another device as CUDA does, and the
+`cuda_like_generators` (conftest.py) makes torch refuse a generator of another device as CUDA does, and the
 generator's state shows whether the numbers were really drawn from it.
 """
 
@@ -16,29 +16,6 @@ from conftest import tiny_dlm
 from test_sampling import single_thread  # noqa: F401 (autouse fixture)
 
 FOREIGN = "meta"
-
-
-@pytest.fixture
-def cuda_like_generators(monkeypatch):
-    """torch.rand / torch.multinomial refuse a generator that lives on another device than the
-    tensor they fill, as they do for CUDA tensors."""
-    real_rand, real_multinomial = torch.rand, torch.multinomial
-
-    def check(generator, device):
-        device = torch.device(device if device is not None else "cpu")
-        if generator is not None and generator.device.type != device.type:
-            raise RuntimeError(f"Expected a '{device.type}' device type for generator but found '{generator.device.type}'")
-
-    def rand(*size, generator=None, device=None, **kwargs):
-        check(generator, device)
-        return real_rand(*size, generator=generator, device=device, **kwargs)
-
-    def multinomial(input, num_samples, replacement=False, *, generator=None, **kwargs):
-        check(generator, input.device)
-        return real_multinomial(input, num_samples, replacement, generator=generator, **kwargs)
-
-    monkeypatch.setattr(torch, "rand", rand)
-    monkeypatch.setattr(torch, "multinomial", multinomial)
 
 
 def _state_after(fn, seed=0):
