@@ -77,18 +77,18 @@ def test_lazy_public_names_still_work():
 
 def test_choice_lists_match_the_modules_they_mirror():
     """The CLI lists these names itself (importing them would import torch); they must stay equal."""
-    from difflm.cli import generate, inspect
+    from difflm.cli import choices
     from difflm.formats import FORMATS
     from difflm.sampling import CACHE_MODES, STRATEGIES
     from difflm.sampling.options import ATTENTION_OVERRIDES, FILTER_ORDERS
     from difflm.sampling.strategies import SCHEDULES
 
-    assert generate.STRATEGY_NAMES == tuple(STRATEGIES)
-    assert generate.CACHE_MODE_NAMES == tuple(CACHE_MODES)
-    assert generate.ATTENTION_NAMES == tuple(ATTENTION_OVERRIDES)
-    assert generate.SCHEDULE_NAMES == tuple(SCHEDULES)
-    assert generate.FILTER_ORDER_NAMES == tuple(FILTER_ORDERS)
-    assert inspect.FORMAT_NAMES == tuple(FORMATS)
+    assert choices.STRATEGY_NAMES == tuple(STRATEGIES)
+    assert choices.CACHE_MODE_NAMES == tuple(CACHE_MODES)
+    assert choices.ATTENTION_NAMES == tuple(ATTENTION_OVERRIDES)
+    assert choices.SCHEDULE_NAMES == tuple(SCHEDULES)
+    assert choices.FILTER_ORDER_NAMES == tuple(FILTER_ORDERS)
+    assert choices.FORMAT_NAMES == tuple(FORMATS)
 
 
 def test_every_sampler_option_is_a_flag():

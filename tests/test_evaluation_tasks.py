@@ -211,10 +211,10 @@ def test_dlm_results_are_reproducible_and_depend_on_the_seed(model_dirs):  # noq
 
 # -- the registry and the bundled sets -------------------------------------------------------------
 def test_task_names_and_bad_specs(tmp_path):
-    from difflm.cli.eval import TASK_NAMES
+    from difflm.cli.choices import TASK_NAMES
     from difflm.evaluation import TASKS
 
-    from difflm.cli.eval import FORMAT_NAMES
+    from difflm.cli.choices import FORMAT_NAMES
     from difflm.formats import FORMATS
 
     assert TASK_NAMES == tuple(TASKS)

@@ -4,13 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-
-# The names of `difflm.evaluation.registry.TASKS`, listed here so that `difflm --help` does not import
-# torch (a test keeps the two in step).
-TASK_NAMES = ("perplexity", "last-word", "multiple-choice", "infilling", "lambada", "hellaswag", "piqa", "siqa",
-              "winogrande", "rocstories", "gsm8k", "humaneval", "humaneval-infill")
-# The names of `difflm.formats.FORMATS`, for the same reason (a test keeps them in step too).
-FORMAT_NAMES = ("difflm", "diffugpt", "llada", "dream", "diffullama", "causal-lm")
+from .choices import FORMAT_NAMES, TASK_NAMES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

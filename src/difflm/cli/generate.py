@@ -19,17 +19,11 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError, ModelLoadError
+from .choices import ATTENTION_NAMES, CACHE_MODE_NAMES, FILTER_ORDER_NAMES, SCHEDULE_NAMES, STRATEGY_NAMES
 
 if TYPE_CHECKING:
     from ..sampling import Generation, SamplerOptions
 
-# The values `SamplerOptions` accepts, listed here so that building the parser (`difflm --help`)
-# does not import torch; tests/test_cli_startup.py keeps them in step with difflm.sampling.
-STRATEGY_NAMES = ("random", "low_confidence", "maskgit_plus", "topk_margin", "entropy", "threshold")
-CACHE_MODE_NAMES = ("none", "prefix", "dual")
-ATTENTION_NAMES = ("causal", "bidirectional", "block_causal")
-SCHEDULE_NAMES = ("equal", "dream")
-FILTER_ORDER_NAMES = ("top_k_first", "top_p_first")
 
 
 def register(subparsers: Any) -> None:

@@ -12,10 +12,8 @@ import json
 from typing import Any
 
 from ..errors import InputError
+from .choices import FORMAT_NAMES
 
-# The names of `difflm.formats.FORMATS`, listed here so that building the parser (`difflm --help`)
-# does not import torch; tests/test_cli_startup.py keeps them in step.
-FORMAT_NAMES = ("difflm", "diffugpt", "llada", "dream", "diffullama", "causal-lm")
 
 
 def add_load_arguments(parser: argparse.ArgumentParser) -> None:
