@@ -221,3 +221,14 @@ def trainer_bf16() -> bool:
     from difflm.training.trainer import _cpu_supports_bf16
 
     return _cpu_supports_bf16()
+
+
+def test_resume_at_or_past_max_steps(tmp_path, data, capsys):
+    args = TINY + data + ["objective=ar", f"output_dir={tmp_path}", "max_steps=4", "save_every=2", "eval_every=4"]
+    first = _train(args)
+    again = _train(args, resume=True)  # nothing left to train: the same validation, the model saved again
+    assert again["step"] == 4 and again["val_loss"] == pytest.approx(first["val_loss"])
+    capsys.readouterr()
+    code = main(["train", *args[:-3], "max_steps=2", "save_every=2", "eval_every=2", "--resume"])
+    err = capsys.readouterr().err
+    assert code == 2 and "past max_steps=2" in err and len(err.strip().splitlines()) == 1

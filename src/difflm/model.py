@@ -74,6 +74,12 @@ class DiffusionLM(nn.Module):
         return None
 
     @property
+    def _no_split_modules(self) -> list[str] | None:
+        """The backbone's layer classes that must stay whole (its decoder layers): what FSDP wraps
+        one by one and what device maps keep on one device (transformers' convention)."""
+        return getattr(self.model, "_no_split_modules", None)
+
+    @property
     def mask_token_id(self) -> int:
         return self.config.mask_token_id
 

@@ -33,6 +33,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_train_config(args.config, overrides)
     check_output_dir(str(cfg.output_dir), "--output-dir" if args.output_dir else "output_dir")
     result = Trainer(cfg, resume=args.resume, show_progress=not args.no_progress).train()
+    run_on = result["distributed"]
+    if not run_on["main_process"]:
+        return 0  # one summary per run, not one per process
     print(f"trained {result['step']} steps, {result['tokens']:,} tokens; validation {result['val_loss']:.4f} nats/token; "
-          f"model saved to {result['model_dir']}")
+          f"{run_on['engine']} on {run_on['processes']} process(es); model saved to {result['model_dir']}")
     return 0

@@ -40,6 +40,9 @@ class TrainConfig:
     eval_every / eval_batches: validation every N steps on a fixed set of validation batches.
     save_every / keep_checkpoints: atomic checkpoints for --resume.
     mixed_precision: "bf16" or "no"; bf16 autocast trains ~2x faster on AVX-512-bf16 CPUs.
+    distributed: None (what the launcher says: DDP under torchrun, or an accelerate config file),
+        "ddp", or "fsdp" (FSDP2: parameters, gradients and optimizer state sharded across
+        processes; sharded checkpoints). See `difflm.training.parallel` and docs/training.md.
     """
 
     objective: str = "ar"
@@ -69,6 +72,7 @@ class TrainConfig:
     log_every: int = 10
     log_with: list[str] = field(default_factory=lambda: ["jsonl", "csv"])
     mixed_precision: str = "bf16"
+    distributed: str | None = None
     seed: int = 0
     threads: int | None = None
 
@@ -106,6 +110,8 @@ class TrainConfig:
             self.mixed_precision = "no"
         if self.mixed_precision not in ("bf16", "no"):
             raise ConfigError(f"mixed_precision must be 'bf16' or 'no', got {self.mixed_precision!r}")
+        if self.distributed is not None and self.distributed not in ("ddp", "fsdp"):
+            raise ConfigError(f"distributed must be ddp, fsdp or null, got {self.distributed!r}")
         unknown = sorted(set(self.log_with) - {"jsonl", "csv", "tensorboard"})
         if unknown:
             raise ConfigError(f"unknown log_with entries {unknown}; choose from jsonl, csv, tensorboard")

@@ -18,8 +18,6 @@ from typing import Any
 
 import torch
 import yaml
-from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
 
@@ -33,6 +31,7 @@ from .checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
 from .config import TrainConfig
 from .data import BlockBatches, pack_blocks, resolve_files, tokenize_files
 from .metrics import MetricsLogger, TrainProgress
+from .parallel import describe, make_accelerator
 
 
 def load_tokenizer_for(cfg: TrainConfig) -> Any:
@@ -102,14 +101,9 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         cpu = not torch.cuda.is_available()
         precision = cfg.mixed_precision
-        if precision == "bf16" and cpu and not _cpu_supports_bf16():
-            precision = "no"
-        # accelerate keeps its settings process-wide and refuses a second Accelerator with other
-        # ones; a Trainer owns its run's settings, so a second run in one process (a notebook,
-        # the demo) starts from a clean accelerate state. The process group (PartialState) stays.
-        AcceleratorState._reset_state()
-        GradientState._reset_state()
-        self.accelerator = Accelerator(cpu=cpu, mixed_precision=precision)
+        if precision == "bf16" and cpu and (not _cpu_supports_bf16() or cfg.distributed == "fsdp"):
+            precision = "no"  # emulated bf16 is ~10x slower; FSDP's mixed-precision policy is for GPUs
+        self.accelerator = make_accelerator(cfg.distributed, precision)
         acc = self.accelerator
         per_process, rest = divmod(cfg.batch_size, acc.num_processes * cfg.grad_accum)
         if rest or per_process == 0:
@@ -234,6 +228,9 @@ class Trainer:
         out = Path(cfg.output_dir)
         if self.resume:
             start, ckpt = latest_checkpoint(out)
+            if start > cfg.max_steps:
+                raise InputError(f"--resume: the newest checkpoint is at step {start}, past max_steps={cfg.max_steps}; "
+                                 f"raise max_steps to continue")
             acc.load_state(str(ckpt))
             state = load_trainer_state(ckpt)
             self.step, self.tokens = state["step"], state["tokens"]
@@ -277,8 +274,11 @@ class Trainer:
             raise
         finally:
             logger.close()
+        if last_val is None:  # resumed at max_steps: nothing left to train, but the run reports its validation
+            last_val = self.evaluate()
         final = self.save_model(out / "model")
-        return {"step": self.step, "tokens": self.tokens, "val_loss": last_val, "model_dir": str(final)}
+        return {"step": self.step, "tokens": self.tokens, "val_loss": last_val, "model_dir": str(final),
+                "distributed": describe(acc)}
 
 
 def _cpu_supports_bf16() -> bool:
