@@ -66,16 +66,22 @@ def half_split_rope(x: torch.Tensor, theta: float) -> torch.Tensor:
     return x * cos + torch.cat([-second, first], -1) * sin
 
 
-def full_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Every position attends to every position (no causal mask). q, k, v: [B, H, L, d]."""
+def full_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """Every position attends to every position (no causal mask), or where ``allowed`` [L, L] says.
+    q, k, v: [B, H, L, d]."""
     scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
     return scores.softmax(-1) @ v
 
 
 def llama_like_forward(ids: torch.Tensor, w: dict[str, torch.Tensor], *, layers: int, heads: int, kv_heads: int,
-                       theta: float, eps: float, qkv_bias: bool = False) -> torch.Tensor:
-    """Pre-norm transformer with RMSNorm, RoPE, grouped-query bidirectional attention and a SwiGLU
-    MLP ``down(silu(gate(x)) * up(x))``. Returns the raw logits [B, L, V] (no shift applied)."""
+                       theta: float, eps: float, qkv_bias: bool = False, qk_norm: bool = False,
+                       allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """Pre-norm transformer with RMSNorm, RoPE, grouped-query bidirectional attention (or the
+    pattern ``allowed`` [L, L]) and a SwiGLU MLP ``down(silu(gate(x)) * up(x))``; ``qk_norm``: an
+    RMSNorm over each head's queries and keys before RoPE (Qwen3). Returns the raw logits [B, L, V]
+    (no shift applied)."""
     x = w["embed"][ids]
     b, length, hidden = x.shape
     d = hidden // heads
@@ -87,9 +93,11 @@ def llama_like_forward(ids: torch.Tensor, w: dict[str, torch.Tensor], *, layers:
             return y.view(b, length, n, d).transpose(1, 2)
 
         q, k, v = proj("q", heads), proj("k", kv_heads), proj("v", kv_heads)
+        if qk_norm:
+            q, k = rms_norm(q, w[f"{i}.q_norm"], eps), rms_norm(k, w[f"{i}.k_norm"], eps)
         q, k = half_split_rope(q, theta), half_split_rope(k, theta)
         k, v = k.repeat_interleave(heads // kv_heads, 1), v.repeat_interleave(heads // kv_heads, 1)
-        att = full_attention(q, k, v).transpose(1, 2).reshape(b, length, hidden)
+        att = full_attention(q, k, v, allowed).transpose(1, 2).reshape(b, length, hidden)
         x = x + att @ w[f"{i}.o"].T
         h = rms_norm(x, w[f"{i}.mlp_norm"], eps)
         x = x + (F.silu(h @ w[f"{i}.gate"].T) * (h @ w[f"{i}.up"].T)) @ w[f"{i}.down"].T
@@ -223,6 +231,45 @@ def dream_reference(ids: torch.Tensor, ref: dict[str, torch.Tensor]) -> torch.Te
 
 
 DIFFULLAMA = dict(layers=2, heads=4, kv_heads=4, hidden=32, mlp=48, vocab=1000, theta=10000.0, eps=1e-5, mask=811)
+
+SDAR = dict(layers=2, heads=4, kv_heads=2, hidden=32, mlp=48, vocab=280, theta=1e6, eps=1e-6,
+            mask=277, eos=270, im_end=272, block=4)
+
+
+def write_sdar(path: Path, *, dtype=torch.float32, seed: int = 0, **config_changes):
+    """SDAR (JetLM/SDAR-*-Chat) layout: Qwen3ForCausalLM names (per-head q_norm / k_norm, no biases)
+    under a model_type "sdar" / SDARForCausalLM config.json with Qwen3's field names."""
+    torch.manual_seed(seed)
+    c = SDAR
+    stored, ref = _hf_llama_weights(c, biases=False)
+    d = c["hidden"] // c["heads"]
+    for i in range(c["layers"]):
+        stored[f"model.layers.{i}.self_attn.q_norm.weight"] = ref[f"{i}.q_norm"] = _norm(d)
+        stored[f"model.layers.{i}.self_attn.k_norm.weight"] = ref[f"{i}.k_norm"] = _norm(d)
+    save_weights(path, stored, dtype=dtype)
+    config = {
+        "architectures": ["SDARForCausalLM"], "model_type": "sdar",
+        "auto_map": {"AutoConfig": "configuration_sdar.SDARConfig", "AutoModelForCausalLM": "modeling_sdar.SDARForCausalLM"},
+        "hidden_size": c["hidden"], "intermediate_size": c["mlp"], "num_hidden_layers": c["layers"],
+        "num_attention_heads": c["heads"], "num_key_value_heads": c["kv_heads"], "head_dim": d, "vocab_size": c["vocab"],
+        "max_position_embeddings": 64, "rms_norm_eps": c["eps"], "rope_theta": c["theta"], "rope_scaling": None,
+        "hidden_act": "silu", "tie_word_embeddings": False, "attention_bias": False, "use_sliding_window": False,
+        "sliding_window": None, "attention_dropout": 0.0, "bos_token_id": c["eos"], "eos_token_id": c["eos"],
+        "mask_token_id": c["mask"], "use_cache": True,
+    }
+    config.update(config_changes)
+    (path / "config.json").write_text(json.dumps(config))
+    return _rounded(ref, dtype)
+
+
+def sdar_reference(ids: torch.Tensor, ref: dict[str, torch.Tensor], block: int = SDAR["block"]) -> torch.Tensor:
+    """SDAR's own decoder view: block-causal attention over blocks of ``block`` from position 0
+    (its generate builds tril(ones(blocks, blocks)).repeat_interleave(block)), no shift."""
+    c = SDAR
+    blocks = torch.arange(ids.shape[1]) // block
+    allowed = blocks[None, :] <= blocks[:, None]
+    return llama_like_forward(ids, ref, layers=c["layers"], heads=c["heads"], kv_heads=c["kv_heads"], theta=c["theta"],
+                              eps=c["eps"], qk_norm=True, allowed=allowed)
 
 
 def write_llama(path: Path, *, marker: bool = True, dtype=torch.float32, seed: int = 0):

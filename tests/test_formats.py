@@ -299,3 +299,22 @@ def test_chat_without_a_template_says_what_to_do(tmp_path):
     model = DiffusionLM.from_pretrained(tmp_path / "base")
     with pytest.raises(InputError, match="no chat template.*without --chat"):
         chat_prompt_ids(model, "hi")
+
+
+# -- SDAR: a published block diffusion model (Qwen3 weights) -----------------------------------------
+def test_sdar_loads_as_a_block_diffusion_model_and_matches_its_reference_forward(tmp_path):
+    """SDAR: Qwen3 names (per-head q/k norms), block-causal attention over blocks of 4 from position 0,
+    no shift; its decoder's view, recomputed independently, logit for logit."""
+    from published_layouts import SDAR, sdar_reference, write_sdar
+
+    ref = write_sdar(tmp_path / "sdar")
+    assert detect_format(tmp_path / "sdar") == "sdar"
+    model = DiffusionLM.from_pretrained(tmp_path / "sdar")
+    assert type(model.model).__name__ == "Qwen3ForCausalLM"
+    cfg = model.config
+    assert (cfg.family, cfg.shift, cfg.attention, cfg.block_size, cfg.mask_token_id) == ("sdar", False, "block_causal", 4, SDAR["mask"])
+    ids = _ids(SDAR["vocab"], length=14)
+    torch.testing.assert_close(_logits(model, ids), sdar_reference(ids, ref), rtol=1e-4, atol=1e-4)
+    # a block size in config.json wins over the published default
+    write_sdar(tmp_path / "sdar8", block_size=8)
+    assert DiffusionLM.from_pretrained(tmp_path / "sdar8").config.block_size == 8

@@ -232,3 +232,33 @@ def test_resume_at_or_past_max_steps(tmp_path, data, capsys):
     code = main(["train", *args[:-3], "max_steps=2", "save_every=2", "eval_every=2", "--resume"])
     err = capsys.readouterr().err
     assert code == 2 and "past max_steps=2" in err and len(err.strip().splitlines()) == 1
+
+
+def test_block_objective_adapts_an_ar_checkpoint_into_a_block_diffusion_model(tmp_path, data):
+    _train(TINY + data + ["objective=ar", f"output_dir={tmp_path / 'ar'}", "max_steps=10", "eval_every=10"])
+    _train(TINY + data + ["objective=block", f"init={tmp_path / 'ar' / 'model'}", f"output_dir={tmp_path / 'blk'}",
+                          "max_steps=20", "eval_every=20", "diffusion.block_size=4", "complementary_masks=true"])
+    recs = [r for r in _records(tmp_path / "blk") if "val_loss" in r]
+    assert recs[-1]["val_loss"] < recs[0]["val_loss"]
+    model = DiffusionLM.from_pretrained(tmp_path / "blk" / "model")
+    assert (model.config.attention, model.config.block_size, model.config.shift) == ("block_causal", 4, True)
+
+
+def test_block_objective_needs_a_block_size(tmp_path, data, capsys):
+    code = main(["train", *TINY, *data, "objective=block", f"output_dir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "diffusion.block_size" in err
+
+
+def test_complementary_masks_make_every_maskable_token_a_target_once(tmp_path, data):
+    cfg = load_train_config(None, TINY + data + ["objective=diffusion", f"output_dir={tmp_path}", "max_steps=1",
+                                                 "complementary_masks=true"])
+    trainer = Trainer(cfg, show_progress=False)
+    ((x, noise, t),) = trainer._micro_batches(0)
+    half = len(x) // 2
+    assert len(x) == 2 * cfg.batch_size and torch.equal(x[:half], x[half:])
+    from difflm.losses import maskable_positions
+
+    allowed = maskable_positions(trainer.dlm, x[:half])
+    assert torch.equal(noise[:half] ^ noise[half:], allowed) and not (noise[:half] & noise[half:]).any()
+    torch.testing.assert_close(t[half:], (1 - t[:half]).clamp_min(trainer.dlm.config.eps))

@@ -66,6 +66,27 @@ def block_causal_attention_mask(block_ids: torch.Tensor) -> torch.Tensor:
     return block_ids.unsqueeze(-2) <= block_ids.unsqueeze(-1)
 
 
+def block_diffusion_training_mask(ids: torch.Tensor) -> torch.Tensor:
+    """BD3-LM's two-copy training pattern over [x_t | x_0] (2L positions), from the block ids of
+    the queries/keys (LongTensor [L] or [B, L], non-decreasing):
+
+    * a noisy position (x_t copy) sees the noisy positions of its own block (bidirectional) and the
+      clean positions of earlier blocks;
+    * a clean position (x_0 copy) sees the clean positions of its own and earlier blocks (block
+      causal), so the clean copy yields exactly the keys a block-by-block decoder would cache.
+
+    Every block is thus denoised, conditioned on the clean blocks before it, in one forward of
+    twice the length. Returns BoolTensor [2L, 2L] (or [B, 2L, 2L])."""
+    q, k = ids.unsqueeze(-1), ids.unsqueeze(-2)
+    noisy_to_noisy = q == k
+    noisy_to_clean = k < q
+    clean_to_clean = k <= q
+    clean_to_noisy = torch.zeros_like(noisy_to_noisy)
+    top = torch.cat([noisy_to_noisy, noisy_to_clean], dim=-1)
+    bottom = torch.cat([clean_to_noisy, clean_to_clean], dim=-1)
+    return torch.cat([top, bottom], dim=-2)
+
+
 def attention_pattern(
     mode: str,
     length: int,

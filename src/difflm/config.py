@@ -16,7 +16,7 @@ from typing import Any
 from .errors import ConfigError
 
 CONFIG_NAME = "difflm_config.json"
-ATTENTION_MODES = ("causal", "bidirectional", "annealed")
+ATTENTION_MODES = ("causal", "bidirectional", "annealed", "block_causal")
 SCHEDULES = ("linear", "cosine", "loglinear")
 LOSS_NORMALIZATIONS = ("tokens", "masked")
 
@@ -29,9 +29,10 @@ class DiffusionConfig:
         mask_token_id: id of the absorbing [MASK] token; must lie inside the vocabulary.
         shift: if True the hidden state at i-1 predicts token i (DiffuGPT, DiffuLLaMA, Dream);
             if False position i predicts token i (LLaDA, MDLM).
-        attention: "causal", "bidirectional" or "annealed" (causal -> bidirectional over
+        attention: "causal", "bidirectional", "annealed" (causal -> bidirectional over
             ``anneal_steps`` training steps; outside training, i.e. without a step, it is
-            bidirectional).
+            bidirectional) or "block_causal" (a block diffusion model: bidirectional inside each
+            block of ``block_size`` positions, causal across blocks; BD3-LM, Fast-dLLM v2).
         anneal_steps: length of the attention-mask annealing (DiffuLLaMA default 10000; 1 = full
             attention from the first step, as in SFT).
         schedule: noise schedule alpha(t): "linear" (1 - t), "cosine", "loglinear" (MDLM).
@@ -41,6 +42,8 @@ class DiffusionConfig:
         eps: smallest noise level; t is drawn from [eps, 1].
         pad_token_id, bos_token_id, eos_token_id: special ids the samplers and data code use
             (optional).
+        block_size: positions per block of a block diffusion model ("block_causal" attention):
+            blocks tile the sequence from its first real token (position id 0); None otherwise.
         family: where the weights came from ("difflm", "diffugpt", "llada", ...), informational.
     """
 
@@ -54,6 +57,7 @@ class DiffusionConfig:
     pad_token_id: int | None = None
     bos_token_id: int | None = None
     eos_token_id: int | None = None
+    block_size: int | None = None
     family: str = "difflm"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -75,6 +79,12 @@ class DiffusionConfig:
             raise ConfigError(f"shift must be true or false, got {self.shift!r}")
         if self.attention not in ATTENTION_MODES:
             raise ConfigError(f"unknown attention mode {self.attention!r}; choose one of {', '.join(ATTENTION_MODES)}")
+        if self.block_size is not None and (isinstance(self.block_size, bool) or not isinstance(self.block_size, int)
+                                            or self.block_size < 1):
+            raise ConfigError(f"block_size must be an integer >= 1 or null, got {self.block_size!r}")
+        if (self.attention == "block_causal") != (self.block_size is not None):
+            raise ConfigError("attention 'block_causal' and block_size go together: a block diffusion model needs "
+                              "both, any other model neither")
         if isinstance(self.anneal_steps, bool) or not isinstance(self.anneal_steps, int) or self.anneal_steps < 1:
             raise ConfigError(f"anneal_steps must be an integer >= 1, got {self.anneal_steps!r}")
         if self.schedule not in SCHEDULES:

@@ -44,13 +44,21 @@ def draw_noise(
     antithetic: bool = False,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample q(x_t | x_0) for a batch: (noise_mask BoolTensor [B, L], t FloatTensor [B]).
+    """Sample q(x_t | x_0) for a batch: (noise_mask BoolTensor [B, L], t FloatTensor [B], or [B, L]
+    for a block diffusion model).
 
-    One t per sequence from [eps, 1] (antithetic across the batch if asked) unless given; then
-    each of the `maskable_positions` is masked independently with probability 1 - alpha(t).
-    Seeded draws work on any device (`difflm.rng`)."""
+    One t per sequence from [eps, 1] (antithetic across the batch if asked) unless given - one per
+    block for a block diffusion model (``config.block_size``), given per token; then each of the
+    `maskable_positions` is masked independently with probability 1 - alpha(t). Seeded draws work
+    on any device (`difflm.rng`)."""
     cfg = model.config
-    if t is None:
+    if t is None and cfg.block_size is not None:
+        # a block diffusion model: every block gets its own noise level (BD3-LM); t per token
+        groups = model.block_groups(x0, attention_mask)
+        per_block = sample_t(x0.shape[0] * (int(groups.max()) + 1), antithetic=antithetic, eps=cfg.eps,
+                             generator=generator, device=x0.device)
+        t = per_block.view(x0.shape[0], -1).gather(1, groups)
+    elif t is None:
         t = sample_t(x0.shape[0], antithetic=antithetic, eps=cfg.eps, generator=generator, device=x0.device)
     t = check_t(t.to(x0.device, torch.float32))
     allowed = maskable_positions(model, x0, src_mask=src_mask, attention_mask=attention_mask)
@@ -79,6 +87,10 @@ def masked_diffusion_loss(
     linear schedule and denominator = the number of maskable positions ("tokens", the unbiased
     per-token ELBO) or the number of targets ("masked", DiffuLLaMA).
 
+    A block diffusion model (``config.block_size``) is trained with BD3-LM's objective: each
+    block noised at its own level and denoised seeing only the clean blocks before it, in one
+    forward over [x_t | x_0] (`DiffusionLM.two_copy_logits`).
+
     The input x_t has [MASK] exactly where ``noise_mask`` says (drawn by `draw_noise` when not
     given); the targets are the masked positions that have a prediction of their own. A given
     noise mask is followed as the reference (DiffuLLaMA) does: with shift, a mask at position 0
@@ -88,8 +100,8 @@ def masked_diffusion_loss(
     Args:
         model: a `DiffusionLM` (its config gives mask id, schedule, shift and attention).
         x0: LongTensor [B, L] of clean tokens.
-        t: FloatTensor [B] noise levels in (0, 1]; drawn from [eps, 1] when None (required with
-            ``noise_mask``).
+        t: FloatTensor [B] (or [B, L], per token) noise levels in (0, 1]; drawn from [eps, 1]
+            when None (one per block for a block diffusion model; required with ``noise_mask``).
         noise_mask: BoolTensor [B, L] of positions to mask; drawn from q(x_t | x0) when None. It
             must not cover ``src_mask``.
         src_mask: BoolTensor [B, L], positions never noised (prompt in SFT).
@@ -119,8 +131,11 @@ def masked_diffusion_loss(
         if src_mask is not None and bool((noise_mask & src_mask.bool()).any()):
             raise InputError("noise_mask covers positions of src_mask, which are never noised")
     x_t = torch.where(noise_mask, torch.full_like(x0, cfg.mask_token_id), x0)
-    anneal_step = step if cfg.attention == "annealed" else None
-    logits = (forward or model.logits)(x_t, attention_mask, step=anneal_step, generator=generator)
+    if cfg.block_size is not None:  # every block denoised next to the clean blocks before it
+        logits = (forward or model.logits)(x_t, attention_mask, clean_ids=x0)
+    else:
+        anneal_step = step if cfg.attention == "annealed" else None
+        logits = (forward or model.logits)(x_t, attention_mask, step=anneal_step, generator=generator)
     targets = noise_mask & model.predictable_mask(x0, attention_mask)
     schedule = get_schedule(cfg.schedule, eps=cfg.eps)
     return diffusion_loss_from_logits(logits, x0, targets, t, int(allowed.sum()), schedule=schedule,

@@ -22,7 +22,9 @@ from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from .atomic import atomic_directory
-from .attention import anneal_ratio, attention_pattern, block_causal_attention_mask, to_4d
+from .attention import (
+    anneal_ratio, attention_pattern, block_causal_attention_mask, block_diffusion_training_mask, to_4d,
+)
 from .config import DiffusionConfig
 from .errors import ConfigError, InputError, ModelLoadError
 
@@ -129,10 +131,29 @@ class DiffusionLM(nn.Module):
     def block_attention_ids(self, groups: torch.Tensor) -> torch.Tensor:
         """Block ids of the queries and keys for block-causal attention, from the decoding group
         of every token (LongTensor [B, L], non-decreasing). With shift the ids move one position
-        left: position i - 1 predicts token i, so it must see the block that token belongs to."""
+        left: position i - 1 predicts token i, so it must see the block that token belongs to;
+        the last token of a block is then seen by the next block only (never as a [MASK] by its
+        own block's queries)."""
         if not self.config.shift:
             return groups
-        return torch.cat([groups[:, 1:], groups[:, -1:]], dim=1)
+        # The last position predicts nothing inside the sequence: it gets a group of its own after
+        # the last one, as the last token of every other block does (then block size 1 is AR).
+        return torch.cat([groups[:, 1:], groups[:, -1:] + 1], dim=1)
+
+    def block_groups(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The block of every position of a block diffusion model (``config.block_size``): blocks
+        tile each row from its first real token, so the grid is the one training used whatever the
+        left padding. LongTensor [B, L]."""
+        if self.config.block_size is None:
+            raise InputError("this model has no block_size: it is not a block diffusion model")
+        groups = self.position_ids(attention_mask, input_ids) // self.config.block_size
+        if attention_mask is None:
+            return groups
+        # right padding forms a block after the last real one, so that the last real token ends its
+        # block exactly as at the end of an unpadded row (`block_attention_ids`)
+        real = attention_mask.bool()
+        after = real.flip(-1).long().cumsum(-1).flip(-1) == 0
+        return torch.where(after, (groups * real).amax(-1, keepdim=True) + 1, groups)
 
     def attention_mask_4d(
         self,
@@ -149,8 +170,10 @@ class DiffusionLM(nn.Module):
         decoding ``groups`` [B, L] of the tokens (see `block_attention_ids`)."""
         mode = attention or self.config.attention
         if mode == "block_causal":
-            if groups is None:
+            if groups is None and self.config.block_size is None:
                 raise InputError("block_causal attention needs the decoding groups of the tokens")
+            if groups is None:
+                groups = self.block_groups(input_ids, attention_mask)
             pattern = block_causal_attention_mask(self.block_attention_ids(groups))
         else:
             ratio = anneal_ratio(step, self.config.anneal_steps) if mode == "annealed" else 1.0
@@ -175,6 +198,7 @@ class DiffusionLM(nn.Module):
         step: int | None = None,
         generator: torch.Generator | None = None,
         groups: torch.Tensor | None = None,
+        clean_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Aligned logits: ``logits[:, i]`` is the prediction for token ``i``.
 
@@ -188,7 +212,11 @@ class DiffusionLM(nn.Module):
                 future entry is opened with that probability, one draw per call shared by batch,
                 heads and layers. Without a step, "annealed" means annealing is over (bidirectional).
             generator: RNG for the annealing draw (any device: see `difflm.rng`).
-            groups: LongTensor [B, L], decoding groups for "block_causal".
+            groups: LongTensor [B, L], decoding groups for "block_causal" (default for a block
+                diffusion model: its block grid, `block_groups`).
+            clean_ids: LongTensor [B, L], the clean tokens of ``input_ids`` (= x_t): block
+                diffusion training (BD3-LM). One forward over [x_t | x_0] in which every block of
+                x_t is denoised seeing only the clean blocks before it (see `two_copy_logits`).
         Returns:
             FloatTensor [B, L, V]. With ``shift`` the backbone's prediction made at i-1 is moved to
             i; position 0 has no prediction of its own and holds a copy of position 1's (Dream's
@@ -197,10 +225,46 @@ class DiffusionLM(nn.Module):
         if input_ids.dim() != 2:
             raise InputError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
         self._check_length(input_ids.shape[1])
+        if clean_ids is not None:
+            return self.two_copy_logits(input_ids, clean_ids, attention_mask, groups=groups)
         mask4d = self.attention_mask_4d(input_ids, attention_mask, attention=attention, step=step,
                                         generator=generator, groups=groups)
         position_ids = None if attention_mask is None else self.position_ids(attention_mask, input_ids)
         raw = self.model(input_ids=input_ids, attention_mask=mask4d, position_ids=position_ids, use_cache=False).logits
+        if self.config.shift:
+            return torch.cat([raw[:, :1], raw[:, :-1]], dim=1)
+        return raw
+
+    def two_copy_logits(
+        self,
+        noisy_ids: torch.Tensor,
+        clean_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        groups: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Block diffusion training forward (BD3-LM's vectorised [x_t | x_0]): aligned logits
+        [B, L, V] for ``noisy_ids`` [B, L] where the prediction of a token of block k sees the
+        noisy tokens of block k and the clean tokens (``clean_ids``) of the blocks before it -
+        what a block-by-block decoder sees. Costs one forward over 2L positions.
+
+        With shift, the position before a block predicts its first token and so belongs to that
+        block's attention group (`block_attention_ids`); its own token is the last of the previous
+        block, which the decoder has committed by then: it is fed clean there."""
+        if groups is None:
+            groups = self.block_groups(clean_ids, attention_mask)
+        ids = self.block_attention_ids(groups)
+        length = noisy_ids.shape[1]
+        noisy_ids = torch.where(ids != groups, clean_ids, noisy_ids)
+        pattern = block_diffusion_training_mask(ids)
+        padding = None if attention_mask is None else torch.cat([attention_mask, attention_mask], dim=1)
+        eager = self.model.config._attn_implementation == "eager"
+        mask4d = to_4d(pattern, padding, batch_size=noisy_ids.shape[0], dtype=torch.float32 if eager else None)
+        positions = self.position_ids(attention_mask, noisy_ids)
+        kwargs = {"logits_to_keep": torch.arange(length, device=noisy_ids.device)} if self._keeps_logits else {}
+        out = self.model(input_ids=torch.cat([noisy_ids, clean_ids], dim=1), attention_mask=mask4d,
+                         position_ids=torch.cat([positions, positions], dim=1), use_cache=False, **kwargs)
+        raw = out.logits[:, :length]
         if self.config.shift:
             return torch.cat([raw[:, :1], raw[:, :-1]], dim=1)
         return raw

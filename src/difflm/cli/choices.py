@@ -10,7 +10,7 @@ SCHEDULE_NAMES = ("equal", "dream")
 FILTER_ORDER_NAMES = ("top_k_first", "top_p_first")
 
 # difflm.formats.FORMATS: the checkpoint layouts `--format` may name
-FORMAT_NAMES = ("difflm", "diffugpt", "llada", "dream", "diffullama", "causal-lm")
+FORMAT_NAMES = ("difflm", "diffugpt", "llada", "dream", "sdar", "diffullama", "causal-lm")
 
 # difflm.evaluation.registry.TASKS: the tasks `difflm eval --tasks` knows by name
 TASK_NAMES = ("perplexity", "last-word", "multiple-choice", "infilling", "lambada", "hellaswag", "piqa", "siqa",

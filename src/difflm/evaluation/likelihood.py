@@ -108,11 +108,12 @@ def check_requests(requests: Sequence[ScoreRequest], *, vocab_size: int, max_len
 @dataclass
 class _Row:
     """One forward pass: mask ``positions`` (absolute) of request ``request``; the sample's value is
-    ``weight`` times the summed cross-entropy there."""
+    the cross-entropy there summed with ``weight`` (one number, or one per position: a block
+    diffusion model's blocks are estimated side by side, each with its own weight)."""
 
     request: int
     positions: torch.Tensor
-    weight: float
+    weight: float | torch.Tensor
 
 
 def _uniform01(n: int, stratified: bool, gen: torch.Generator) -> torch.Tensor:
@@ -166,20 +167,24 @@ def _score_rows(model, requests: Sequence[ScoreRequest], rows: list[_Row], *, ba
             # built on the CPU (where the plans' positions are), whatever the default device; moved once
             x0 = torch.full((len(chunk), length), pad, dtype=torch.long, device="cpu")
             attn = torch.zeros_like(x0)
-            masked = torch.zeros_like(x0, dtype=torch.bool)
+            weights = torch.zeros(x0.shape, dtype=torch.float64, device="cpu")
             for b, r in enumerate(chunk):
                 ids = requests[r.request].ids
                 x0[b, : len(ids)] = torch.tensor(ids, dtype=torch.long, device="cpu")
                 attn[b, : len(ids)] = 1
-                masked[b, r.positions.cpu()] = True
+                weights[b, r.positions.cpu()] = torch.as_tensor(r.weight, dtype=torch.float64, device="cpu")
+            masked = weights > 0
             x0, attn, masked = x0.to(model.device), attn.to(model.device), masked.to(model.device)
             xt = x0.masked_fill(masked, cfg.mask_token_id)
-            logits = model.logits(xt, attn if not bool(attn.all()) else None)
-            ce = F.cross_entropy(logits[masked].float(), x0[masked], reduction="none")
-            sums = torch.zeros(len(chunk), device=ce.device).index_add_(0, masked.nonzero()[:, 0], ce)
+            padding = attn if not bool(attn.all()) else None
+            # a block diffusion model scores every block next to the clean blocks before it
+            logits = model.logits(xt, padding, clean_ids=x0) if cfg.block_size else model.logits(xt, padding)
+            ce = F.cross_entropy(logits[masked].float(), x0[masked], reduction="none").double().cpu()
+            sums = torch.zeros(len(chunk), dtype=torch.float64, device="cpu").index_add_(0, masked.nonzero()[:, 0].cpu(),
+                                                                           ce * weights[masked.cpu()])
             for b, r in enumerate(chunk):
                 req, slot = slots[live[lo + b]]
-                values[req][slot] = r.weight * float(sums[b])
+                values[req][slot] = float(sums[b])
             advance(len(chunk))
     return values
 
@@ -225,22 +230,50 @@ def elbo_nll(
     _targets(model, requests)
     schedule = get_schedule(model.config.schedule, eps=model.config.eps)
     rows: list[_Row] = []
+    exact: list[bool] = []
     for i, r in enumerate(requests):
         gen = rng.seeded_generator(item_seed(seed, i if keys is None else keys[i]))
-        if estimator == "count" and r.num_targets == 1:
-            plan = [(torch.zeros(1, dtype=torch.long, device="cpu"), 1.0)]  # one target: l = 1 always, so one pass is exact
-        elif estimator == "count":
-            plan = _count_plan(r.num_targets, n_samples, stratified, gen)
-        else:
-            plan = _time_plan(r.num_targets, n_samples, stratified, gen, schedule, model.config.eps)
-        rows.extend(_Row(i, positions + r.start, weight) for positions, weight in plan)
+        # A block diffusion model factorises over blocks: -log p = sum_k -log p(block k | blocks < k),
+        # each bounded by the masked-diffusion ELBO of its own targets; the blocks' estimates are
+        # drawn independently and computed side by side in one two-copy forward per sample.
+        spans = _block_spans(model, r)
+        # the count estimator is exact where every block holds one target (l = 1 always): one pass
+        # is enough, and block size 1 gives the AR NLL
+        exact.append(estimator == "count" and all(stop - start == 1 for start, stop in spans))
+        passes = 1 if exact[-1] else n_samples
+        plans = [_plan(stop - start, passes, estimator, stratified, gen, schedule, model.config.eps)
+                 for start, stop in spans]
+        for sample in range(passes):
+            parts = [(plan[sample][0] + start, plan[sample][1]) for (start, _), plan in zip(spans, plans)]
+            positions = torch.cat([p for p, _ in parts])
+            weights = torch.cat([torch.full((len(p),), float(w), dtype=torch.float64, device="cpu") for p, w in parts])
+            rows.append(_Row(i, positions, weights))
     values = _score_rows(model, requests, rows, batch_size=batch_size, progress=progress, description="ELBO")
     out = []
-    for r, v in zip(requests, values):
+    for r, v, is_exact in zip(requests, values, exact):
         est = mean_stderr(v, source="monte-carlo")
-        exact = estimator == "count" and r.num_targets == 1
-        out.append(NLLEstimate(est.value, 0.0 if exact else est.stderr, r.num_targets, len(v)))
+        out.append(NLLEstimate(est.value, 0.0 if is_exact else est.stderr, r.num_targets, len(v)))
     return out
+
+
+def _block_spans(model, request: ScoreRequest) -> list[tuple[int, int]]:
+    """The targets [start, end) cut at the model's block boundaries (one span for a model without
+    blocks): absolute (start, stop) pairs in order."""
+    size = model.config.block_size
+    if not size:
+        return [(request.start, request.end)]
+    cuts = [request.start, *range((request.start // size + 1) * size, request.end, size), request.end]
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
+def _plan(num: int, n: int, estimator: str, stratified: bool, gen: torch.Generator, schedule,
+          eps: float) -> list[tuple[torch.Tensor, float]]:
+    """Which of ``num`` targets each of the samples masks, and its weight."""
+    if estimator == "count" and num == 1:  # one target: l = 1 always, every pass the same exact value
+        return [(torch.zeros(1, dtype=torch.long, device="cpu"), 1.0)] * n
+    if estimator == "count":
+        return _count_plan(num, n, stratified, gen)
+    return _time_plan(num, n, stratified, gen, schedule, eps)
 
 
 @torch.inference_mode()

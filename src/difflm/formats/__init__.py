@@ -161,12 +161,13 @@ def _token_text(tokenizer: Any, token_id: int) -> str | None:
     return text if isinstance(text, str) else None
 
 
-from . import causal_lm, diffugpt, diffullama, dream, llada, native  # noqa: E402
+from . import causal_lm, diffugpt, diffullama, dream, llada, native, sdar  # noqa: E402
 
 # registration order = detection order: explicit markers first, the plain causal LM last
 register_format("difflm", native.detect, native.plan)
 register_format("diffugpt", diffugpt.detect, diffugpt.plan)
 register_format("llada", llada.detect, llada.plan)
 register_format("dream", dream.detect, dream.plan, dream.TOKENIZER_FALLBACK)
+register_format("sdar", sdar.detect, sdar.plan, dream.TOKENIZER_FALLBACK)  # a Qwen2-style BPE tokenizer too
 register_format("diffullama", diffullama.detect, diffullama.plan)
 register_format("causal-lm", causal_lm.detect, causal_lm.plan)

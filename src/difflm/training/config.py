@@ -12,14 +12,16 @@ import yaml
 from ..config import DiffusionConfig
 from ..errors import ConfigError
 
-OBJECTIVES = ("ar", "diffusion", "adapt")
+OBJECTIVES = ("ar", "diffusion", "adapt", "block")
 
 
 @dataclass
 class TrainConfig:
     """Everything a training run needs. See configs/*.yaml for annotated presets.
 
-    objective: "ar" (next token), "diffusion" (a DLM from scratch) or "adapt" (continual
+    objective: "ar" (next token), "diffusion" (a DLM from scratch), "block" (a block diffusion
+        model, BD3-LM: from scratch, or adapted from the AR checkpoint ``init`` keeping its shift;
+        needs ``diffusion.block_size``) or "adapt" (continual
         pretraining of the AR checkpoint ``init`` into a DLM with annealing and shift).
     init: AR checkpoint directory (adapt; optional for ar) - or None to build ``architecture``.
     architecture: transformers config fields of a model built from scratch (model_type key).
@@ -37,6 +39,9 @@ class TrainConfig:
         EOS ids come from the tokenizer unless given; attention defaults to "annealed" for adapt
         and "bidirectional" for diffusion. Validated by `DiffusionConfig` itself.
     antithetic: low-discrepancy noise levels across the batch (MDLM).
+    complementary_masks: also train on the complement of every noise mask (Fast-dLLM v2), so every
+        maskable token is a target in one of the two rows; the complement of a mask drawn at level
+        t is a mask drawn at 1 - t, so the loss stays an unbiased ELBO estimate. Doubles the rows.
     eval_every / eval_batches: validation every N steps on a fixed set of validation batches.
     save_every / keep_checkpoints: atomic checkpoints for --resume.
     mixed_precision: "bf16" or "no"; bf16 autocast trains ~2x faster on AVX-512-bf16 CPUs.
@@ -65,6 +70,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     diffusion: dict[str, Any] = field(default_factory=dict)
     antithetic: bool = True
+    complementary_masks: bool = False
     eval_every: int = 200
     eval_batches: int = 8
     save_every: int = 200
@@ -79,6 +85,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
+        if self.objective == "block" and (not isinstance(self.diffusion, dict) or self.diffusion.get("block_size") is None):
+            raise ConfigError("objective 'block' needs diffusion.block_size (e.g. 4, 8, 16 or 32)")
         if self.objective == "adapt" and not self.init:
             raise ConfigError("objective 'adapt' needs init: the AR checkpoint to adapt")
         if not self.init and not self.architecture:
@@ -103,8 +111,9 @@ class TrainConfig:
             raise ConfigError(f"seed must be an integer, got {self.seed!r}")
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1):
             raise ConfigError(f"threads must be an integer >= 1 or null, got {self.threads!r}")
-        if not isinstance(self.antithetic, bool):
-            raise ConfigError(f"antithetic must be true or false, got {self.antithetic!r}")
+        for name in ("antithetic", "complementary_masks"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         self.diffusion_config(mask_token_id=0)  # validates the diffusion fields now, before any work
         if self.mixed_precision is False:  # YAML reads a bare `no` as false
             self.mixed_precision = "no"
@@ -121,11 +130,12 @@ class TrainConfig:
 
     def diffusion_config(self, mask_token_id: int, **special_ids: int | None) -> DiffusionConfig:
         """The `DiffusionConfig` of the model to train: ``diffusion`` over the objective's
-        defaults (annealed attention for adapt, bidirectional for diffusion) and the tokenizer's
+        defaults (attention annealed for adapt, block-causal for block, else bidirectional) and the tokenizer's
         ``special_ids`` (pad/bos/eos_token_id)."""
         if not isinstance(self.diffusion, dict):
             raise ConfigError(f"diffusion must be a mapping of DiffusionConfig fields, got {self.diffusion!r}")
-        defaults = {"attention": "annealed" if self.objective == "adapt" else "bidirectional",
+        attention = {"adapt": "annealed", "block": "block_causal"}.get(self.objective, "bidirectional")
+        defaults = {"attention": attention,
                     **{k: v for k, v in special_ids.items() if v is not None}}
         try:
             return DiffusionConfig.from_dict({**defaults, "mask_token_id": mask_token_id, **self.diffusion})
@@ -134,7 +144,7 @@ class TrainConfig:
 
     @property
     def is_diffusion(self) -> bool:
-        return self.objective in ("diffusion", "adapt")
+        return self.objective in ("diffusion", "adapt", "block")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

@@ -24,7 +24,7 @@ from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmu
 from ..bundled import TOKENIZER_DIR
 from ..atomic import atomic_directory
 from ..errors import ConfigError, InputError
-from ..losses import ar_loss, draw_noise, masked_diffusion_loss
+from ..losses import ar_loss, draw_noise, maskable_positions, masked_diffusion_loss
 from ..model import DiffusionLM
 from ..rng import seeded_generator
 from .checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
@@ -48,10 +48,11 @@ def build_model(cfg: TrainConfig, tokenizer: Any) -> torch.nn.Module:
         init = Path(cfg.init)
         if not (init / "config.json").is_file():
             raise InputError(f"init {init} is not a model directory (no config.json)")
-        if cfg.objective == "adapt":
+        if cfg.objective in ("adapt", "block"):
             # cfg.diffusion was validated by TrainConfig; special ids come from the checkpoint unless given
+            attention = "annealed" if cfg.objective == "adapt" else "block_causal"
             return DiffusionLM.from_causal_lm(init, mask_token=tokenizer.mask_token_id, tokenizer=tokenizer,
-                                              dtype=torch.float32, **{"attention": "annealed", **cfg.diffusion})
+                                              dtype=torch.float32, **{"attention": attention, **cfg.diffusion})
         if cfg.objective == "diffusion":
             return DiffusionLM.from_pretrained(init, dtype=torch.float32, **cfg.diffusion)
         return AutoModelForCausalLM.from_pretrained(init, dtype=torch.float32, attn_implementation="sdpa")
@@ -148,8 +149,18 @@ class Trainer:
         out = []
         for m in range(cfg.grad_accum):
             rows = slice(start + m * self.micro_batch, start + (m + 1) * self.micro_batch)
-            out.append((x[rows], None if noise is None else noise[rows], None if t is None else t[rows]))
+            part = (x[rows], None if noise is None else noise[rows], None if t is None else t[rows])
+            out.append(self._with_complements(*part) if cfg.complementary_masks and noise is not None else part)
         return out
+
+    def _with_complements(self, x: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each row twice: with its noise mask and with the complement among the maskable positions
+        (Fast-dLLM v2), every token a target once. The complement of a level-t mask is a level-(1 - t)
+        mask, so it gets the weight of 1 - t (kept >= eps)."""
+        allowed = maskable_positions(self.dlm, x)
+        return (torch.cat([x, x]), torch.cat([noise, allowed & ~noise]),
+                torch.cat([t, (1.0 - t).clamp_min(self.dlm.config.eps)]))
 
     def _loss(self, model: torch.nn.Module, x: torch.Tensor, noise: torch.Tensor | None, t: torch.Tensor | None, *,
               step: int | None = None, mask_generator: torch.Generator | None = None,
