@@ -14,6 +14,7 @@ MODELS = {
     "ar-base": MODELS_DIR / "ar-base",  # LLaMA-architecture AR base trained on the corpus
     "dlm-adapted": MODELS_DIR / "dlm-adapted",  # the DLM adapted from ar-base (DiffuLLaMA recipe)
     "dlm-scratch": MODELS_DIR / "dlm-scratch",  # a DLM trained from scratch on the same token budget
+    "dlm-block": MODELS_DIR / "dlm-block",  # a block diffusion model (blocks of 8) adapted from ar-base, same budget
 }
 DEFAULT_DLM = "dlm-adapted"
 
