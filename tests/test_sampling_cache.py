@@ -8,6 +8,7 @@ test_sampling_bundled.py (the bundled model)."""
 import pytest
 import torch
 
+from difflm.errors import InputError
 from difflm.sampling import Denoiser, block_masks, build_canvas, decoding_groups, fill, generate, infill, template_canvas
 from conftest import tiny_dlm
 from test_sampling import single_thread  # noqa: F401 (autouse fixture)
@@ -180,3 +181,33 @@ def test_cache_is_exact_with_eager_attention_too(mode):
     reference = _run_block(model, "none", "block_causal", prompts=PROMPTS)
     for ref, got in zip(reference, _run_block(model, mode, "block_causal", prompts=PROMPTS)):
         assert torch.allclose(ref, got, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("shift", [True, False])
+@pytest.mark.parametrize("layout", ["generate", "infill", "two_gaps"])
+def test_block_cache_is_exact_and_computes_each_finished_block_once(arch, shift, layout):
+    """The AR-style cache of block diffusion: every step's logits equal a full recomputation, and
+    the backbone never sees a position after the current window."""
+    model = tiny_dlm(arch, shift=shift)
+    canvas = build_canvas(model, PROMPTS, 12) if layout == "generate" else _canvas(model, layout)
+    kw = dict(block_length=4, max_blocks=3, commits_per_step=1)
+    reference = _run_block(model, "none", "block_causal", canvas=canvas, **kw)
+    fed = []
+    hook = model.model.register_forward_hook(lambda m, args, kws, out: fed.append(kws["input_ids"].shape[1]), with_kwargs=True)
+    try:
+        cached = _run_block(model, "block", "block_causal", canvas=canvas, **kw)
+    finally:
+        hook.remove()
+    assert len(reference) == len(cached) >= 7
+    for ref, got in zip(reference, cached):
+        assert (ref.log_softmax(-1) - got.log_softmax(-1)).abs().max() < 1e-5
+    length = canvas[0].shape[1]
+    assert max(fed[1:]) < length and sum(fed) < 0.75 * len(fed) * length  # never a full pass after the first
+
+
+def test_block_cache_refuses_bidirectional_attention():
+    model = tiny_dlm("llama")
+    canvas, attn, gen = build_canvas(model, PROMPTS, 8)
+    with pytest.raises(InputError, match="block-causal"):
+        Denoiser(model, canvas, attn, gen, groups=decoding_groups([gen]), cache="block")

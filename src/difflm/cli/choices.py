@@ -4,7 +4,7 @@ tests/test_cli_startup.py keeps every list here in step with the library's."""
 
 # difflm.sampling: STRATEGIES, CACHE_MODES, ATTENTION_OVERRIDES, SCHEDULES, FILTER_ORDERS
 STRATEGY_NAMES = ("random", "low_confidence", "maskgit_plus", "topk_margin", "entropy", "threshold")
-CACHE_MODE_NAMES = ("none", "prefix", "dual")
+CACHE_MODE_NAMES = ("none", "prefix", "dual", "block")
 ATTENTION_NAMES = ("causal", "bidirectional", "block_causal")
 SCHEDULE_NAMES = ("equal", "dream")
 FILTER_ORDER_NAMES = ("top_k_first", "top_p_first")

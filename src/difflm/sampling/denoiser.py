@@ -14,6 +14,11 @@ for the step, everything else is read from it):
   later steps of the block run everything from the block's window on against the cached prefix.
 * ``"dual"``: as prefix, but later steps run only the window; what follows it (later blocks) is
   read from the cache too.
+* ``"block"``: the AR-style cache of a block diffusion model (block-causal or causal attention
+  only). Finished blocks are cached once and for all; a block's first step runs just the previous
+  window (its tokens now final) and the new one, later steps the window alone, and nothing after
+  the window is ever computed. The whole generation costs about one pass over the canvas plus the
+  steps' windows, instead of a full pass per block.
 
 The window of a block is its decoding group - the block's positions and the committed text up to
 the next block (an infilling suffix, the text between two gaps) - plus the positions that predict
@@ -34,7 +39,8 @@ import torch
 
 from ..errors import InputError
 
-CACHE_MODES = ("none", "prefix", "dual")
+CACHE_MODES = ("none", "prefix", "dual", "block")
+INCREMENTAL_ATTENTION = ("block_causal", "causal")  # where nothing before a block ever sees it
 
 
 class Denoiser:
@@ -68,6 +74,9 @@ class Denoiser:
     ) -> None:
         if cache not in CACHE_MODES:
             raise InputError(f"unknown cache mode {cache!r}; choose one of {', '.join(CACHE_MODES)}")
+        if cache == "block" and (attention or model.config.attention) not in INCREMENTAL_ATTENTION:
+            raise InputError("cache 'block' keeps finished blocks for good, which is exact only under block-causal "
+                             "attention: use a block diffusion model or attention='block_causal' (or cache 'dual')")
         self.model = model
         self.groups = groups
         self.cache_mode = cache
@@ -82,6 +91,8 @@ class Denoiser:
         self.mask4d, self.positions = mask4d, positions
         self._past = None
         self._window = (0, canvas.shape[1])
+        self._cached = 0  # "block": positions [0, _cached) are in the cache for good
+        self._refresh = False
 
     def start_block(self, block: torch.Tensor) -> None:
         """Begin a block (BoolTensor [B, L]): the next call refreshes the cache."""
@@ -91,7 +102,10 @@ class Denoiser:
         start = int(columns[0])
         end = block.shape[1] if self.cache_mode == "prefix" else int(columns[-1]) + 1
         self._window = (start, end)
-        self._past = None
+        if self.cache_mode == "block":
+            self._refresh = True  # the previous window's final keys join the cache at the next call
+        else:
+            self._past = None
 
     @torch.inference_mode()
     def __call__(self, canvas: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
@@ -102,6 +116,8 @@ class Denoiser:
             candidates = torch.cat([candidates, candidates])
         if self.cache_mode == "none":
             logits, _ = self.model.logits_at(canvas, candidates, attention_mask_4d=self.mask4d, position_ids=self.positions)
+        elif self.cache_mode == "block":
+            logits = self._incremental(canvas, candidates)
         elif self._past is None:
             logits, past = self.model.logits_at(
                 canvas, candidates, attention_mask_4d=self.mask4d, position_ids=self.positions, use_cache=True
@@ -118,6 +134,20 @@ class Denoiser:
             return logits
         cond, uncond = logits.chunk(2)
         return uncond + (self.cfg_scale + 1.0) * (cond - uncond)
+
+    def _incremental(self, canvas: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """The "block" cache: run [first uncached position, window end) against the cache, then
+        keep everything before the window for good (its keys are final: under block-causal
+        attention nothing before a block sees the block)."""
+        start, end = self._window
+        first = self._cached if self._refresh else start
+        logits, past = self.model.logits_at(
+            canvas[:, first:end], candidates[:, first:end], attention_mask_4d=self.mask4d[:, :, first:end, :end],
+            position_ids=self.positions[:, first:end], past_key_values=self._past, use_cache=True,
+        )
+        past.crop(start - end)  # the cache held [0, end): keep [0, start)
+        self._past, self._cached, self._refresh = past, start, False
+        return logits
 
     def _keep_cache(self, past) -> None:
         """Keep the keys/values outside the window, ordered [before | after] the window; the
