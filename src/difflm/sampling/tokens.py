@@ -12,6 +12,9 @@ import torch
 from .. import rng
 from ..errors import InputError
 
+# How many of the N rows of a draw belong to each batch row: LongTensor [B] or ints (see `rng.RowGenerators`).
+RowCounts = torch.Tensor | list[int]
+
 
 def check_sampling_args(temperature: float, top_p: float, top_k: int = 0) -> None:
     """Raise `InputError` unless temperature >= 0, top_p in (0, 1] and top_k >= 0."""
@@ -43,13 +46,14 @@ def top_k_filter(logits: torch.Tensor, top_k: int) -> torch.Tensor:
     return logits.masked_fill(logits < kth, float("-inf"))
 
 
-def gumbel_max(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def gumbel_max(logits: torch.Tensor, generator: rng.Generators = None, rows: RowCounts | None = None) -> torch.Tensor:
     """argmax(logits + Gumbel noise) in float64: an exact draw from softmax(logits).
 
     LLaDA draws this way in float64 because Gumbel noise in low precision collapses the tails
     (few distinct values of -log(-log u)), which lowers diversity. logits: [N, V] -> LongTensor [N].
+    ``rows``: items per batch row, needed with a `difflm.rng.RowGenerators`.
     """
-    uniform = rng.uniform(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
+    uniform = rng.uniform(logits.shape, generator=generator, device=logits.device, dtype=torch.float64, rows=rows)
     gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-300)))
     return (logits.double() + gumbel).argmax(-1)
 
@@ -65,8 +69,10 @@ def inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
     cdf = probs.cumsum(-1)
     target = uniform.to(cdf.dtype)[:, None] * cdf[:, -1:]
     choice = torch.searchsorted(cdf, target, right=True).squeeze(-1)
-    positions = torch.arange(probs.shape[-1], device=probs.device)
-    last = torch.where(probs > 0, positions, 0).amax(-1)  # last index of the support
+    # The last index of the support, from a one-byte mask (an int64 index tensor of [N, V] made
+    # this the sampler's largest cost after the matmuls); no host sync, so it stays cheap on a GPU.
+    support = (probs > 0).flip(-1).to(torch.uint8)
+    last = probs.shape[-1] - 1 - support.argmax(-1)
     return torch.minimum(choice, last)
 
 
@@ -127,8 +133,9 @@ def sample_tokens(
     top_p: float = 1.0,
     top_k: int = 0,
     gumbel: bool = False,
-    generator: torch.Generator | None = None,
+    generator: rng.Generators = None,
     top_p_first: bool = False,
+    rows: RowCounts | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one token per row and report the distribution it came from.
 
@@ -143,6 +150,8 @@ def sample_tokens(
             the CPU and copied, so prefer a generator on the logits' device there.
         generator: RNG for the draw, on any device (see `difflm.rng`); None = torch's global RNG.
         top_p_first: apply top-p before top-k (Dream's order) instead of top-k before top-p.
+        rows: how many of the N logits rows belong to each batch row (LongTensor [B], in order);
+            needed when ``generator`` is a `difflm.rng.RowGenerators` (one stream per row).
     Returns:
         (tokens LongTensor [N], probs FloatTensor [N, V]) where probs is the distribution the
         token was drawn from (after temperature, top-k and top-p; the softmax of the logits when
@@ -156,13 +165,19 @@ def sample_tokens(
     if top_p >= 1.0 and not 0 < top_k < logits.shape[-1]:
         probs = scaled.softmax(-1)
         if gumbel:
-            return gumbel_max(scaled, generator), probs
-        return inverse_cdf(probs, rng.uniform((probs.shape[0],), generator=generator, device=probs.device)), probs
+            return gumbel_max(scaled, generator, rows), probs
+        return inverse_cdf(probs, rng.uniform((probs.shape[0],), generator=generator, device=probs.device, rows=rows)), probs
     # Draw among the few tokens top-k / top-p keep, then place their probabilities on [N, V].
     kept, ids = truncated_distribution(scaled, top_k, top_p, top_p_first=top_p_first)
+    probs = torch.zeros_like(scaled).scatter_(-1, ids, kept)
+    if gumbel and isinstance(generator, rng.RowGenerators):
+        # How many tokens `truncated_distribution` ranks depends on every row of the batch, so
+        # noise indexed by rank would shift a row's stream with its neighbours; noise indexed by
+        # token id over the whole vocabulary cannot (the same distribution, V uniforms per row).
+        full = torch.full(scaled.shape, float("-inf"), dtype=torch.float64, device=scaled.device)
+        return gumbel_max(full.scatter_(-1, ids, kept.double().log()), generator, rows), probs
     if gumbel:
         choice = gumbel_max(kept.double().log(), generator)
     else:  # inverse CDF: one uniform per row instead of noise over every kept token
-        choice = inverse_cdf(kept, rng.uniform((kept.shape[0],), generator=generator, device=kept.device))
-    probs = torch.zeros_like(scaled).scatter_(-1, ids, kept)
+        choice = inverse_cdf(kept, rng.uniform((kept.shape[0],), generator=generator, device=kept.device, rows=rows))
     return ids.gather(-1, choice[:, None]).squeeze(-1), probs

@@ -1,0 +1,188 @@
+"""Serving benchmark: N concurrent clients on loopback against `difflm serve`, batched (rows of
+concurrent requests share each model call) and unbatched (``--max-batch 1``: one request at a
+time), throughput and latency against concurrency.
+
+Each client sends ``--requests`` completions one after another (the official `openai` client,
+non-streamed, fixed seeds: batched and unbatched runs produce the same texts, which the script
+checks). Throughput = completion tokens of all requests / wall time of the level; latency = one
+request, client side, queueing included.
+
+    python bench/serve.py                        # 1, 4, 16, 64 clients; writes bench/serve.json, serve.png, RESULTS.md
+    python bench/serve.py --clients 1 4 --no-write --requests 1    # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date
+from pathlib import Path
+
+import openai
+
+HERE = Path(__file__).resolve().parent
+PROMPTS = ["ROMEO:", "And God said", "KING HENRY:", "JULIET:", "The LORD is", "HAMLET:", "In the beginning", "MACBETH:"]
+
+
+def start_server(max_batch: int, threads: int) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, "-m", "difflm", "serve", "--port", "0", "--threads", str(threads),
+                             "--max-batch", str(max_batch), "--max-queue", "1024"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    match = re.search(r"http://127\.0\.0\.1:\d+", line)
+    if not match:
+        proc.kill()
+        raise SystemExit(f"the server did not start: {line}{proc.stderr.read()}")
+    return proc, match.group(0)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def run_level(url: str, clients: int, requests: int, args: argparse.Namespace) -> dict:
+    api = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=600)
+
+    def client(c: int) -> list[tuple[float, int, str, bool]]:
+        out = []
+        for r in range(requests):
+            start = time.perf_counter()
+            try:
+                resp = api.completions.create(model="dlm-adapted", prompt=PROMPTS[(c + r) % len(PROMPTS)],
+                                              max_tokens=args.max_tokens, temperature=0.8, seed=1000 * c + r)
+                out.append((time.perf_counter() - start, resp.usage.completion_tokens, resp.choices[0].text, True))
+            except openai.APIError as exc:
+                out.append((time.perf_counter() - start, 0, str(exc), False))
+        return out
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        results = [item for chunk in pool.map(client, range(clients)) for item in chunk]
+    wall = time.perf_counter() - start
+    ok = [r for r in results if r[3]]
+    latencies = [r[0] for r in ok]
+    tokens = sum(r[1] for r in ok)
+    return {"clients": clients, "requests": len(results), "errors": len(results) - len(ok), "wall_s": round(wall, 3),
+            "tokens": tokens, "tokens_per_s": round(tokens / wall, 1),
+            "p50_s": round(statistics.median(latencies), 3) if latencies else None,
+            "p99_s": round(percentile(latencies, 0.99), 3) if latencies else None,
+            "texts": [r[2] for r in results]}
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for mode, style in (("batched", "o-"), ("unbatched", "s--")):
+        rows = results[mode]
+        x = [r["clients"] for r in rows]
+        left.plot(x, [r["tokens_per_s"] for r in rows], style, label=mode)
+        right.plot(x, [r["p50_s"] for r in rows], style, label=f"{mode} p50")
+        right.plot(x, [r["p99_s"] for r in rows], style, alpha=0.5, label=f"{mode} p99")
+    for ax, title, unit in ((left, "throughput", "completion tokens / s"), (right, "latency per request", "seconds")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel(unit)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    right.set_yscale("log")
+    fig.suptitle("difflm serve on loopback: bundled dlm-adapted, 2-core CPU")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def markdown(results: dict, args: argparse.Namespace, command: str) -> str:
+    lines = [
+        f"Command: `{command}`  ",
+        f"Machine: {platform.machine()}, {args.cpus} cores (shared with other work), python "
+        f"{platform.python_version()}, server `--threads {args.threads}`  ",
+        f"Date: {date.today().isoformat()}",
+        "",
+        f"Each client sends {args.requests} non-streamed completions in turn (max_tokens {args.max_tokens}, steps = "
+        "max_tokens, low_confidence, temperature 0.8, fixed seeds) with the official `openai` client; throughput = "
+        "completion tokens / wall time, latency per request client side (queue included). Batched: default "
+        "`--max-batch 64`; unbatched: `--max-batch 1` (one request at a time).",
+        "",
+        "| clients | mode | requests | errors | tokens/s | p50 s | p99 s | wall s |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for clients in args.clients:
+        for mode in ("batched", "unbatched"):
+            r = next(r for r in results[mode] if r["clients"] == clients)
+            lines.append(f"| {clients} | {mode} | {r['requests']} | {r['errors']} | {r['tokens_per_s']} | {r['p50_s']} | "
+                         f"{r['p99_s']} | {r['wall_s']} |")
+    lines += ["", "![serving throughput and latency](serve.png)", ""]
+    one = next(r for r in results["batched"] if r["clients"] == 1)
+    if 16 in args.clients:
+        sixteen = next(r for r in results["batched"] if r["clients"] == 16)
+        ratio = sixteen["tokens_per_s"] / one["tokens_per_s"]
+        lines.append(f"Targets: batched throughput at 16 clients = {ratio:.2f}x one client's (target >= 3x: "
+                     f"{'met' if ratio >= 3 else 'NOT met'}); ")
+    if 64 in args.clients:
+        errors = sum(r["errors"] for mode in ("batched", "unbatched") for r in results[mode] if r["clients"] == 64)
+        lines[-1] += f"errors at 64 clients: {errors} (target 0: {'met' if errors == 0 else 'NOT met'})."
+    lines.append(f"Same texts batched and unbatched: {results['same_texts']}.")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--requests", type=int, default=2, help="requests per client (default 2)")
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of the server (default 2)")
+    parser.add_argument("--no-write", action="store_true", help="print only: no JSON, plot or RESULTS.md")
+    args = parser.parse_args()
+    import os
+
+    args.cpus = os.cpu_count()
+    results: dict = {}
+    for mode, max_batch in (("batched", 64), ("unbatched", 1)):
+        proc, url = start_server(max_batch, args.threads)
+        try:
+            run_level(url, 1, 1, args)  # warm-up
+            results[mode] = []
+            for clients in args.clients:
+                level = run_level(url, clients, args.requests, args)
+                print(mode, {k: v for k, v in level.items() if k != "texts"}, flush=True)
+                results[mode].append(level)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+    results["same_texts"] = all(a["texts"] == b["texts"] for a, b in zip(results["batched"], results["unbatched"]))
+    print("same texts batched and unbatched:", results["same_texts"])
+    command = "python bench/serve.py " + " ".join(sys.argv[1:])
+    text = markdown(results, args, command.strip())
+    print(text)
+    if args.no_write:
+        return
+    for mode in ("batched", "unbatched"):
+        for level in results[mode]:
+            level.pop("texts")
+    (HERE / "serve.json").write_text(json.dumps(results, indent=1) + "\n")
+    plot(results, HERE / "serve.png")
+    path = HERE / "RESULTS.md"
+    begin, end = "<!-- serve:begin -->", "<!-- serve:end -->"
+    content = path.read_text()
+    section = f"{begin}\n{text}\n{end}"
+    if begin in content:
+        content = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: section, content, flags=re.S)
+    else:
+        content = content.rstrip("\n") + f"\n\n## Serving\n\n{section}\n"
+    path.write_text(content)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,224 @@
+"""The scheduler: one thread that owns the model and runs every request's rows in `RowBatch`es.
+
+Requests (`Job`s: one row per choice) wait in a bounded queue; between two denoising steps the
+scheduler admits waiting rows into a batch of their options (`difflm.sampling.batch_key`), so
+rows that arrive together share one model call per step and a request arriving later joins at
+the next step - continuous batching. After each step every row's `ChoiceText` says what became
+final; a row leaves as soon as its text has ended (stop token, stop string, complete canvas), its
+client went away, or its request timed out. Results go back to the request's asyncio queue with
+``loop.call_soon_threadsafe``: the event loop never waits on the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+import time
+from dataclasses import dataclass, field
+import sys
+import traceback
+from typing import Any
+
+from .protocol import APIError
+from .streaming import ChoiceText, TokenText, canvas_cells
+
+
+@dataclass
+class Choice:
+    """One row of a request: its `Row` (difflm.sampling), its text, and its step count."""
+
+    index: int
+    row: Any  # difflm.sampling.Row
+    text: ChoiceText
+    prompt_tokens: int
+    model_calls: int = 0
+
+
+@dataclass
+class Job:
+    """A request in flight. Messages put on ``queue`` (in the event loop's thread):
+    ("delta", choice, text, step_info or None), ("end", choice), ("error", APIError)."""
+
+    choices: list[Choice]
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+    deadline: float
+    stream_steps: bool = False
+    cancelled: bool = False
+    finished: bool = False
+    submitted: float = field(default_factory=time.perf_counter)
+
+    def post(self, *message: Any) -> None:
+        """Deliver a message from any thread (the loop may be closed during shutdown)."""
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, message)
+        except RuntimeError:
+            pass
+
+
+class Scheduler:
+    """Runs jobs on the model in a background thread.
+
+    Args:
+        model: a `DiffusionLM`.
+        text: the shared `TokenText`.
+        max_batch: rows per model call at most (1 = every request alone, in arrival order).
+        max_queue: jobs waiting for a slot at most; `submit` answers 429 beyond.
+        metrics: a `Metrics` (or None).
+    """
+
+    def __init__(self, model: Any, text: TokenText, *, max_batch: int = 64, max_queue: int = 256,
+                 metrics: Any = None) -> None:
+        self.model, self.text = model, text
+        self.max_batch, self.max_queue = max_batch, max_queue
+        self.metrics = metrics
+        self._pending: collections.deque[Job] = collections.deque()
+        self._batches: list[Any] = []  # RowBatch
+        self._jobs: dict[int, Job] = {}  # id(row) -> job, for rows in a batch
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="difflm-scheduler", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, reason: str = "the server is shutting down") -> None:
+        """Cancel everything in flight (each job gets a 503 error) and end the thread."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        self._thread.join(timeout=30)
+        error = APIError(503, reason, type="server_error", code="shutting_down")
+        for job in {id(j): j for j in [*self._pending, *self._jobs.values()]}.values():
+            if not job.finished:
+                job.finished = True
+                job.post("error", error)
+
+    def submit(self, job: Job) -> None:
+        """Queue ``job``; `APIError` 429 when the queue is full, 503 when shutting down."""
+        with self._wake:
+            if self._stopping:
+                raise APIError(503, "the server is shutting down", type="server_error", code="shutting_down")
+            if len(self._pending) >= self.max_queue:
+                raise APIError(429, f"the server is busy: {len(self._pending)} requests are waiting; retry later",
+                               type="rate_limit_error", code="queue_full")
+            self._pending.append(job)
+            self._gauges()
+            self._wake.notify()
+
+    def cancel(self, job: Job) -> None:
+        """The client went away: stop denoising the job's rows (at the next step)."""
+        job.cancelled = True
+        with self._wake:
+            self._wake.notify()
+
+    # -- the thread ----------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._stopping and not self._pending and not self._batches:
+                    self._wake.wait()
+                if self._stopping:
+                    return
+                self._expire(time.perf_counter())
+                self._admit()
+            for batch in list(self._batches):
+                try:
+                    self._step(batch)
+                except Exception as exc:  # a bug or out of memory: fail this batch's requests, keep serving
+                    traceback.print_exc(file=sys.stderr)
+                    self._fail(batch, exc)
+            self._batches = [b for b in self._batches if len(b)]
+            self._gauges()
+
+    def _active_rows(self) -> int:
+        return sum(len(b) for b in self._batches)
+
+    def _admit(self) -> None:
+        """Move waiting jobs into batches, oldest first, while their rows fit (a job's rows join
+        together: they share options, so they share batches)."""
+        from ..sampling import RowBatch
+
+        while self._pending:
+            job = self._pending[0]
+            if job.cancelled:
+                self._pending.popleft()
+                job.finished = True
+                continue
+            if self._active_rows() and self._active_rows() + len(job.choices) > self.max_batch:
+                return
+            self._pending.popleft()
+            for choice in job.choices:
+                batch = next((b for b in self._batches if b.accepts(choice.row)
+                              and len(b) < self.max_batch), None)
+                if batch is None:
+                    batch = RowBatch(self.model, choice.row.key)
+                    self._batches.append(batch)
+                batch.add(choice.row)
+                self._jobs[id(choice.row)] = job
+
+    def _expire(self, now: float) -> None:
+        """Jobs past their deadline end with a timeout error; cancelled ones just leave."""
+        for job in [*self._pending, *self._jobs.values()]:
+            if not job.finished and now > job.deadline:
+                job.cancelled = job.finished = True
+                job.post("error", APIError(408, "the request timed out before it finished; ask for fewer tokens or "
+                                                "steps, or raise --request-timeout", type="timeout_error",
+                                           code="timeout"))
+
+    def _step(self, batch: Any) -> None:
+        """One model call of ``batch``; each stepped row's text is updated and sent."""
+        for row in list(batch.rows):
+            job = self._jobs.get(id(row))
+            if job is None or job.cancelled:
+                self._leave(batch, row)
+        start = time.perf_counter()
+        stepped = batch.step()
+        seconds = time.perf_counter() - start
+        if self.metrics is not None and stepped:
+            self.metrics.step(len(stepped), seconds)
+        for row, event in stepped:
+            job = self._jobs.get(id(row))
+            if job is None:
+                continue
+            choice = next(c for c in job.choices if c.row is row)
+            choice.model_calls += 1
+            generated = row.new_tokens
+            complete = self.model.config.mask_token_id not in generated
+            delta = choice.text.update(generated, final=complete)
+            info = None
+            if job.stream_steps:
+                mask = event.generate_mask[0]
+                info = {"step": event.step, "total_steps": event.total_steps, "block": event.block,
+                        "canvas": canvas_cells(self.text, generated, self.model.config.mask_token_id),
+                        "committed": event.committed[0][mask].nonzero().flatten().tolist(),
+                        "model_calls": choice.model_calls, "batch_size": len(stepped),
+                        "step_ms": round(seconds * 1000, 3)}
+            if delta or info:
+                job.post("delta", choice, delta, info)
+            if choice.text.ended:
+                job.post("end", choice)
+                job.finished = all(c.text.ended for c in job.choices)
+                self._leave(batch, row)
+
+    def _fail(self, batch: Any, exc: Exception) -> None:
+        error = APIError(500, f"internal error while denoising ({type(exc).__name__}); see the server log",
+                         type="server_error", code="internal_error")
+        for row in list(batch.rows):
+            job = self._jobs.pop(id(row), None)
+            if job is not None and not job.finished:
+                job.cancelled = job.finished = True
+                job.post("error", error)
+            batch.cancel(row)
+        batch.rows.clear()
+
+    def _leave(self, batch: Any, row: Any) -> None:
+        batch.cancel(row)
+        self._jobs.pop(id(row), None)
+
+    def _gauges(self) -> None:
+        if self.metrics is not None:
+            self.metrics.queue_depth.set(len(self._pending))
+            self.metrics.active_rows.set(self._active_rows())
+
