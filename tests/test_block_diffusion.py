@@ -119,3 +119,40 @@ def test_block_size_one_elbo_is_the_exact_ar_nll_in_one_pass():
     for est, ref in zip(estimates, exact):
         assert est.num_samples == 1 and est.stderr == 0.0
         assert est.nll == pytest.approx(ref.nll, rel=1e-5)
+
+
+# -- decoding a block diffusion model -------------------------------------------------------------
+from difflm.errors import InputError  # noqa: E402
+from difflm.sampling import build_canvas, decoding_blocks, generate  # noqa: E402
+
+
+def test_decoding_follows_the_training_grid():
+    """Blocks tile each row from its first real token: a prompt ending inside a block shares it with
+    the first generated tokens (prompt of 6, blocks of 4: first block = positions 6-7)."""
+    model = tiny_dlm("llama", attention="block_causal", block_size=4)
+    canvas, attn, gen = build_canvas(model, [[1, 2, 3, 4, 5, 6], [1, 2, 3]], 10)
+    blocks, groups = decoding_blocks(model, canvas, gen, attn, None)
+    row0 = [b[0].nonzero().flatten().tolist() for b in blocks]
+    assert row0[:3] == [[6, 7], [8, 9, 10, 11], [12, 13, 14, 15]]
+    pad = int((attn[1] == 0).sum())  # row 1 is left-padded by 3: its grid starts there
+    row1 = [(b[1].nonzero().flatten() - pad).tolist() for b in blocks]
+    assert row1[:2] == [[3], [4, 5, 6, 7]]
+    assert groups[0, 4].item() == groups[0, 6].item()  # prompt tail and first generated tokens: one group
+    with pytest.raises(InputError, match="blocks of 4"):
+        generate(model, [[1, 2, 3]], max_new_tokens=8, block_length=8)
+
+
+@pytest.mark.parametrize("shift", [True, False])
+@pytest.mark.parametrize("strategy", ["low_confidence", "threshold", "random"])
+def test_block_model_generation_is_the_same_with_the_block_cache_and_alone_or_batched(shift, strategy):
+    model = tiny_dlm("llama", shift=shift, attention="block_causal", block_size=4)
+    prompts = [[1, 2, 3, 4, 5, 6], [7, 8, 9]]
+    kw = dict(max_new_tokens=11, strategy=strategy, temperature=1.0, top_p=0.9)
+    gens = lambda: [torch.Generator().manual_seed(s) for s in (0, 1)]  # noqa: E731
+    plain = generate(model, prompts, generator=gens(), return_dict=True, **kw)
+    for cache in ("prefix", "dual", "block"):  # all exact on a block-causal model
+        cached = generate(model, prompts, generator=gens(), cache=cache, return_dict=True, **kw)
+        assert cached.new_tokens == plain.new_tokens, cache
+    for row, prompt in enumerate(prompts):
+        alone = generate(model, [prompt], generator=[gens()[row]], cache="block", return_dict=True, **kw)
+        assert alone.new_tokens[0] == plain.new_tokens[row]

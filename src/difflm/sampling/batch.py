@@ -29,7 +29,7 @@ import torch
 
 from .. import rng
 from ..errors import InputError
-from .canvas import block_masks, decoding_groups, template_canvas
+from .canvas import decoding_blocks, template_canvas
 from .denoiser import Denoiser
 from .options import SamplerOptions
 from .sampler import SamplerStep, commit_step, stop_token_ids
@@ -64,12 +64,13 @@ class Row:
         self.canvas, self.generate_mask = canvas[0], generate_mask[0]
         n = int(self.generate_mask.sum())
         self.total_steps = self.options.steps or n
-        self.blocks = [b[0] for b in block_masks(generate_mask, self.options.block_length or n)]
+        blocks, groups = decoding_blocks(model, canvas, generate_mask, None, self.options.block_length)
+        self.blocks = [b[0] for b in blocks]
         if self.total_steps < len(self.blocks):
             raise InputError(f"steps ({self.total_steps}) must be at least the number of blocks ({len(self.blocks)})")
         if (self.options.stop_at_eos or self.options.suppress_eos) and not stop_token_ids(model):
             raise InputError("stop_at_eos/suppress_eos need an eos_token_id or pad_token_id in the model's config")
-        self.groups = decoding_groups([b[None] for b in self.blocks])[0]
+        self.groups = groups[0]
         if generator is None:
             generator = torch.Generator()
             generator.seed()

@@ -106,3 +106,28 @@ def decoding_groups(blocks: list[torch.Tensor]) -> torch.Tensor:
         first = block.long().argmax(-1)
         starts[has, first[has]] += 1
     return starts.cumsum(-1)
+
+
+def decoding_blocks(model, canvas: torch.Tensor, generate_mask: torch.Tensor, attention_mask: torch.Tensor | None,
+                    block_length: int | None) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The blocks a run decodes in order (list of BoolTensor [B, L]) and the decoding group of every
+    position (LongTensor [B, L]).
+
+    A model trained as a block diffusion model (``config.block_size``) decodes on its own block
+    grid - the one it was trained on, tiling each row from its first real token - so a prompt
+    that ends inside a block shares that block with the first generated tokens, as in training;
+    ``block_length`` must then be None or the model's block size. Any other model decodes
+    ``block_length`` generated positions at a time (`block_masks`, `decoding_groups`).
+    """
+    size = model.config.block_size
+    if size is None:
+        blocks = block_masks(generate_mask, block_length or int(generate_mask.sum(-1).max()))
+        return blocks, decoding_groups(blocks)
+    if block_length not in (None, size):
+        raise InputError(f"this block diffusion model decodes blocks of {size} (its training grid); "
+                         f"leave block_length unset or give {size}, not {block_length}")
+    groups = model.block_groups(canvas, attention_mask)
+    # renumber each row's grid blocks that hold generated positions 0, 1, 2, ... in reading order
+    first = torch.where(generate_mask, groups, groups.max() + 1).amin(-1, keepdim=True)
+    index = torch.where(generate_mask, groups - first, -1)
+    return [index == b for b in range(int(index.max()) + 1)], groups

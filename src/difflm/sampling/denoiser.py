@@ -96,8 +96,13 @@ class Denoiser:
 
     def start_block(self, block: torch.Tensor) -> None:
         """Begin a block (BoolTensor [B, L]): the next call refreshes the cache."""
-        group = int(self.groups[block].max())
-        window = block | self.model.prediction_sources(block) | (self.groups == group)
+        # each row's group of this block (rows of a block model may sit at different grid offsets);
+        # the window holds every position that sees the block: its group by token and by attention
+        # id (with shift the position before a group's first token predicts it and sees the group)
+        group = torch.where(block, self.groups, -1).amax(-1, keepdim=True)
+        ids = self.model.block_attention_ids(self.groups)
+        in_group = ((self.groups == group) | (ids == group)) & block.any(-1, keepdim=True)
+        window = block | self.model.prediction_sources(block) | in_group
         columns = window.any(0).nonzero().flatten()
         start = int(columns[0])
         end = block.shape[1] if self.cache_mode == "prefix" else int(columns[-1]) + 1

@@ -17,7 +17,7 @@ import torch
 
 from .. import rng
 from ..errors import InputError
-from .canvas import TokenIds, as_rows, block_masks, build_canvas, decoding_groups, template_canvas
+from .canvas import TokenIds, as_rows, build_canvas, decoding_blocks, template_canvas
 from .denoiser import Denoiser
 from .options import SamplerOptions
 from .strategies import StepContext, commit_schedule, dream_commit_count, on_grid
@@ -126,11 +126,11 @@ def denoise(
     if n == 0:
         raise InputError("nothing to generate: no masked position in the canvas")
     steps = opts.steps or n
-    blocks = block_masks(generate_mask, opts.block_length or n)
+    blocks, groups = decoding_blocks(model, canvas, generate_mask, attention_mask, opts.block_length)
     if steps < len(blocks):
         raise InputError(f"steps ({steps}) must be at least the number of blocks ({len(blocks)})")
     denoiser = Denoiser(
-        model, canvas, attention_mask, generate_mask, groups=decoding_groups(blocks), attention=opts.attention,
+        model, canvas, attention_mask, generate_mask, groups=groups, attention=opts.attention,
         cfg_scale=opts.cfg_scale, cache=opts.cache,
     )
     stop_ids = torch.tensor(stop_token_ids(model), dtype=torch.long, device=canvas.device)
