@@ -76,6 +76,13 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: the model family's convention)")
     parser.add_argument("--filter-order", choices=FILTER_ORDER_NAMES,
                         help="order of the top-k and top-p filters (default: the model family's convention)")
+    parser.add_argument("--editing-threshold", type=float, metavar="P",
+                        help="token editing (LLaDA 2.1): replace a committed token of the current block when the "
+                        "model's top prediction there differs and is above P (default off)")
+    parser.add_argument("--remask", type=float, default=0.0, metavar="P",
+                        help="ReMDM-style remasking: mask each committed token of the block again with probability P "
+                        "at every step but the block's last (default 0 = off)")
+    parser.add_argument("--max-edits", type=int, default=2, help="edits or remasks per position at most (default 2)")
     parser.add_argument("--stop-at-eos", action="store_true", help="stop a row once a finished block holds EOS")
     parser.add_argument("--suppress-eos", action="store_true", help="commit EOS only when nothing else is left")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -94,6 +101,7 @@ def sampler_options(args: argparse.Namespace) -> SamplerOptions:
         top_p=args.top_p, top_k=args.top_k, gumbel=args.gumbel, threshold=args.threshold, alg_temp=args.alg_temp,
         cfg_scale=args.cfg_scale, cache=args.cache, attention=args.attention, stop_at_eos=args.stop_at_eos,
         suppress_eos=args.suppress_eos, schedule=args.schedule, filter_order=args.filter_order,
+        editing_threshold=args.editing_threshold, remask=args.remask, max_edits=args.max_edits,
     )
 
 

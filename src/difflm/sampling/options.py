@@ -51,6 +51,12 @@ class SamplerOptions:
         None = the model family's convention ("dream" for family "dream", else "equal").
     filter_order: "top_k_first" (difflm, LLaDA-style) or "top_p_first" (Dream: the nucleus of the
         full distribution, then top-k), or None = the model family's convention.
+    editing_threshold: token editing (LLaDA 2.1): after each step, a token already committed in
+        the current block is replaced by the model's top prediction there when that prediction
+        differs and its probability exceeds this (None = off). Meant for models trained to edit.
+    remask: ReMDM-style remasking: at every step of a block but its last, each token committed
+        earlier in the block is masked again with this probability and re-decided (0 = off).
+    max_edits: how often one position may be edited or remasked, so that decoding settles.
     """
 
     steps: int | None = None
@@ -69,6 +75,9 @@ class SamplerOptions:
     suppress_eos: bool = False
     schedule: str | None = None
     filter_order: str | None = None
+    editing_threshold: float | None = None
+    remask: float = 0.0
+    max_edits: int = 2
 
     def __post_init__(self) -> None:
         check_sampling_args(self.temperature, self.top_p, self.top_k)
@@ -86,6 +95,12 @@ class SamplerOptions:
             raise InputError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         if self.filter_order is not None and self.filter_order not in FILTER_ORDERS:
             raise InputError(f"unknown filter_order {self.filter_order!r}; choose one of {', '.join(FILTER_ORDERS)}")
+        if self.editing_threshold is not None and not 0.0 <= self.editing_threshold < 1.0:
+            raise InputError(f"editing_threshold must be in [0, 1), got {self.editing_threshold}")
+        if not 0.0 <= self.remask < 1.0:
+            raise InputError(f"remask must be a probability in [0, 1), got {self.remask}")
+        if isinstance(self.max_edits, bool) or not isinstance(self.max_edits, int) or self.max_edits < 1:
+            raise InputError(f"max_edits must be an integer >= 1, got {self.max_edits!r}")
         self.commit_strategy  # noqa: B018 - validates strategy, threshold and alg_temp now
 
     @cached_property

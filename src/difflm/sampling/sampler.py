@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .. import rng
+from . import editing
 from ..errors import InputError
 from .canvas import TokenIds, as_rows, build_canvas, decoding_blocks, template_canvas
 from .denoiser import Denoiser
@@ -140,23 +141,41 @@ def denoise(
     canvas = canvas.masked_fill(generate_mask, mask_id)
     history: list[torch.Tensor] | None = [] if output_history else None
     step = 0
+    revisits = opts.editing_threshold is not None or opts.remask > 0
+    edits = torch.zeros_like(canvas) if revisits else None  # per position: times edited or remasked
     for b, block in enumerate(blocks):
         block_steps = steps // len(blocks) + (1 if b < steps % len(blocks) else 0)
         block_n = (block & (canvas == mask_id)).sum(-1)
         if strategy.fixed_count and not dream_schedule:
             block_steps = max(1, min(block_steps, int(block_n.max())))
-        counts = None if dream_schedule else commit_schedule(block_n, block_steps)
+        counts = None if dream_schedule or opts.remask > 0 else commit_schedule(block_n, block_steps)
         denoiser.start_block(block)
         for i in range(block_steps):
+            editable = block & (canvas != mask_id) & (edits < opts.max_edits) if revisits else None
+            if opts.remask > 0 and i < block_steps - 1:  # never on the last step: the block must end filled
+                canvas, remasked = editing.remask(canvas, editable, opts.remask, generator, mask_id)
+                edits += remasked
+                editable &= ~remasked
             candidates = block & (canvas == mask_id)
             if not candidates.any():
                 break
-            logits = denoiser(canvas, candidates)
-            num = dream_commit_count(candidates.sum(-1), i, block_steps) if counts is None else counts[i]
-            committed, proposals = commit_step(opts, logits, canvas, candidates, step=i, steps=block_steps,
-                                               num_to_commit=num, generator=generator, stop_ids=stop_ids,
-                                               mask_id=mask_id)
+            to_edit = editable if opts.editing_threshold is not None else torch.zeros_like(candidates)
+            logits = denoiser(canvas, candidates | to_edit)
+            is_candidate = candidates[candidates | to_edit]  # which logits rows are candidates'
+            if counts is not None:
+                num = counts[i]
+            elif dream_schedule:
+                num = dream_commit_count(candidates.sum(-1), i, block_steps)
+            else:  # remasking: an equal share of what is masked now, all of it at the last step
+                num = -(-candidates.sum(-1) // (block_steps - i))
+            committed, proposals = commit_step(opts, logits[is_candidate], canvas, candidates, step=i,
+                                               steps=block_steps, num_to_commit=num, generator=generator,
+                                               stop_ids=stop_ids, mask_id=mask_id)
             canvas = torch.where(committed, proposals, canvas)
+            if opts.editing_threshold is not None and to_edit.any():
+                canvas, edited = editing.edit(canvas, to_edit, logits[~is_candidate], opts.editing_threshold, mask_id)
+                edits += edited
+                committed = committed | edited
             if history is not None:
                 history.append(canvas.clone())
             if callback is not None:
