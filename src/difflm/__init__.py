@@ -23,7 +23,7 @@ LAZY_ATTRIBUTES = {"DiffusionConfig": ".config", "DiffusionLM": ".model"}
 # submodules reachable as attributes after a bare ``import difflm`` (``difflm.losses.masked_diffusion_loss``)
 LAZY_SUBMODULES = (
     "atomic", "attention", "bundled", "chat", "cli", "config", "evaluation", "formats", "losses", "model", "noise",
-    "rng", "sampling", "training", "visualize",
+    "rng", "sampling", "serve", "tasks", "training", "visualize",
 )
 
 __all__ = ["ConfigError", "DiffLMError", "DiffusionConfig", "DiffusionLM", "InputError", "ModelLoadError", "__version__"]

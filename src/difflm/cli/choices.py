@@ -14,4 +14,8 @@ FORMAT_NAMES = ("difflm", "diffugpt", "llada", "dream", "sdar", "diffullama", "c
 
 # difflm.evaluation.registry.TASKS: the tasks `difflm eval --tasks` knows by name
 TASK_NAMES = ("perplexity", "last-word", "multiple-choice", "infilling", "lambada", "hellaswag", "piqa", "siqa",
-              "winogrande", "rocstories", "gsm8k", "humaneval", "humaneval-infill")
+              "winogrande", "rocstories", "gsm8k", "humaneval", "humaneval-infill", "sudoku",
+              "countdown")
+
+# difflm.tasks.GENERATORS: the synthetic tasks `difflm data make` writes
+DATA_TASK_NAMES = ("gsm", "sudoku", "countdown")

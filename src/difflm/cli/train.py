@@ -7,7 +7,7 @@ import argparse
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "train", help="train an AR model, a DLM from scratch, or adapt an AR model into a DLM",
+        "train", help="train an AR model or a DLM (from scratch, adapted, block diffusion) or fine-tune one (SFT, LoRA)",
         description="Train with a YAML preset (configs/*.yaml) and key=value overrides, e.g. "
         "`difflm train configs/adapt.yaml max_steps=500 lr=3e-4`. Runs on several processes under "
         "`torchrun --nproc_per_node N $(which difflm) train ...` (DDP through accelerate).",

@@ -255,7 +255,8 @@ class DiffusionEvalLM(EvalLM):
     @property
     def scoring(self) -> str:
         s = self.settings
-        return f"the ELBO (Monte Carlo, {s.n_samples} samples, {s.estimator} estimator)"
+        kind = f"the block ELBO (blocks of {self.model.config.block_size})" if self.model.config.block_size else "the ELBO"
+        return f"{kind} (Monte Carlo, {s.n_samples} samples, {s.estimator} estimator)"
 
     @property
     def max_length(self) -> int | None:
@@ -336,6 +337,13 @@ def load_eval_lm(name_or_path: str | os.PathLike, settings: EvalSettings | None 
     path = Path(resolve_model(name_or_path))
     if not path.exists():
         raise ModelLoadError(f"no model at {path}; pass a model directory or a bundled name (ar-base, dlm-adapted, dlm-scratch)")
+    if format is None and (path / "difflm_adapter.json").is_file():  # a LoRA adapter (difflm.training.lora)
+        from ..training.lora import load_adapter_for_eval
+
+        adapted = load_adapter_for_eval(path, settings, name=str(name_or_path), dtype=dtype)
+        if device is not None:
+            adapted.model.to(device)
+        return adapted
     found = detect(path, format)
     layout = Layout(found.format, format is not None, found.reason if format is None else "given by the caller",
                     found.checkpoint.model_type)

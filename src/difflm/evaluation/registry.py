@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from ..bundled import BUNDLED_DIR
 from ..errors import InputError
-from . import data, humaneval, text_tasks
+from . import countdown, data, humaneval, sudoku, text_tasks
 from .task_base import Task
 
 TASKS_DIR = BUNDLED_DIR / "tasks"
@@ -54,6 +54,10 @@ TASKS: dict[str, TaskSpec] = {
     "humaneval-infill": TaskSpec(humaneval.HumanEvalInfillTask,
                                  lambda path: humaneval.single_line_infills(humaneval.load_humaneval(path)),
                                  _PACKAGE, "HumanEval single-line infilling, pass@1"),
+    "sudoku": TaskSpec(sudoku.SudokuTask, sudoku.load_sudoku, None,
+                       "9x9 Sudoku JSONL (puzzle, solution; `difflm data make sudoku`), solved by the rules"),
+    "countdown": TaskSpec(countdown.CountdownTask, countdown.load_countdown, None,
+                          "Countdown JSONL (numbers, target, solution; `difflm data make countdown`), solved by the rules"),
 }
 
 

@@ -111,7 +111,12 @@ def load_checkpoint(
     progress: bool | None = None,
     **overrides: Any,
 ) -> "DiffusionLM":
-    """Detect (or take) the layout of ``path`` and load it as a `DiffusionLM` (see `DiffusionLM.from_pretrained`)."""
+    """Detect (or take) the layout of ``path`` and load it as a `DiffusionLM` (see `DiffusionLM.from_pretrained`).
+    A LoRA adapter directory (`difflm.training.lora`) loads its base with the adapters merged in."""
+    if format is None and not overrides and os.path.isfile(os.path.join(path, "difflm_adapter.json")):
+        from ..training.lora import load_adapter_as_dlm
+
+        return load_adapter_as_dlm(path, dtype=dtype)
     found = detect(path, format)
     plan, tokenizer = plan_checkpoint(found, overrides)
     model = load_backbone(plan, found.checkpoint, dtype=dtype, attn_implementation=attn_implementation, progress=progress)

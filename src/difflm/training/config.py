@@ -12,7 +12,10 @@ import yaml
 from ..config import DiffusionConfig
 from ..errors import ConfigError
 
-OBJECTIVES = ("ar", "diffusion", "adapt", "block")
+OBJECTIVES = ("ar", "diffusion", "adapt", "block", "sft")
+SFT_DEFAULTS = {"loss": "diffusion", "pad_with": "eos"}
+SFT_CHOICES = {"loss": ("diffusion", "ar"), "pad_with": ("eos", "pad")}
+LORA_DEFAULTS = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear", "merge": False}
 
 
 @dataclass
@@ -22,7 +25,8 @@ class TrainConfig:
     objective: "ar" (next token), "diffusion" (a DLM from scratch), "block" (a block diffusion
         model, BD3-LM: from scratch, or adapted from the AR checkpoint ``init`` keeping its shift;
         needs ``diffusion.block_size``) or "adapt" (continual
-        pretraining of the AR checkpoint ``init`` into a DLM with annealing and shift).
+        pretraining of the AR checkpoint ``init`` into a DLM with annealing and shift), or "sft"
+        (supervised fine-tuning on prompt/response data, `difflm.training.sft`).
     init: AR checkpoint directory (adapt; optional for ar) - or None to build ``architecture``.
     architecture: transformers config fields of a model built from scratch (model_type key).
     tokenizer: tokenizer directory ("bundled" = difflm's bundled tokenizer).
@@ -45,6 +49,14 @@ class TrainConfig:
     eval_every / eval_batches: validation every N steps on a fixed set of validation batches.
     save_every / keep_checkpoints: atomic checkpoints for --resume.
     mixed_precision: "bf16" or "no"; bf16 autocast trains ~2x faster on AVX-512-bf16 CPUs.
+    sft: objective sft only - ``loss``: "diffusion" (a DLM: the prompt never noised, the response and
+        its EOS/pad tail noised, full attention) or "ar" (next-token loss on the response, the AR
+        baseline); ``pad_with``: "eos" (LLaDA) or "pad" (DiffuLLaMA), the tail after the response.
+        train_files / validation_files are then SFT JSONL files (chat messages, prompt/response, or
+        a task's records: `difflm.tasks.formatting`), each example padded to ``block_size``.
+    lora: objective sft only; None = full fine-tuning. ``r``, ``alpha``, ``dropout``,
+        ``target_modules`` (a list of module names, or "all-linear"), ``merge`` (also write the
+        adapter merged into the weights): LoRA adapters through peft on the ``init`` checkpoint.
     distributed: None (what the launcher says: DDP under torchrun, or an accelerate config file),
         "ddp", or "fsdp" (FSDP2: parameters, gradients and optimizer state sharded across
         processes; sharded checkpoints). See `difflm.training.parallel` and docs/training.md.
@@ -71,6 +83,8 @@ class TrainConfig:
     diffusion: dict[str, Any] = field(default_factory=dict)
     antithetic: bool = True
     complementary_masks: bool = False
+    sft: dict[str, Any] = field(default_factory=dict)
+    lora: dict[str, Any] | None = None
     eval_every: int = 200
     eval_batches: int = 8
     save_every: int = 200
@@ -114,6 +128,7 @@ class TrainConfig:
         for name in ("antithetic", "complementary_masks"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        self._check_sft()
         self.diffusion_config(mask_token_id=0)  # validates the diffusion fields now, before any work
         if self.mixed_precision is False:  # YAML reads a bare `no` as false
             self.mixed_precision = "no"
@@ -127,6 +142,58 @@ class TrainConfig:
         if not self.train_files or not self.validation_files:
             raise ConfigError("train_files and validation_files must each name at least one file")
         self.betas = tuple(self.betas)
+
+    def _check_sft(self) -> None:
+        """Validate and complete ``sft`` and ``lora`` (objective sft only)."""
+        if self.objective != "sft":
+            if self.sft or self.lora is not None:
+                raise ConfigError(f"{'sft' if self.sft else 'lora'} settings need objective sft")
+            return
+        if not isinstance(self.sft, dict):
+            raise ConfigError(f"sft must be a mapping ({', '.join(SFT_DEFAULTS)}), got {self.sft!r}")
+        unknown = sorted(set(self.sft) - set(SFT_DEFAULTS))
+        if unknown:
+            raise ConfigError(f"unknown sft setting(s) {', '.join(unknown)}; valid: {', '.join(SFT_DEFAULTS)}")
+        self.sft = {**SFT_DEFAULTS, **self.sft}
+        for key, choices in SFT_CHOICES.items():
+            if self.sft[key] not in choices:
+                raise ConfigError(f"sft.{key} must be one of {', '.join(choices)}, got {self.sft[key]!r}")
+        if "bundled" in self.train_files or "bundled" in self.validation_files:
+            raise ConfigError("objective sft needs train_files and validation_files: SFT JSONL files (chat messages, "
+                              "prompt/response or task records, see docs/training.md), not the bundled corpus")
+        if self.complementary_masks:
+            raise ConfigError("complementary_masks is not supported with objective sft")
+        if isinstance(self.diffusion, dict):
+            if self.diffusion.get("attention", "bidirectional") != "bidirectional" or self.diffusion.get("block_size"):
+                raise ConfigError("objective sft trains with full (bidirectional) attention: drop diffusion.attention "
+                                  "and diffusion.block_size")
+            if self.diffusion and self.sft["loss"] == "ar":
+                raise ConfigError("sft.loss ar trains an AR model: drop the diffusion settings")
+        if self.lora is None:
+            return
+        if not isinstance(self.lora, dict):
+            raise ConfigError(f"lora must be a mapping ({', '.join(LORA_DEFAULTS)}) or null, got {self.lora!r}")
+        unknown = sorted(set(self.lora) - set(LORA_DEFAULTS))
+        if unknown:
+            raise ConfigError(f"unknown lora setting(s) {', '.join(unknown)}; valid: {', '.join(LORA_DEFAULTS)}")
+        self.lora = {**LORA_DEFAULTS, **self.lora}
+        for key in ("r", "alpha"):
+            value = self.lora[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"lora.{key} must be an integer >= 1, got {value!r}")
+        dropout = self.lora["dropout"]
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise ConfigError(f"lora.dropout must be a number in [0, 1), got {dropout!r}")
+        modules = self.lora["target_modules"]
+        if not (modules == "all-linear" or (isinstance(modules, list) and modules
+                                            and all(isinstance(m, str) and m for m in modules))):
+            raise ConfigError(f"lora.target_modules must be a list of module names or all-linear, got {modules!r}")
+        if not isinstance(self.lora["merge"], bool):
+            raise ConfigError(f"lora.merge must be true or false, got {self.lora['merge']!r}")
+        if not self.init:
+            raise ConfigError("lora needs init: the checkpoint whose weights the adapters adapt")
+        if self.distributed == "fsdp":
+            raise ConfigError("lora with distributed=fsdp is not supported; use DDP (the adapters are small)")
 
     def diffusion_config(self, mask_token_id: int, **special_ids: int | None) -> DiffusionConfig:
         """The `DiffusionConfig` of the model to train: ``diffusion`` over the objective's
@@ -144,6 +211,8 @@ class TrainConfig:
 
     @property
     def is_diffusion(self) -> bool:
+        if self.objective == "sft":
+            return self.sft["loss"] == "diffusion"
         return self.objective in ("diffusion", "adapt", "block")
 
     def to_dict(self) -> dict[str, Any]:

@@ -145,12 +145,15 @@ class BlockBatches:
             self._perms = {epoch: permutation(n, generator=g) if self.shuffle else torch.arange(n)}
         return self._perms[epoch]
 
-    def global_batch(self, step: int) -> torch.Tensor:
-        """LongTensor [batch_size, block_size] of step ``step``."""
+    def rows(self, step: int) -> torch.Tensor:
+        """Indices [batch_size] of the blocks of step ``step``."""
         n = len(self.blocks)
         pos = step * self.batch_size + torch.arange(self.batch_size)
-        rows = [self._perm(int(p) // n)[int(p) % n] for p in pos]
-        return self.blocks[torch.stack(rows)]
+        return torch.stack([self._perm(int(p) // n)[int(p) % n] for p in pos])
+
+    def global_batch(self, step: int) -> torch.Tensor:
+        """LongTensor [batch_size, block_size] of step ``step``."""
+        return self.blocks[self.rows(step)]
 
     def epoch_of(self, step: int) -> float:
         return step * self.batch_size / len(self.blocks)

@@ -1,6 +1,7 @@
-"""One training loop for three objectives - ``ar`` (next token), ``diffusion`` (a DLM from scratch)
-and ``adapt`` (an AR checkpoint continued as a DLM with attention annealing and shift) - on top of
-accelerate: device placement, bf16 autocast, DDP under torchrun, gradient accumulation.
+"""One training loop for the objectives - ``ar`` (next token), ``diffusion`` (a DLM from scratch),
+``adapt`` (an AR checkpoint continued as a DLM with attention annealing and shift), ``block`` and
+``sft`` (supervised fine-tuning, `difflm.training.sft`) - on top of accelerate: device placement,
+bf16 autocast, DDP under torchrun, gradient accumulation.
 
 Exact resumption: the batch and the noise of step k are functions of (seed, k) alone, and the
 model/optimizer/scheduler state is checkpointed, so a resumed run retraces an uninterrupted one.
@@ -94,7 +95,15 @@ def _step_generator(seed: int, step: int, stream: int) -> torch.Generator:
 
 
 class Trainer:
-    """Runs `TrainConfig` to completion: ``Trainer(cfg).train()``."""
+    """Runs `TrainConfig` to completion: ``Trainer(cfg).train()``. For ``objective: sft`` this is
+    a `difflm.training.sft.SFTTrainer` (its data, model and loss; the loop is this one)."""
+
+    def __new__(cls, cfg: TrainConfig, **kwargs: Any) -> "Trainer":
+        if cls is Trainer and cfg.objective == "sft":
+            from .sft import SFTTrainer
+
+            cls = SFTTrainer
+        return super().__new__(cls)
 
     def __init__(self, cfg: TrainConfig, *, resume: bool = False, show_progress: bool = True) -> None:
         self.cfg, self.resume, self.show_progress = cfg, resume, show_progress
@@ -114,16 +123,8 @@ class Trainer:
             )
         self.micro_batch = per_process
         self.tokenizer = load_tokenizer_for(cfg)
-        train_files = resolve_files(cfg.train_files, "train")
-        val_files = resolve_files(cfg.validation_files, "validation")
-        with acc.main_process_first():  # one process tokenizes, the others read its cache
-            train_stream = tokenize_files(train_files, self.tokenizer, source_weights=cfg.source_weights, seed=cfg.seed)
-            val_stream = tokenize_files(val_files, self.tokenizer)
-        bos = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.tokenizer.eos_token_id
-        self.train_batches = BlockBatches(pack_blocks(train_stream, cfg.block_size, bos), cfg.batch_size, cfg.seed)
-        val_blocks = pack_blocks(val_stream, cfg.block_size, bos)
-        self.val_batches = BlockBatches(val_blocks, min(cfg.batch_size, len(val_blocks)), seed=1234)
-        self.model = build_model(cfg, self.tokenizer)
+        self._build_data()
+        self.model = self._build_model()
         self.dlm = self.model if isinstance(self.model, DiffusionLM) else None
         if self.dlm is not None and cfg.block_size > (self.dlm.max_length or cfg.block_size):
             raise ConfigError(f"block_size {cfg.block_size} exceeds the model's context of {self.dlm.max_length}")
@@ -135,6 +136,22 @@ class Trainer:
         self.wrapped, self.optimizer = acc.prepare(self.model, self.optimizer)
         acc.register_for_checkpointing(self.scheduler)
         self.step, self.tokens = 0, 0
+
+    def _build_data(self) -> None:
+        """``train_batches`` / ``val_batches``: the corpus files tokenized and packed into blocks."""
+        cfg, acc = self.cfg, self.accelerator
+        train_files = resolve_files(cfg.train_files, "train")
+        val_files = resolve_files(cfg.validation_files, "validation")
+        with acc.main_process_first():  # one process tokenizes, the others read its cache
+            train_stream = tokenize_files(train_files, self.tokenizer, source_weights=cfg.source_weights, seed=cfg.seed)
+            val_stream = tokenize_files(val_files, self.tokenizer)
+        bos = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.tokenizer.eos_token_id
+        self.train_batches = BlockBatches(pack_blocks(train_stream, cfg.block_size, bos), cfg.batch_size, cfg.seed)
+        val_blocks = pack_blocks(val_stream, cfg.block_size, bos)
+        self.val_batches = BlockBatches(val_blocks, min(cfg.batch_size, len(val_blocks)), seed=1234)
+
+    def _build_model(self) -> torch.nn.Module:
+        return build_model(self.cfg, self.tokenizer)
 
     # -- one optimizer step ----------------------------------------------------------------------
     def _micro_batches(self, step: int) -> list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]]:
@@ -179,12 +196,12 @@ class Trainer:
         self.wrapped.train()
         total = 0.0
         micro = self._micro_batches(step)
-        for m, (x, noise, t) in enumerate(micro):
+        for m, batch in enumerate(micro):  # (x, noise, t), and more for sft
             # the annealing draw is shared by the whole step: same generator state per micro-batch
             mask_gen = _step_generator(cfg.seed, step, 1)
             sync = contextlib.nullcontext() if m == len(micro) - 1 else acc.no_sync(self.wrapped)
             with sync, acc.autocast():
-                loss = self._loss(self.wrapped, x, noise, t, step=step, mask_generator=mask_gen) / cfg.grad_accum
+                loss = self._loss(self.wrapped, *batch, step=step, mask_generator=mask_gen) / cfg.grad_accum
             acc.backward(loss)
             total += loss.item()
         if cfg.grad_clip:
@@ -256,7 +273,7 @@ class Trainer:
             last_val = self.evaluate()
             logger.log({"step": 0, "tokens": 0, "val_loss": last_val, "val_ppl": math.exp(min(last_val, 50))})
         progress = TrainProgress(cfg.max_steps, self.step, enabled=acc.is_main_process and self.show_progress,
-                                 objective=cfg.objective)
+                                 objective=cfg.objective if cfg.is_diffusion or cfg.objective == "ar" else "ar")
         last_saved = self.step
         t0, tokens0 = time.perf_counter(), self.tokens
         try:

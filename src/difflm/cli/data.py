@@ -1,0 +1,98 @@
+"""`difflm data make TASK --n N --seed S --out FILE` (synthetic task suites) and `difflm data check FILE`
+(what an SFT file turns into: prompt, response, token counts)."""
+
+from __future__ import annotations
+
+import argparse
+
+from .choices import DATA_TASK_NAMES
+
+SPLIT_NAMES = ("train", "validation", "test")  # difflm.tasks.splits.SPLITS
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "data", help="write synthetic task suites (gsm, sudoku, countdown); check SFT files",
+        description="Synthetic task suites for fine-tuning and evaluation (docs/tasks.md), and a check of SFT data.",
+    )
+    commands = parser.add_subparsers(dest="data_command", metavar="ACTION")
+    commands.required = True
+    make = commands.add_parser(
+        "make", help="write N examples of a task to a JSONL file",
+        description="Write N distinct examples of TASK as JSONL. The same arguments always write the same file, "
+        "and the splits (train, validation, test) never share a problem, whatever the seeds. "
+        "gsm: GSM8K layout {question, answer ending '#### N'} (difflm eval --tasks gsm8k=FILE); "
+        "sudoku: {puzzle: 81 chars, 0 = blank, solution: 81 digits} (difflm eval --tasks sudoku=FILE); "
+        "countdown: {numbers, target, solution: 'x op y = z' lines} (difflm eval --tasks countdown=FILE).",
+    )
+    make.add_argument("task", choices=DATA_TASK_NAMES, help="the task: " + ", ".join(DATA_TASK_NAMES))
+    make.add_argument("--n", type=int, required=True, help="number of examples")
+    make.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
+    make.add_argument("--split", choices=SPLIT_NAMES, default="train",
+                      help="which split to draw from (default: %(default)s); train/validation/test are disjoint")
+    make.add_argument("--out", required=True, help="JSONL file to write (replaced atomically)")
+    make.add_argument("--steps", metavar="K or LOW-HIGH",
+                      help="gsm: arithmetic steps per problem (default: 2-4)")
+    make.add_argument("--numbers", metavar="LOW-HIGH",
+                      help="gsm: range of the numbers in a problem (default: 2-20); countdown: range of the given "
+                      "numbers (default: 1-50)")
+    make.add_argument("--count", metavar="K or LOW-HIGH", help="countdown: how many numbers are given (default: 3-4)")
+    make.add_argument("--blanks", metavar="K or LOW-HIGH",
+                      help="sudoku: blank cells per puzzle (default: 30-50; at most 56 with unique solutions)")
+    make.add_argument("--no-unique", dest="unique", action="store_false",
+                      help="sudoku: also puzzles with several solutions (default: exactly one)")
+    make.set_defaults(func=run_make, unique=None)
+    check = commands.add_parser(
+        "check", help="show what an SFT file trains on: prompt, response and token counts",
+        description="Read an SFT JSONL file (chat messages, prompt/response, or a task's records), format every "
+        "line as training does and report the token counts; with --block-size, fail (naming the line) when an "
+        "example does not fit.",
+    )
+    check.add_argument("file", help="SFT JSONL file")
+    check.add_argument("--tokenizer", default="bundled", help="tokenizer directory (default: the bundled one)")
+    check.add_argument("--block-size", type=int, help="training block_size to check the examples against")
+    check.add_argument("--show", type=int, default=1, metavar="N", help="print the first N examples (default: 1)")
+    check.set_defaults(func=run_check)
+
+
+_TASK_FLAGS = {"gsm": {"--steps": "steps", "--numbers": "numbers"},
+               "sudoku": {"--blanks": "blanks", "--no-unique": "unique"},
+               "countdown": {"--count": "count", "--numbers": "numbers"}}
+
+
+def _knobs(args: argparse.Namespace) -> dict:
+    """The task settings given on the command line; a flag of another task is an error."""
+    from ..errors import InputError
+
+    dests = {flag: dest for flags in _TASK_FLAGS.values() for flag, dest in flags.items()}
+    given = {flag: getattr(args, dest) for flag, dest in dests.items() if getattr(args, dest) is not None}
+    own = _TASK_FLAGS[args.task]
+    stray = [flag for flag in given if flag not in own]
+    if stray:
+        raise InputError(f"{', '.join(stray)} is not a setting of task {args.task} (its settings: {', '.join(own)})")
+    return {own[flag]: value for flag, value in given.items()}
+
+
+def run_make(args: argparse.Namespace) -> int:
+    import sys
+    from pathlib import Path
+
+    from ..tasks import make_examples, write_jsonl
+    from . import check_output_dir
+
+    check_output_dir(str(Path(args.out).parent), "--out")
+    if Path(args.out).is_dir():
+        from ..errors import InputError
+
+        raise InputError(f"--out {args.out} is a directory; give a file name")
+    records = make_examples(args.task, args.n, seed=args.seed, split=args.split, **_knobs(args))
+    path = write_jsonl(records, args.out)
+    print(f"wrote {len(records)} {args.task} examples ({args.split} split, seed {args.seed}) to {path}", file=sys.stderr)
+    return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from ..training.sft import describe_sft_file
+
+    print(describe_sft_file(args.file, tokenizer=args.tokenizer, block_size=args.block_size, show=args.show))
+    return 0

@@ -1,0 +1,266 @@
+"""Supervised fine-tuning (objective: sft): the prompt is never noised and the EOS/pad tail is an
+ordinary target; AR SFT scores the response only; the loss does not depend on how the global batch
+is split (micro-batches, DDP); resume is exact; LoRA adapters reload to identical logits and merge
+to the same logits; the four presets train, reload and evaluate end to end; bad input fails with
+one line naming the file and line."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from difflm import DiffusionLM
+from difflm.cli import main
+from difflm.errors import ModelLoadError
+from difflm.evaluation import EvalSettings, build_task, load_eval_lm
+from difflm.losses import masked_diffusion_loss, maskable_positions
+from difflm.tasks import make_examples, write_jsonl
+from difflm.training import Trainer, load_train_config
+from difflm.training.sft import SFTTrainer, ar_response_loss
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+TINY = ["architecture.model_type=llama", "architecture.hidden_size=32", "architecture.intermediate_size=64",
+        "architecture.num_hidden_layers=2", "architecture.num_attention_heads=2", "architecture.num_key_value_heads=2",
+        "architecture.tie_word_embeddings=true", "mixed_precision=no", "threads=1", "log_every=1",
+        "eval_batches=2", "warmup_steps=2", "lr=3e-3", "batch_size=8"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sft-data")
+    files = {}
+    for task, knobs in (("sudoku", {"blanks": "20-30"}), ("gsm", {"steps": "1-2", "numbers": "2-9"})):
+        for split, n in (("train", 64), ("validation", 16), ("test", 4)):
+            files[task, split] = str(write_jsonl(make_examples(task, n, split=split, **knobs), root / f"{task}-{split}.jsonl"))
+    return files
+
+
+def _args(data, task="sudoku", arch=192):
+    return TINY + [f"architecture.max_position_embeddings={arch}", "objective=sft", f"block_size={arch}",
+                   f"train_files=[{data[task, 'train']}]", f"validation_files=[{data[task, 'validation']}]"]
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _losses(out: Path) -> list[float]:
+    return [r["train_loss"] for r in _records(out) if "train_loss" in r]
+
+
+# -- what is noised, what is scored --------------------------------------------------------------
+def test_dlm_sft_never_noises_the_prompt_and_the_tail_is_an_ordinary_target(tmp_path, data):
+    trainer = Trainer(load_train_config(None, _args(data, "sudoku", 200) + [f"output_dir={tmp_path}", "max_steps=2",
+                                                             "sft.pad_with=pad"]), show_progress=False)
+    assert isinstance(trainer, SFTTrainer) and trainer.dlm.config.attention == "bidirectional"
+    rows = trainer.train_batches.data
+    n = int(rows.lengths[0])
+    assert rows.ids[0, n - 1] == trainer.tokenizer.eos_token_id and (rows.ids[0, n:] == trainer.tokenizer.pad_token_id).all()
+    tail_noised = 0
+    for step in range(20):
+        for x, noise, t, src, lengths, _ in trainer._micro_batches(step):
+            assert not (noise & src).any()  # the prompt is never noised
+            positions = torch.arange(x.shape[1])[None, :]
+            # everything after the prompt - response, EOS and the whole pad tail - may be noised
+            assert torch.equal(maskable_positions(trainer.dlm, x, src_mask=src), ~src)
+            tail_noised += int((noise & (positions >= lengths[:, None])).sum())
+    assert tail_noised > 0
+    # A noise mask on the tail alone: those pad tokens are targets (the loss sees them and depends on them)
+    x, src, lengths = trainer.train_batches.global_batch(0)
+    tail = torch.arange(x.shape[1])[None, :] >= lengths[:, None]
+    t = torch.full((x.shape[0],), 0.5)
+    loss = trainer._loss(trainer.model, x, tail, t, src, lengths)
+    assert loss > 0
+    other = x.masked_fill(tail, trainer.tokenizer.eos_token_id)
+    assert not torch.isclose(loss, trainer._loss(trainer.model, other, tail, t, src, lengths))
+    # ... and it is the library's loss with the prompt as src and no attention mask (pads are attended)
+    reference = masked_diffusion_loss(trainer.dlm, x, t=t, noise_mask=tail, src_mask=src)
+    assert torch.allclose(loss, reference.loss) and reference.num_masked == int(tail.sum())
+    with pytest.raises(Exception, match="src_mask"):
+        trainer._loss(trainer.model, x, src & (torch.arange(x.shape[1]) > 0), t, src, lengths)
+
+
+def test_ar_sft_scores_the_response_and_its_eos_only(tmp_path, data):
+    trainer = Trainer(load_train_config(None, _args(data, "gsm", 256) + [f"output_dir={tmp_path}", "max_steps=1",
+                                                                        "sft.loss=ar"]), show_progress=False)
+    assert trainer.dlm is None
+    x, src, lengths = trainer.train_batches.global_batch(0)
+    total, count = ar_response_loss(trainer.model, x, src, lengths)
+    prompt_lens = src.sum(1)
+    assert count == int((lengths - prompt_lens).sum())  # response tokens + EOS
+    tail = torch.arange(x.shape[1])[None, :] >= lengths[:, None]
+    changed, _ = ar_response_loss(trainer.model, x.masked_fill(tail, 7), src, lengths)
+    assert torch.equal(total, changed)  # the tail is no target and (causal) changes nothing before it
+    first_prompt_token = torch.zeros_like(src)
+    first_prompt_token[:, 1] = True
+    changed, _ = ar_response_loss(trainer.model, torch.where(first_prompt_token, 7, x), src, lengths)
+    assert not torch.equal(total, changed)  # the prompt is context
+
+
+# -- the loss does not depend on how the batch is split; resume; DDP ------------------------------
+@pytest.mark.parametrize("loss", ["diffusion", "ar"])
+def test_micro_batches_give_the_global_batch_loss(tmp_path, data, loss):
+    common = _args(data, "gsm", 256) + ["max_steps=3", "eval_every=3", "save_every=3", f"sft.loss={loss}"]
+    Trainer(load_train_config(None, common + [f"output_dir={tmp_path / 'one'}"]), show_progress=False).train()
+    Trainer(load_train_config(None, common + [f"output_dir={tmp_path / 'acc'}", "grad_accum=4"]), show_progress=False).train()
+    torch.testing.assert_close(torch.tensor(_losses(tmp_path / "acc")), torch.tensor(_losses(tmp_path / "one")),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_sft_resume_retraces_the_uninterrupted_run(tmp_path, data):
+    args = _args(data) + [f"output_dir={tmp_path}", "max_steps=6", "save_every=3", "eval_every=3", "keep_checkpoints=3"]
+    Trainer(load_train_config(None, args), show_progress=False).train()
+    full = _records(tmp_path)
+    shutil.rmtree(tmp_path / "checkpoints" / "step-0000006")
+    shutil.rmtree(tmp_path / "model")
+    Trainer(load_train_config(None, args), resume=True, show_progress=False).train()
+    resumed = _records(tmp_path)
+    key = lambda recs: [(r["step"], round(r.get("train_loss", 0), 6), round(r.get("val_loss", 0), 6)) for r in recs]
+    assert key(resumed) == key(full)
+
+
+def test_two_ddp_processes_match_one(tmp_path, data):
+    """torchrun --nproc_per_node 2 (gloo): the same losses as one process (prompts of different lengths
+    in the two halves: the loss is normalised over the global batch)."""
+    common = _args(data, "gsm", 256) + ["max_steps=3", "eval_every=3", "save_every=3", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547",
+           "-m", "difflm", "train", *common, f"output_dir={tmp_path / 'ddp'}"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    single = subprocess.run([sys.executable, "-m", "difflm", "train", *common, f"output_dir={tmp_path / 'one'}"],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+    torch.testing.assert_close(torch.tensor(_losses(tmp_path / "ddp")), torch.tensor(_losses(tmp_path / "one")),
+                               rtol=1e-4, atol=1e-5)
+
+
+# -- the presets, end to end ----------------------------------------------------------------------
+@pytest.mark.parametrize("preset", ["sft-sudoku-dlm", "sft-sudoku-ar", "sft-gsm-dlm", "sft-gsm-ar"])
+def test_presets_train_reload_and_evaluate(tmp_path, data, preset):
+    """Each preset at a tiny size on generated data: the loss falls, the saved model reloads, and it is
+    scored by its evaluation task (sudoku / gsm8k)."""
+    task = preset.split("-")[1]
+    full = load_train_config(CONFIGS / f"{preset}.yaml")
+    overrides = [o for o in TINY if not o.startswith("architecture.model_type")] + [
+        f"train_files=[{data[task, 'train']}]", f"validation_files=[{data[task, 'validation']}]",
+        f"output_dir={tmp_path}", "max_steps=30", "eval_every=30", "save_every=30"]
+    cfg = load_train_config(CONFIGS / f"{preset}.yaml", overrides)
+    assert (cfg.objective, cfg.sft, cfg.block_size) == ("sft", full.sft, full.block_size)
+    assert full.architecture["max_position_embeddings"] == full.block_size
+    Trainer(cfg, show_progress=False).train()
+    losses, vals = _losses(tmp_path), [r["val_loss"] for r in _records(tmp_path) if "val_loss" in r]
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5 and vals[-1] < vals[0] - 0.5
+    lm = load_eval_lm(tmp_path / "model", EvalSettings(max_new_tokens=64, batch_size=4, progress=False))
+    assert lm.kind == ("dlm" if preset.endswith("dlm") else "ar")
+    result = build_task("sudoku" if task == "sudoku" else "gsm8k", data[task, "test"]).run(lm)
+    assert result.n_examples == 4
+    assert ("acc" if task == "sudoku" else "exact_match") in result.metrics
+
+
+# -- LoRA -----------------------------------------------------------------------------------------
+def test_lora_adapters_reload_to_identical_logits_and_merge_to_the_same(tmp_path, data):
+    from difflm.training.lora import load_adapter
+
+    Trainer(load_train_config(None, _args(data) + [f"output_dir={tmp_path / 'base'}", "max_steps=2"]),
+            show_progress=False).train()
+    base_dir = tmp_path / "base" / "model"
+    cfg = load_train_config(None, _args(data) + [f"output_dir={tmp_path / 'lora'}", f"init={base_dir}", "max_steps=4",
+                                                 "lora.r=4", "lora.alpha=8", "lora.merge=true", "lr=3e-2"])
+    trainer = Trainer(cfg, show_progress=False)
+    trainer.train()
+    trained = trainer.accelerator.unwrap_model(trainer.wrapped).eval()
+    trainable = [n for n, p in trained.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)  # the base is frozen
+    x, _, _ = trainer.val_batches.global_batch(0)
+    with torch.no_grad():
+        expected = trained.logits(x)
+        base = DiffusionLM.from_pretrained(base_dir).logits(x)
+        assert (expected - base).abs().max() > 1e-3  # the adapters changed the model
+        adapter_dir = tmp_path / "lora" / "model"
+        assert (adapter_dir / "adapter_model.safetensors").is_file() and not (adapter_dir / "model.safetensors").exists()
+        assert torch.equal(load_adapter(adapter_dir).logits(x), expected)  # unmerged: the trained computation
+        torch.testing.assert_close(load_adapter(adapter_dir, merge=True).logits(x), expected, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(DiffusionLM.from_pretrained(adapter_dir).logits(x), expected, rtol=1e-4, atol=1e-5)
+        merged = DiffusionLM.from_pretrained(tmp_path / "lora" / "model-merged")
+        torch.testing.assert_close(merged.logits(x), expected, rtol=1e-4, atol=1e-5)
+    lm = load_eval_lm(adapter_dir, EvalSettings(steps=8, batch_size=4, progress=False))
+    assert lm.kind == "dlm" and "LoRA adapter" in lm.layout.reason
+    assert "acc" in build_task("sudoku", data["sudoku", "test"]).run(lm).metrics
+    assert main(["generate", "--model", str(adapter_dir), "Sudoku:", "--length", "4", "--steps", "2"]) == 0
+
+
+def test_lora_on_an_ar_model(tmp_path, data, capsys):
+    from difflm.training.lora import load_adapter
+
+    ar = _args(data, "gsm", 256) + ["sft.loss=ar"]
+    Trainer(load_train_config(None, ar + [f"output_dir={tmp_path / 'base'}", "max_steps=2"]), show_progress=False).train()
+    trainer = Trainer(load_train_config(None, ar + [f"output_dir={tmp_path / 'lora'}", f"init={tmp_path / 'base' / 'model'}",
+                                                    "max_steps=3", "lora.r=2", "lora.target_modules=[q_proj,v_proj]"]),
+                      show_progress=False)
+    trainer.train()
+    x, _, _ = trainer.val_batches.global_batch(0)
+    with torch.no_grad():
+        expected = trainer.accelerator.unwrap_model(trainer.wrapped).eval()(input_ids=x).logits
+        assert torch.equal(load_adapter(tmp_path / "lora" / "model")(input_ids=x).logits, expected)
+    lm = load_eval_lm(tmp_path / "lora" / "model", EvalSettings(max_new_tokens=32, progress=False))
+    assert lm.kind == "ar" and "exact_match" in build_task("gsm8k", data["gsm", "test"]).run(lm).metrics
+    with pytest.raises(ModelLoadError, match="AR model"):
+        DiffusionLM.from_pretrained(tmp_path / "lora" / "model")
+
+
+# -- chat data ------------------------------------------------------------------------------------
+def test_chat_sft_saves_the_template_generation_uses(tmp_path, data):
+    from difflm.chat import chat_prompt_ids
+    from difflm.tasks.formatting import CHAT_TEMPLATE
+
+    chats = [{"messages": [{"role": "user", "content": f"Add {a} and {b}."},
+                           {"role": "assistant", "content": f"{a + b}"}]} for a in range(6) for b in range(6)]
+    train = write_jsonl(chats, tmp_path / "chat.jsonl")
+    args = TINY + ["architecture.max_position_embeddings=64", "objective=sft", "block_size=32",
+                   f"train_files=[{train}]", f"validation_files=[{train}]"]
+    trainer = Trainer(load_train_config(None, args + [f"output_dir={tmp_path / 'run'}", "max_steps=2"]), show_progress=False)
+    trainer.train()
+    model = DiffusionLM.from_pretrained(tmp_path / "run" / "model")
+    assert model.tokenizer.chat_template == CHAT_TEMPLATE
+    data_rows = trainer.train_batches.data
+    row = 2 * 6 + 3  # "Add 2 and 3."
+    prompt = data_rows.ids[row, : data_rows.prompt_lens[row]].tolist()
+    assert model.tokenizer.decode(prompt) == "<|bos|>User: Add 2 and 3.\nAssistant:"
+    assert chat_prompt_ids(model, "Add 2 and 3.") == prompt  # `difflm generate --chat` builds the trained prompt
+    response = data_rows.ids[row, data_rows.prompt_lens[row] : data_rows.lengths[row]].tolist()
+    assert model.tokenizer.decode(response) == " 5<|eos|>"
+
+
+# -- bad input: one line, exit status 2 ---------------------------------------------------------
+def test_bad_sft_input_is_one_clear_line(tmp_path, data, capsys):
+    long = tmp_path / "long.jsonl"
+    long.write_text(json.dumps({"prompt": "Hi.", "response": " ok"}) + "\n"
+                    + json.dumps({"prompt": "Hi.", "response": " word" * 300}) + "\n")
+    malformed = tmp_path / "bad.jsonl"
+    malformed.write_text(json.dumps({"prompt": "a", "response": "b"}) + "\n{not json\n")
+    odd = tmp_path / "odd.jsonl"
+    odd.write_text(json.dumps({"puzzle": "123", "solution": "456"}) + "\n")
+    base = _args(data) + [f"output_dir={tmp_path / 'out'}", "max_steps=1"]
+    cases = [
+        ([f"train_files=[{long}]"], f"{long}:2: the example is"),
+        ([f"train_files=[{malformed}]"], f"{malformed}:2: not valid JSON"),
+        ([f"train_files=[{odd}]"], f"{odd}:1: \"puzzle\" must be 81 digits"),
+        (["train_files=[bundled]"], "objective sft needs train_files"),
+        (["lora.r=4"], "lora needs init"),
+        ([f"init={data['sudoku', 'train']}", "lora.rank=4"], "unknown lora setting(s) rank"),
+        (["sft.loss=sideways"], "sft.loss must be one of diffusion, ar"),
+        (["diffusion.attention=annealed"], "full (bidirectional) attention"),
+        (["objective=diffusion", "sft.loss=ar"], "sft settings need objective sft"),
+    ]
+    for extra, message in cases:
+        code = main(["train", *base, *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (extra, err)
