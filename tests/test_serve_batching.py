@@ -83,7 +83,16 @@ def test_a_later_request_joins_the_running_batch(base):
     assert text == expected and batch == 2
 
 
-def test_full_queue_answers_429(dlm):
+def test_full_queue_answers_429(dlm, monkeypatch):
+    # every model call takes at least 20 ms, so the first request holds the only slot for seconds
+    # however fast or loaded the machine is (without it, it could finish before the third arrives)
+    forward = dlm.model.forward
+
+    def slow_forward(*args, **kwargs):
+        time.sleep(0.02)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(dlm.model, "forward", slow_forward)
     with running_server(dlm, max_batch=1, max_queue=1) as url:
         api = client(url)
         stream = api.completions.create(model=MODEL, prompt="ROMEO:", max_tokens=200, seed=1, stream=True)
