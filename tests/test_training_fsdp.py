@@ -41,9 +41,10 @@ def ar_init(tmp_path_factory, data):  # noqa: F811
     return out / "model"
 
 
-@pytest.mark.parametrize("objective", ["ar", "diffusion", "adapt"])
+@pytest.mark.parametrize("objective", ["ar", "diffusion", "adapt", "block"])
 def test_fsdp_follows_the_one_process_loss_curve(tmp_path, data, ar_init, objective):  # noqa: F811
-    extra = [f"init={ar_init}", "diffusion.anneal_steps=3"] if objective == "adapt" else []
+    extra = {"adapt": [f"init={ar_init}", "diffusion.anneal_steps=3"],
+             "block": [f"init={ar_init}", "diffusion.block_size=4"]}.get(objective, [])
     common = TINY + data + extra + [f"objective={objective}", "max_steps=4", "eval_every=4", "save_every=4"]
     done = _torchrun(common + ["distributed=fsdp", f"output_dir={tmp_path / 'fsdp'}"], port=29571)
     assert "fsdp on 2 process(es)" in done.stdout
