@@ -102,6 +102,7 @@ every layer's parameters are all-gathered for the forward and again for the back
 reduce-scattered, over gloo on one machine, where DDP only all-reduces the gradients once. FSDP pays off when a model with its optimizer
 state (about 16 bytes per parameter in fp32 AdamW) no longer fits one device: each process then holds 1/N of it. Both
 engines follow the same loss curve (tests/test_training_fsdp.py checks it to 1e-4 against one process).
+
 """
     print(body)
     if not args.no_write:
