@@ -156,3 +156,45 @@ def test_block_model_generation_is_the_same_with_the_block_cache_and_alone_or_ba
     for row, prompt in enumerate(prompts):
         alone = generate(model, [prompt], generator=[gens()[row]], cache="block", return_dict=True, **kw)
         assert alone.new_tokens[0] == plain.new_tokens[row]
+
+
+# -- Fast-dLLM v2's sub-blocks ----------------------------------------------------------------------
+from difflm.sampling import Denoiser, block_masks  # noqa: E402
+
+
+def test_sub_blocks_are_decoded_in_order():
+    model = tiny_dlm("llama", attention="block_causal", block_size=8)
+    order = []
+    generate(model, [[1, 2, 3, 4, 5, 6, 7]], max_new_tokens=17, sub_block_length=4,
+             callback=lambda s: order.append(s.committed[0].nonzero().flatten().tolist()))
+    committed = [p for step in order for p in step]
+    # grid blocks of 8 from position 0: generated 7..23 -> blocks [7], [8..15], [16..23]; sub-blocks of 4
+    units = [[7], [8, 9, 10, 11], [12, 13, 14, 15], [16, 17, 18, 19], [20, 21, 22, 23]]
+    position = {p: i for i, unit in enumerate(units) for p in unit}
+    assert [position[p] for p in committed] == sorted(position[p] for p in committed)
+
+
+def test_sub_block_cache_is_exact_at_every_refresh_and_close_in_between():
+    """The block-level cache stays exact; inside a block, a sub-block's later steps read the rest of
+    the block from its first step (Fast-dLLM v2): close to, not equal to, a full recomputation."""
+    model = tiny_dlm("llama", attention="block_causal", block_size=8)
+    canvas, attn, gen = build_canvas(model, [[1, 2, 3, 4, 5, 6, 7, 8], [9, 10, 11]], 16)
+    blocks, groups = decoding_blocks(model, canvas, gen, attn, None)
+    canvas = canvas.masked_fill(gen, MASK)
+    dens = {mode: Denoiser(model, canvas, attn, gen, groups=groups, cache=mode) for mode in ("none", "block")}
+    rng = torch.Generator().manual_seed(0)
+    refresh_err, step_err = [], []
+    for block in blocks:
+        for sub in block_masks(block, 4):
+            for den in dens.values():
+                den.start_block(sub, within=block)
+            first = True
+            while (sub & (canvas == MASK)).any():
+                cand = sub & (canvas == MASK)
+                ref, got = (dens[m](canvas, cand).log_softmax(-1) for m in ("none", "block"))
+                (refresh_err if first else step_err).append((ref - got).abs().max().item())
+                first = False
+                commit = cand & (cand.long().cumsum(-1) <= 1)
+                canvas = canvas.masked_scatter(commit, torch.randint(4, 60, (int(commit.sum()),), generator=rng))
+    assert max(refresh_err) < 1e-5
+    assert 1e-6 < max(step_err) < 0.5

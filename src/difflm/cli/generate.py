@@ -76,6 +76,9 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: the model family's convention)")
     parser.add_argument("--filter-order", choices=FILTER_ORDER_NAMES,
                         help="order of the top-k and top-p filters (default: the model family's convention)")
+    parser.add_argument("--sub-block-length", type=int, metavar="N",
+                        help="decode each block in sub-blocks of N tokens (Fast-dLLM v2; with --cache block the "
+                        "rest of the block is read from a cache made at each sub-block's first step)")
     parser.add_argument("--editing-threshold", type=float, metavar="P",
                         help="token editing (LLaDA 2.1): replace a committed token of the current block when the "
                         "model's top prediction there differs and is above P (default off)")
@@ -101,7 +104,8 @@ def sampler_options(args: argparse.Namespace) -> SamplerOptions:
         top_p=args.top_p, top_k=args.top_k, gumbel=args.gumbel, threshold=args.threshold, alg_temp=args.alg_temp,
         cfg_scale=args.cfg_scale, cache=args.cache, attention=args.attention, stop_at_eos=args.stop_at_eos,
         suppress_eos=args.suppress_eos, schedule=args.schedule, filter_order=args.filter_order,
-        editing_threshold=args.editing_threshold, remask=args.remask, max_edits=args.max_edits,
+        sub_block_length=args.sub_block_length, editing_threshold=args.editing_threshold, remask=args.remask,
+        max_edits=args.max_edits,
     )
 
 

@@ -60,8 +60,8 @@ class Row:
                  generator: torch.Generator | None = None, callback: Callable[[SamplerStep], None] | None = None,
                  tag: Any = None) -> None:
         self.options = SamplerOptions.merge(options).for_family(getattr(model.config, "family", None))
-        if self.options.editing_threshold is not None or self.options.remask > 0:
-            raise InputError("token editing and remasking run in `denoise` only, not in a continuous batch")
+        if self.options.editing_threshold is not None or self.options.remask > 0 or self.options.sub_block_length:
+            raise InputError("token editing, remasking and sub-blocks run in `denoise` only, not in a continuous batch")
         canvas, _, generate_mask = template_canvas(model, [list(template)])
         self.canvas, self.generate_mask = canvas[0], generate_mask[0]
         n = int(self.generate_mask.sum())

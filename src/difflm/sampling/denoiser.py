@@ -93,20 +93,27 @@ class Denoiser:
         self._window = (0, canvas.shape[1])
         self._cached = 0  # "block": positions [0, _cached) are in the cache for good
         self._refresh = False
+        self._step = self._window  # "block": what later steps recompute (a sub-block, or the window)
+        self._sub = None  # "block" with sub-blocks: the cache of the rest of the block
 
-    def start_block(self, block: torch.Tensor) -> None:
-        """Begin a block (BoolTensor [B, L]): the next call refreshes the cache."""
+    def start_block(self, block: torch.Tensor, within: torch.Tensor | None = None) -> None:
+        """Begin a block (BoolTensor [B, L]): the next call refreshes the cache. ``within``: the
+        block it is a sub-block of (Fast-dLLM v2's sub-blocks), whose group defines the window."""
+        parent = block if within is None else within
         # each row's group of this block (rows of a block model may sit at different grid offsets);
         # the window holds every position that sees the block: its group by token and by attention
         # id (with shift the position before a group's first token predicts it and sees the group)
-        group = torch.where(block, self.groups, -1).amax(-1, keepdim=True)
+        group = torch.where(parent, self.groups, -1).amax(-1, keepdim=True)
         ids = self.model.block_attention_ids(self.groups)
-        in_group = ((self.groups == group) | (ids == group)) & block.any(-1, keepdim=True)
-        window = block | self.model.prediction_sources(block) | in_group
+        in_group = ((self.groups == group) | (ids == group)) & parent.any(-1, keepdim=True)
+        window = parent | self.model.prediction_sources(parent) | in_group
         columns = window.any(0).nonzero().flatten()
         start = int(columns[0])
         end = block.shape[1] if self.cache_mode == "prefix" else int(columns[-1]) + 1
-        self._window = (start, end)
+        self._window = self._step = (start, end)
+        if within is not None and self.cache_mode == "block":
+            sub = (block | self.model.prediction_sources(block)).any(0).nonzero().flatten()
+            self._step = (int(sub[0]), int(sub[-1]) + 1)
         if self.cache_mode == "block":
             self._refresh = True  # the previous window's final keys join the cache at the next call
         else:
@@ -141,17 +148,46 @@ class Denoiser:
         return uncond + (self.cfg_scale + 1.0) * (cond - uncond)
 
     def _incremental(self, canvas: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        """The "block" cache: run [first uncached position, window end) against the cache, then
-        keep everything before the window for good (its keys are final: under block-causal
-        attention nothing before a block sees the block)."""
+        """The "block" cache. A refresh runs [first uncached position, window end) against the
+        exact prefix cache and keeps everything before the window for good (under block-causal
+        attention nothing before a block sees it). Later steps run the window - or, for a
+        sub-block, only the sub-block against the rest of its block as computed at the refresh
+        (Fast-dLLM v2's sub-block cache: an approximation inside the block, exact across blocks)."""
         start, end = self._window
-        first = self._cached if self._refresh else start
-        logits, past = self.model.logits_at(
-            canvas[:, first:end], candidates[:, first:end], attention_mask_4d=self.mask4d[:, :, first:end, :end],
-            position_ids=self.positions[:, first:end], past_key_values=self._past, use_cache=True,
+        step_start, step_end = self._step
+        if self._refresh:
+            first = self._cached
+            logits, past = self.model.logits_at(
+                canvas[:, first:end], candidates[:, first:end], attention_mask_4d=self.mask4d[:, :, first:end, :end],
+                position_ids=self.positions[:, first:end], past_key_values=self._past, use_cache=True,
+            )
+            self._sub = None
+            if (step_start, step_end) != (start, end):  # a sub-block: cache [0, start) + [end of it, window end)
+                from transformers import DynamicCache
+
+                self._sub = DynamicCache([
+                    (torch.cat([layer.keys[..., :step_start, :], layer.keys[..., step_end:end, :]], dim=-2),
+                     torch.cat([layer.values[..., :step_start, :], layer.values[..., step_end:end, :]], dim=-2))
+                    for layer in past.layers
+                ])
+                order = torch.cat([torch.arange(step_start), torch.arange(step_end, end),
+                                   torch.arange(step_start, step_end)]).to(self.mask4d.device)
+                self._sub_mask = self.mask4d[:, :, step_start:step_end, :end][..., order]
+            past.crop(start - end)  # the cache held [0, end): keep [0, start), exact
+            self._past, self._cached, self._refresh = past, start, False
+            return logits
+        if self._sub is not None:
+            logits, _ = self.model.logits_at(
+                canvas[:, step_start:step_end], candidates[:, step_start:step_end], attention_mask_4d=self._sub_mask,
+                position_ids=self.positions[:, step_start:step_end], past_key_values=self._sub, use_cache=True,
+            )
+            self._sub.crop(step_start - step_end)
+            return logits
+        logits, _ = self.model.logits_at(
+            canvas[:, start:end], candidates[:, start:end], attention_mask_4d=self.mask4d[:, :, start:end, :end],
+            position_ids=self.positions[:, start:end], past_key_values=self._past, use_cache=True,
         )
-        past.crop(start - end)  # the cache held [0, end): keep [0, start)
-        self._past, self._cached, self._refresh = past, start, False
+        self._past.crop(start - end)
         return logits
 
     def _keep_cache(self, past) -> None:

@@ -51,6 +51,10 @@ class SamplerOptions:
         None = the model family's convention ("dream" for family "dream", else "equal").
     filter_order: "top_k_first" (difflm, LLaDA-style) or "top_p_first" (Dream: the nucleus of the
         full distribution, then top-k), or None = the model family's convention.
+    sub_block_length: decode each block in sub-blocks of this many generated positions, in order
+        (Fast-dLLM v2). With ``cache="block"`` a sub-block's later steps read the rest of its block
+        from the cache made at the sub-block's first step: an approximation inside the block,
+        exact across blocks. None = whole blocks.
     editing_threshold: token editing (LLaDA 2.1): after each step, a token already committed in
         the current block is replaced by the model's top prediction there when that prediction
         differs and its probability exceeds this (None = off). Meant for models trained to edit.
@@ -75,6 +79,7 @@ class SamplerOptions:
     suppress_eos: bool = False
     schedule: str | None = None
     filter_order: str | None = None
+    sub_block_length: int | None = None
     editing_threshold: float | None = None
     remask: float = 0.0
     max_edits: int = 2
@@ -95,6 +100,8 @@ class SamplerOptions:
             raise InputError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         if self.filter_order is not None and self.filter_order not in FILTER_ORDERS:
             raise InputError(f"unknown filter_order {self.filter_order!r}; choose one of {', '.join(FILTER_ORDERS)}")
+        if self.sub_block_length is not None and self.sub_block_length < 1:
+            raise InputError(f"sub_block_length must be >= 1, got {self.sub_block_length}")
         if self.editing_threshold is not None and not 0.0 <= self.editing_threshold < 1.0:
             raise InputError(f"editing_threshold must be in [0, 1), got {self.editing_threshold}")
         if not 0.0 <= self.remask < 1.0:

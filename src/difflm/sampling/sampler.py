@@ -18,7 +18,7 @@ import torch
 from .. import rng
 from . import editing
 from ..errors import InputError
-from .canvas import TokenIds, as_rows, build_canvas, decoding_blocks, template_canvas
+from .canvas import TokenIds, as_rows, block_masks, build_canvas, decoding_blocks, template_canvas
 from .denoiser import Denoiser
 from .options import SamplerOptions
 from .strategies import StepContext, commit_schedule, dream_commit_count, on_grid
@@ -128,6 +128,10 @@ def denoise(
         raise InputError("nothing to generate: no masked position in the canvas")
     steps = opts.steps or n
     blocks, groups = decoding_blocks(model, canvas, generate_mask, attention_mask, opts.block_length)
+    # (what a stretch of steps decodes, the block it belongs to): blocks, or their sub-blocks
+    units = [(sub, block if opts.sub_block_length else None) for block in blocks
+             for sub in (block_masks(block, opts.sub_block_length) if opts.sub_block_length else [block])]
+    blocks = [sub for sub, _ in units]
     if steps < len(blocks):
         raise InputError(f"steps ({steps}) must be at least the number of blocks ({len(blocks)})")
     denoiser = Denoiser(
@@ -149,7 +153,7 @@ def denoise(
         if strategy.fixed_count and not dream_schedule:
             block_steps = max(1, min(block_steps, int(block_n.max())))
         counts = None if dream_schedule or opts.remask > 0 else commit_schedule(block_n, block_steps)
-        denoiser.start_block(block)
+        denoiser.start_block(block, within=units[b][1])
         for i in range(block_steps):
             editable = block & (canvas != mask_id) & (edits < opts.max_edits) if revisits else None
             if opts.remask > 0 and i < block_steps - 1:  # never on the last step: the block must end filled
