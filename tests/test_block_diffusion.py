@@ -198,3 +198,17 @@ def test_sub_block_cache_is_exact_at_every_refresh_and_close_in_between():
                 canvas = canvas.masked_scatter(commit, torch.randint(4, 60, (int(commit.sum()),), generator=rng))
     assert max(refresh_err) < 1e-5
     assert 1e-6 < max(step_err) < 0.5
+
+
+def test_rows_of_a_batch_finish_at_different_blocks():
+    from test_sampling_structure import boost_token
+
+    eos = 60
+    model = tiny_dlm("llama", attention="block_causal", block_size=4, eos_token_id=eos)
+    # prompts of 4 tokens: generated columns 4..15 = grid blocks [4..7], [8..11], [12..15]
+    with boost_token(model, eos, lambda b, col: b == 0 and col == 5):
+        res = generate(model, [[1, 2, 3, 4], [5, 6, 7, 8]], max_new_tokens=12, stop_at_eos=True, return_dict=True)
+    row0 = res.sequences[0, 4:].tolist()
+    assert row0[1] == eos and row0[4:] == [eos] * 8  # row 0 ended with its first block
+    assert res.new_tokens[0] == row0[:1] and len(res.new_tokens[1]) == 12
+    assert res.steps == 12  # row 1 ran every block
