@@ -23,8 +23,6 @@ DDP, checkpoints, logging and the progress bar are the shared ones.
 from __future__ import annotations
 
 import dataclasses
-import gzip
-import json
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -52,18 +50,9 @@ def read_sft_records(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, A
         raise InputError(f"SFT data file {p} not found")
     if not str(p).endswith(SFT_SUFFIXES):
         raise InputError(f"SFT data file {p}: use JSONL (.jsonl, .jsonl.gz), one example per line")
-    opener = gzip.open if p.suffix == ".gz" else open
-    with opener(p, "rt", encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{p}:{lineno}: not valid JSON ({exc.msg}); fix or remove the line") from None
-            if not isinstance(obj, dict):
-                raise InputError(f"{p}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
+    from ..evaluation.data import read_jsonl  # one JSONL reader, with file:line errors
+
+    yield from read_jsonl(p)
 
 
 @dataclass
