@@ -155,6 +155,10 @@ def _show_dlm_sampling(console, dlm_dir: Path, seed: int) -> None:
             fill(model, [template], options=options, generator=generator, callback=view)
 
 
+# the bundled models part 4 compares: the AR base and the three DLMs trained from it or beside it
+TABLE_MODELS = ("ar-base", "dlm-adapted", "dlm-scratch", "dlm-block")
+
+
 def _comparison_table(console, ar_dir: Path, dlm_dir: Path, scratch_dir: Path, n_blocks: int) -> None:
     import math
 
@@ -180,7 +184,9 @@ def _comparison_table(console, ar_dir: Path, dlm_dir: Path, scratch_dir: Path, n
     rows = [("ar-base", "exact NLL", ar_nll_per_token, 0.0, _training_summary(ar_dir))]
     from ..bundled import MODELS
 
-    for name, path in (("dlm-adapted", dlm_dir), ("dlm-scratch", scratch_dir), ("dlm-block", MODELS["dlm-block"])):
+    paths = {"dlm-adapted": dlm_dir, "dlm-scratch": scratch_dir}
+    for name in TABLE_MODELS[1:]:
+        path = paths.get(name, MODELS[name])
         model = DiffusionLM.from_pretrained(path).eval()
         estimates = elbo_nll(model, requests, n_samples=4, estimator="count", seed=0, progress=False)
         bound = sum(e.nll for e in estimates) / n_tokens
