@@ -23,6 +23,8 @@ def main() -> int:
     parser.add_argument("name")
     parser.add_argument("--command", required=True, help="the command that produced the run")
     parser.add_argument("--base-tokens", type=int, default=0, help="tokens the init checkpoint was trained on")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="store the weights in this precision (bfloat16 halves the bundle)")
     args = parser.parse_args()
     model_dir = args.run_dir / "model"
     if not (model_dir / "config.json").is_file():
@@ -35,6 +37,8 @@ def main() -> int:
     target = ROOT / "src" / "difflm" / "bundled" / "models" / args.name
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(model_dir, target, ignore=shutil.ignore_patterns("generation_config.json"))
+    if args.dtype != "float32":
+        _store_as(target, args.dtype)
     summary = {
         "command": args.command,
         "objective": yaml.safe_load((args.run_dir / "train_config.yaml").read_text())["objective"],
@@ -50,6 +54,19 @@ def main() -> int:
     size = sum(f.stat().st_size for f in target.iterdir())
     print(f"bundled {args.name}: {size / 1e6:.1f} MB, {summary['tokens']:,} tokens, final validation {vals[-1][1]:.3f}")
     return 0
+
+
+def _store_as(directory: Path, dtype: str) -> None:
+    """Rewrite the floating-point weights of model.safetensors in ``dtype`` (config.json says so)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    path = directory / "model.safetensors"
+    tensors = {k: v.to(getattr(torch, dtype)) if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    config = json.loads((directory / "config.json").read_text())
+    config["dtype"] = dtype
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
 if __name__ == "__main__":

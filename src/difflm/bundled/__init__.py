@@ -15,6 +15,7 @@ MODELS = {
     "dlm-adapted": MODELS_DIR / "dlm-adapted",  # the DLM adapted from ar-base (DiffuLLaMA recipe)
     "dlm-scratch": MODELS_DIR / "dlm-scratch",  # a DLM trained from scratch on the same token budget
     "dlm-block": MODELS_DIR / "dlm-block",  # a block diffusion model (blocks of 8) adapted from ar-base, same budget
+    "ar-base-v2": MODELS_DIR / "ar-base-v2",  # a 6.8M AR base on 10.6M tokens, the next round's base (bf16 weights)
 }
 DEFAULT_DLM = "dlm-adapted"
 
