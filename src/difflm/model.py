@@ -231,6 +231,11 @@ class DiffusionLM(nn.Module):
                                         generator=generator, groups=groups)
         position_ids = None if attention_mask is None else self.position_ids(attention_mask, input_ids)
         raw = self.model(input_ids=input_ids, attention_mask=mask4d, position_ids=position_ids, use_cache=False).logits
+        return self._aligned(raw)
+
+    def _aligned(self, raw: torch.Tensor) -> torch.Tensor:
+        """The backbone's logits [B, L, V] as aligned logits: with shift, the prediction made at i - 1
+        moves to i, and position 0 keeps a copy of position 1's (it has none of its own)."""
         if self.config.shift:
             return torch.cat([raw[:, :1], raw[:, :-1]], dim=1)
         return raw
@@ -264,10 +269,7 @@ class DiffusionLM(nn.Module):
         kwargs = {"logits_to_keep": torch.arange(length, device=noisy_ids.device)} if self._keeps_logits else {}
         out = self.model(input_ids=torch.cat([noisy_ids, clean_ids], dim=1), attention_mask=mask4d,
                          position_ids=torch.cat([positions, positions], dim=1), use_cache=False, **kwargs)
-        raw = out.logits[:, :length]
-        if self.config.shift:
-            return torch.cat([raw[:, :1], raw[:, :-1]], dim=1)
-        return raw
+        return self._aligned(out.logits[:, :length])
 
     def logits_at(
         self,

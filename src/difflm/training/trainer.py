@@ -273,7 +273,7 @@ class Trainer:
             last_val = self.evaluate()
             logger.log({"step": 0, "tokens": 0, "val_loss": last_val, "val_ppl": math.exp(min(last_val, 50))})
         progress = TrainProgress(cfg.max_steps, self.step, enabled=acc.is_main_process and self.show_progress,
-                                 objective=cfg.objective if cfg.is_diffusion or cfg.objective == "ar" else "ar")
+                                 objective="ar" if self.dlm is None else cfg.objective)  # AR SFT reports an NLL too
         last_saved = self.step
         t0, tokens0 = time.perf_counter(), self.tokens
         try:
