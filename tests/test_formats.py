@@ -138,6 +138,33 @@ def test_half_precision_weights_load_as_stored_or_as_asked(tmp_path, dtype):
     torch.testing.assert_close(_logits(as_stored, ids), want, rtol=0.1, atol=0.15)
 
 
+def test_a_declared_dtype_wins_over_the_stored_one(tmp_path):
+    """A checkpoint difflm wrote loads in the dtype its config.json declares (as transformers reads
+    dtype="auto"), else as stored. The bundled models store bf16 weights but declare float32, so
+    they compute in float32 by default."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from conftest import tiny_dlm
+
+    model = tiny_dlm()
+    model.save_pretrained(tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    save_file({k: v.to(torch.bfloat16) for k, v in load_file(str(weights)).items()}, str(weights), metadata={"format": "pt"})
+    config_file = tmp_path / "m" / "config.json"
+    for declared, want in (("float32", torch.float32), (None, torch.bfloat16)):
+        config = json.loads(config_file.read_text())
+        config.pop("torch_dtype", None)
+        config.pop("dtype", None)
+        if declared:
+            config["dtype"] = declared
+        config_file.write_text(json.dumps(config))
+        loaded = DiffusionLM.from_pretrained(tmp_path / "m")
+        assert loaded.dtype == want and all(p.dtype == want for p in loaded.model.parameters()), declared
+    assert DiffusionLM.from_pretrained(tmp_path / "m", dtype="float32").dtype == torch.float32
+
+
 def test_weights_are_never_randomly_initialised(tmp_path):
     """Built on the meta device: a checkpoint missing a tensor is an error, not a silent random init."""
     from safetensors.torch import load_file, save_file

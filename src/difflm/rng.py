@@ -110,3 +110,12 @@ def permutation(n: int, *, generator: torch.Generator | None = None,
         return torch.randperm(n, device=device)
     values = torch.randperm(n, generator=generator, device=generator.device)
     return values.to(device) if device is not None else values
+
+
+def integers(high: int, shape: Sequence[int] | torch.Size, *, generator: torch.Generator | None = None,
+             device: torch.device | str | None = None) -> torch.Tensor:
+    """Integers uniform on [0, high) (LongTensor of ``shape``) on ``device``, drawn like `uniform`."""
+    if generator is None:
+        return torch.randint(high, tuple(shape), device=device)
+    values = torch.randint(high, tuple(shape), generator=generator, device=generator.device)
+    return values.to(device) if device is not None else values

@@ -56,11 +56,17 @@ class LoadPlan:
     notes: list[str] = field(default_factory=list)
 
 
-def resolve_dtype(dtype: torch.dtype | str | None, ckpt: Checkpoint) -> torch.dtype:
-    """The dtype to load in: explicit, or (None / "auto") the dtype the weights are stored in."""
+def resolve_dtype(dtype: torch.dtype | str | None, ckpt: Checkpoint,
+                  declared: torch.dtype | str | None = None) -> torch.dtype:
+    """The dtype to load in: explicit, or (None / "auto") ``declared`` - the dtype a checkpoint
+    difflm wrote declares in config.json - else the one the weights are stored in. (The bundled
+    models store bf16 weights to stay small but declare float32: fast on any CPU, the precision they
+    trained in. Published layouts load as stored: their config's dtype is often not their weights'.)"""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype is None or dtype == "auto":
+        if declared is not None and declared != "auto":
+            return resolve_dtype(declared, ckpt)
         return ckpt.stored_dtype or torch.float32
     if isinstance(dtype, str) and dtype.lower() in DTYPES:
         return DTYPES[dtype.lower()]
@@ -163,7 +169,8 @@ def load_backbone(
     Floating tensors are cast to ``dtype`` (default: as stored); a cast makes one copy of one
     tensor at a time. Returns the model on CPU in eval mode.
     """
-    target_dtype = resolve_dtype(dtype, ckpt)
+    declared = getattr(plan.hf_config, "dtype", None) if plan.format == "difflm" else None
+    target_dtype = resolve_dtype(dtype, ckpt, declared)
     model = empty_model(plan.hf_config, attn_implementation)
     mapping = plan_key_mapping(plan, ckpt, model)
     with _Progress(len(mapping), f"loading {ckpt.path.name}", progress) as bar:
