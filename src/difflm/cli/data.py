@@ -12,7 +12,7 @@ SPLIT_NAMES = ("train", "validation", "test")  # difflm.tasks.splits.SPLITS
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "data", help="write synthetic task suites (gsm, sudoku, countdown); check SFT files",
+        "data", help="write synthetic task suites (gsm, sudoku, countdown) and image-text sets; check SFT files",
         description="Synthetic task suites for fine-tuning and evaluation (docs/tasks.md), and a check of SFT data.",
     )
     commands = parser.add_subparsers(dest="data_command", metavar="ACTION")
@@ -53,6 +53,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("--block-size", type=int, help="training block_size to check the examples against")
     check.add_argument("--show", type=int, default=1, metavar="N", help="print the first N examples (default: 1)")
     check.set_defaults(func=run_check)
+    images = commands.add_parser(
+        "images", help="image-text SFT data for a multimodal DLM: image tokenizer, tokenizer, JSONL",
+        description="Train the image tokenizer (a small VQ-VAE) on the train split of an image set, add its codes "
+        "to the bundled tokenizer and write train/validation/test JSONL of captioned images in both directions "
+        "(docs/multimodal.md). The image set: scikit-learn's bundled digits, or --images DIR (DIR/<class>/*.png).",
+    )
+    images.add_argument("--out", required=True, help="directory to write (tokenizer/, *.jsonl, a report)")
+    images.add_argument("--images", metavar="DIR", help="grayscale PNGs, one sub-folder per class (default: digits)")
+    images.add_argument("--codebook", type=int, default=32, help="image codes K (default: %(default)s)")
+    images.add_argument("--vq-steps", type=int, default=1500, help="VQ-VAE training steps (default: %(default)s)")
+    images.add_argument("--per-image", type=int, default=2,
+                        help="text -> image examples per image; image -> text: one more (default: %(default)s)")
+    images.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
+    images.set_defaults(func=run_images)
 
 
 _TASK_FLAGS = {"gsm": {"--steps": "steps", "--numbers": "numbers"},
@@ -95,4 +109,19 @@ def run_check(args: argparse.Namespace) -> int:
     from ..training.sft import describe_sft_file
 
     print(describe_sft_file(args.file, tokenizer=args.tokenizer, block_size=args.block_size, show=args.show))
+    return 0
+
+
+def run_images(args: argparse.Namespace) -> int:
+    import json
+
+    from ..multimodal.datasets import load_digits_set, load_folder_set
+    from ..multimodal.prepare import prepare_image_sft
+    from . import check_output_dir
+
+    check_output_dir(args.out, "--out")
+    image_set = load_folder_set(args.images) if args.images else load_digits_set()
+    report = prepare_image_sft(image_set, args.out, codebook_size=args.codebook, vq_steps=args.vq_steps,
+                               per_image=args.per_image, seed=args.seed)
+    print(json.dumps(report, indent=2))
     return 0

@@ -36,6 +36,11 @@ def register(subparsers: Any) -> None:
     generate_parser.add_argument("--length", type=int, default=64, help="new tokens per prompt (default 64)")
     generate_parser.add_argument("--chat", action="store_true", help="wrap each prompt in the checkpoint's chat "
                                  "template; print the reply up to the end of the turn")
+    # multimodal models (difflm.multimodal.cli)
+    generate_parser.add_argument("--image-out", metavar="PATH", help="multimodal models: draw an image of each PROMPT "
+                                 "and write it as a PNG (several prompts: PATH-1.png, ...); --length does not apply")
+    generate_parser.add_argument("--image", metavar="PATH", help="multimodal models: a grayscale PNG to describe; "
+                                 "PROMPT is the question (\"\" for none) and --length caps the answer")
     _add_sampling_arguments(generate_parser)
     generate_parser.set_defaults(func=run_generate)
 
@@ -88,6 +93,10 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-edits", type=int, default=2, help="edits or remasks per position at most (default 2)")
     parser.add_argument("--stop-at-eos", action="store_true", help="stop a row once a finished block holds EOS")
     parser.add_argument("--suppress-eos", action="store_true", help="commit EOS only when nothing else is left")
+    parser.add_argument("--eta", type=float, default=0.0,
+                        help="continuous DLMs: 0 = DDIM (default), 1 = DDPM ancestral sampling")
+    parser.add_argument("--clamp", action="store_true",
+                        help="continuous DLMs: snap each step's x0 estimate to the nearest embedding (Diffusion-LM)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N, mps, ... (default cpu)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per prompt")
@@ -159,6 +168,18 @@ def run_generate(args: argparse.Namespace) -> int:
     _check_run_args(args)
     options = sampler_options(args)
     check_device(args.device)
+    if args.image or args.image_out:  # a multimodal model: image -> text or text -> image
+        from ..multimodal.cli import check_image_args, run_image
+
+        image = check_image_args(args)
+        return run_image(args, options, load_dlm(args.model, args.device), image)
+    from ..continuous import cli as continuous
+
+    if continuous.continuous_model_dir(args.model) is not None:  # an embedding-space DLM: its own sampler
+        from ..sampling.templates import continuation_ids
+
+        return continuous.run(args, lambda tok: [continuation_ids(p, tok, -1, args.length) for p in args.prompt],
+                              args.prompt)
     model = load_dlm(args.model, args.device)
     mask_id = model.config.mask_token_id
     if args.chat:
@@ -186,6 +207,10 @@ def run_infill(args: argparse.Namespace) -> int:
     _check_run_args(args)
     options = sampler_options(args)
     check_device(args.device)
+    from ..continuous import cli as continuous
+
+    if continuous.continuous_model_dir(args.model) is not None:  # an embedding-space DLM: its own sampler
+        return continuous.run(args, lambda tok: [encode_template(tok, parts, -1)], [args.template or ""])
     model = load_dlm(args.model, args.device)
     template = encode_template(model.tokenizer, parts, model.config.mask_token_id)
     return _sample_and_print(args, options, model, [template], [args.template or ""])

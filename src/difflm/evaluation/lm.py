@@ -279,24 +279,32 @@ class DiffusionEvalLM(EvalLM):
         draws on its device and moves the draws (`difflm.rng`), so a seed decodes alike on every device."""
         return rng.seeded_generator(self.settings.seed)
 
-    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
+    def generate_rows(self, prompts: list[list[int]], max_new_tokens: int) -> torch.Tensor:
+        """The sampler's canvas [B, W] of one batch of prompts, left-padded, new tokens last."""
         from ..sampling import generate
 
+        return generate(self.model, prompts, max_new_tokens=max_new_tokens, options=self.sampler_options,
+                        generator=self.sampler_generator())
+
+    def infill_rows(self, prefixes: list[list[int]], suffixes: list[list[int]], length: int) -> torch.Tensor:
+        """The sampler's canvas [B, W] of one batch: rows [pad | prefix | middle | suffix]."""
+        from ..sampling import infill
+
+        return infill(self.model, prefixes, suffixes, middle_length=length, options=self.sampler_options,
+                      generator=self.sampler_generator())
+
+    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
         out: list[list[int]] = []
         for batch in self._batches([list(p) for p in prompts]):
-            canvas = generate(self.model, batch, max_new_tokens=max_new_tokens, options=self.sampler_options,
-                              generator=self.sampler_generator())
+            canvas = self.generate_rows(batch, max_new_tokens)
             out.extend(_cut_at_eos(row[-max_new_tokens:].tolist(), self.eos_token_id) for row in canvas)
         return out
 
     def fill(self, prefixes: Sequence[Sequence[int]], suffixes: Sequence[Sequence[int]], length: int) -> list[list[int]]:
-        from ..sampling import infill
-
         out: list[list[int]] = []
         pairs = list(zip([list(p) for p in prefixes], [list(s) for s in suffixes]))
         for batch in self._batches(pairs):
-            canvas = infill(self.model, [p for p, _ in batch], [s for _, s in batch], middle_length=length,
-                            options=self.sampler_options, generator=self.sampler_generator())
+            canvas = self.infill_rows([p for p, _ in batch], [s for _, s in batch], length)
             for row, (_, suffix) in zip(canvas.tolist(), batch):
                 end = len(row) - len(suffix)  # rows are left-padded: [pad | prefix | middle | suffix]
                 out.append(row[end - length : end])
@@ -337,6 +345,12 @@ def load_eval_lm(name_or_path: str | os.PathLike, settings: EvalSettings | None 
     path = Path(resolve_model(name_or_path))
     if not path.exists():
         raise ModelLoadError(f"no model at {path}; pass a model directory or a bundled name (ar-base, dlm-adapted, dlm-scratch)")
+    from ..continuous.config import is_continuous_model
+
+    if format is None and is_continuous_model(path):  # an embedding-space DLM (difflm.continuous)
+        from ..continuous.evaluation import load_continuous_eval_lm
+
+        return load_continuous_eval_lm(path, settings, name=str(name_or_path), dtype=dtype, device=device)
     if format is None and (path / "difflm_adapter.json").is_file():  # a LoRA adapter (difflm.training.lora)
         from ..training.lora import load_adapter_for_eval
 

@@ -51,7 +51,7 @@ class PerplexityTask(Task):
         tokens = sum(s.num_tokens for s in scores)
         kind = estimate_kind(lm)
         per_token = Estimate(nll / tokens, se / tokens, len(requests), kind)
-        ppl = math.exp(per_token.value)
+        ppl = math.exp(min(per_token.value, 700.0))  # an untrained model's bound can pass exp's range
         metrics = {
             "nll_per_token": per_token,
             "bits_per_byte": Estimate(nll / math.log(2) / total_bytes, se / math.log(2) / total_bytes, len(requests), kind),

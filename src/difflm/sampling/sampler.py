@@ -49,6 +49,8 @@ class SamplerStep:
 
 
 Callback = Callable[[SamplerStep], None]
+# (logits [N, V] of the positions being decided, those positions BoolTensor [B, L]) -> logits [N, V]
+LogitsProcessor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 # One generator for the batch, one per row (a `RowGenerators` or a sequence of generators), or None.
 Generators = rng.Generators | Sequence[torch.Generator]
@@ -96,6 +98,7 @@ def denoise(
     generator: Generators = None,
     callback: Callback | None = None,
     output_history: bool = False,
+    logits_processor: LogitsProcessor | None = None,
     **overrides: Any,
 ) -> Generation:
     """Fill every position of ``generate_mask`` in at most ``steps`` model calls.
@@ -115,6 +118,10 @@ def denoise(
         generator: one `torch.Generator` for the batch (numbers handed out in batch order), one per
             row (a list of B generators or a `difflm.rng.RowGenerators`: each row draws from its
             own, so a row's output does not depend on the rest of the batch), or None.
+        logits_processor: called as ``logits_processor(logits [N, V], positions BoolTensor [B, L])``
+            on the aligned logits of the N positions being decided this step (``positions``, in
+            row-major order) before any token is drawn; returns the logits to use (e.g. -inf
+            outside the tokens allowed there: a multimodal model's image spans).
     Returns:
         a `Generation`.
     """
@@ -165,6 +172,8 @@ def denoise(
                 break
             to_edit = editable if opts.editing_threshold is not None else torch.zeros_like(candidates)
             logits = denoiser(canvas, candidates | to_edit)
+            if logits_processor is not None:
+                logits = logits_processor(logits, candidates | to_edit)
             is_candidate = candidates[candidates | to_edit]  # which logits rows are candidates'
             if counts is not None:
                 num = counts[i]
@@ -342,16 +351,18 @@ def fill(
     callback: Callback | None = None,
     return_dict: bool = False,
     output_history: bool = False,
+    logits_processor: LogitsProcessor | None = None,
     **overrides: Any,
 ) -> torch.Tensor | Generation:
     """Generate every position of each template that holds the mask id: several gaps at once.
 
     ``template_ids`` is one row or a batch of rows (left-padded when lengths differ). Blocks run
     over the masked positions in reading order, across gaps. Takes the options and overrides of
-    `generate`. Returns LongTensor [B, L], the filled templates (or a `Generation`).
+    `generate` (and ``logits_processor``, see `denoise`). Returns LongTensor [B, L], the filled
+    templates (or a `Generation`).
     """
     opts = SamplerOptions.merge(options, **overrides)
     canvas, attn, gen = template_canvas(model, as_rows(template_ids))
     result = denoise(model, canvas, gen, attn, options=opts, generator=generator, callback=callback,
-                     output_history=output_history)
+                     output_history=output_history, logits_processor=logits_processor)
     return _finish(result, return_dict)

@@ -12,7 +12,7 @@ import yaml
 from ..config import DiffusionConfig
 from ..errors import ConfigError
 
-OBJECTIVES = ("ar", "diffusion", "adapt", "block", "sft")
+OBJECTIVES = ("ar", "diffusion", "adapt", "block", "sft", "continuous")
 SFT_DEFAULTS = {"loss": "diffusion", "pad_with": "eos"}
 SFT_CHOICES = {"loss": ("diffusion", "ar"), "pad_with": ("eos", "pad")}
 LORA_DEFAULTS = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear", "merge": False}
@@ -26,7 +26,8 @@ class TrainConfig:
         model, BD3-LM: from scratch, or adapted from the AR checkpoint ``init`` keeping its shift;
         needs ``diffusion.block_size``) or "adapt" (continual
         pretraining of the AR checkpoint ``init`` into a DLM with annealing and shift), or "sft"
-        (supervised fine-tuning on prompt/response data, `difflm.training.sft`).
+        (supervised fine-tuning on prompt/response data, `difflm.training.sft`), or "continuous" (an
+        embedding-space DLM from scratch, `difflm.continuous`; docs/continuous.md).
     init: AR checkpoint directory (adapt; optional for ar) - or None to build ``architecture``.
     architecture: transformers config fields of a model built from scratch (model_type key).
     tokenizer: tokenizer directory ("bundled" = difflm's bundled tokenizer).
@@ -57,6 +58,8 @@ class TrainConfig:
     lora: objective sft only; None = full fine-tuning. ``r``, ``alpha``, ``dropout``,
         ``target_modules`` (a list of module names, or "all-linear"), ``merge`` (also write the
         adapter merged into the weights): LoRA adapters through peft on the ``init`` checkpoint.
+    continuous: objective continuous only - `difflm.continuous.ContinuousConfig` fields (embed_dim,
+        schedule, self_condition, cond_prob, ...) and ``seq2seq`` (prompt/response JSONL data, DiffuSeq).
     distributed: None (what the launcher says: DDP under torchrun, or an accelerate config file),
         "ddp", or "fsdp" (FSDP2: parameters, gradients and optimizer state sharded across
         processes; sharded checkpoints). See `difflm.training.parallel` and docs/training.md.
@@ -85,6 +88,7 @@ class TrainConfig:
     complementary_masks: bool = False
     sft: dict[str, Any] = field(default_factory=dict)
     lora: dict[str, Any] | None = None
+    continuous: dict[str, Any] = field(default_factory=dict)
     eval_every: int = 200
     eval_batches: int = 8
     save_every: int = 200
@@ -129,6 +133,9 @@ class TrainConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         self._check_sft()
+        from ..continuous.config import check_train_settings  # torch-free
+
+        check_train_settings(self)
         self.diffusion_config(mask_token_id=0)  # validates the diffusion fields now, before any work
         if self.mixed_precision is False:  # YAML reads a bare `no` as false
             self.mixed_precision = "no"

@@ -103,6 +103,10 @@ class Trainer:
             from .sft import SFTTrainer
 
             cls = SFTTrainer
+        elif cls is Trainer and cfg.objective == "continuous":
+            from ..continuous.trainer import ContinuousTrainer
+
+            cls = ContinuousTrainer
         return super().__new__(cls)
 
     def __init__(self, cfg: TrainConfig, *, resume: bool = False, show_progress: bool = True) -> None:
@@ -136,6 +140,11 @@ class Trainer:
         self.wrapped, self.optimizer = acc.prepare(self.model, self.optimizer)
         acc.register_for_checkpointing(self.scheduler)
         self.step, self.tokens = 0, 0
+
+    @property
+    def reports_bound(self) -> bool:
+        """Whether validation is a likelihood bound (a DLM's), not an exact NLL."""
+        return self.dlm is not None
 
     def _build_data(self) -> None:
         """``train_batches`` / ``val_batches``: the corpus files tokenized and packed into blocks."""
@@ -273,7 +282,7 @@ class Trainer:
             last_val = self.evaluate()
             logger.log({"step": 0, "tokens": 0, "val_loss": last_val, "val_ppl": math.exp(min(last_val, 50))})
         progress = TrainProgress(cfg.max_steps, self.step, enabled=acc.is_main_process and self.show_progress,
-                                 objective="ar" if self.dlm is None else cfg.objective)  # AR SFT reports an NLL too
+                                 objective=cfg.objective if self.reports_bound else "ar")  # AR SFT reports an NLL too
         last_saved = self.step
         t0, tokens0 = time.perf_counter(), self.tokens
         try:
