@@ -72,10 +72,11 @@ def test_cache_error_is_bounded_on_the_bundled_model(model):
         mean_agreement = sum(agreement[mode]) / len(agreement[mode])
         mean_tv = sum(tv[mode]) / len(tv[mode])
         # Fast-dLLM's premise: keys of a block's context barely move while the block is decoded.
-        # Measured on dlm-adapted (2026-11-29, steps after a refresh): agreement 0.996 / 0.996,
-        # mean total variation 0.010 / 0.011 (prefix / dual), largest step 0.034 / 0.042.
-        assert mean_agreement >= 0.98, (mode, mean_agreement)
-        assert mean_tv <= 0.025, (mode, mean_tv)
+        # Measured on the 6.8 M dlm-adapted (2026-11-29, steps after a refresh): agreement 0.986 / 0.973,
+        # mean total variation 0.014 / 0.022 (prefix / dual), largest step 0.042 / 0.101. (The 2.3 M
+        # model before it: 0.996 / 0.996 and 0.010 / 0.011 - a stronger model leans more on context.)
+        assert mean_agreement >= 0.96, (mode, mean_agreement)
+        assert mean_tv <= 0.03, (mode, mean_tv)
         # the refresh step of a block is exact; the steps after it really read stale keys
         assert max(refresh_tv[mode]) < 1e-5, (mode, max(refresh_tv[mode]))
         assert max(tv[mode]) > 1e-3, (mode, max(tv[mode]))

@@ -11,11 +11,11 @@ MODELS_DIR = BUNDLED_DIR / "models"
 
 # name -> directory; `difflm ... --model NAME` accepts these names as well as paths.
 MODELS = {
-    "ar-base": MODELS_DIR / "ar-base",  # LLaMA-architecture AR base trained on the corpus
+    "ar-base": MODELS_DIR / "ar-base",  # a 6.8M LLaMA AR base trained on the corpus (10.6M tokens, bf16 weights)
     "dlm-adapted": MODELS_DIR / "dlm-adapted",  # the DLM adapted from ar-base (DiffuLLaMA recipe)
     "dlm-scratch": MODELS_DIR / "dlm-scratch",  # a DLM trained from scratch on the same token budget
-    "dlm-block": MODELS_DIR / "dlm-block",  # a block diffusion model (blocks of 8) adapted from ar-base, same budget
-    "ar-base-v2": MODELS_DIR / "ar-base-v2",  # a 6.8M AR base on 10.6M tokens, the next round's base (bf16 weights)
+    "dlm-block": MODELS_DIR / "dlm-block",  # a block diffusion model (blocks of 8) adapted from ar-base, same compute
+    "dlm-digits": MODELS_DIR / "dlm-digits",  # multimodal: text + image codes, scikit-learn's digits (docs/multimodal.md)
 }
 DEFAULT_DLM = "dlm-adapted"
 
