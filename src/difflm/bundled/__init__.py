@@ -15,6 +15,7 @@ MODELS = {
     "dlm-adapted": MODELS_DIR / "dlm-adapted",  # the DLM adapted from ar-base (DiffuLLaMA recipe)
     "dlm-scratch": MODELS_DIR / "dlm-scratch",  # a DLM trained from scratch on the same token budget
     "dlm-block": MODELS_DIR / "dlm-block",  # a block diffusion model (blocks of 8) adapted from ar-base, same compute
+    "dlm-continuous": MODELS_DIR / "dlm-continuous",  # an embedding-space (continuous) DLM, dlm-scratch's size and budget
     "dlm-digits": MODELS_DIR / "dlm-digits",  # multimodal: text + image codes, scikit-learn's digits (docs/multimodal.md)
 }
 DEFAULT_DLM = "dlm-adapted"
