@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from difflm.bundled import MODELS, corpus_file, resolve_model
-    from difflm.evaluation.likelihood import ScoreRequest, elbo_nll
+    from difflm.evaluation.likelihood import ScoreRequest, ar_nll, elbo_nll
     from difflm.model import DiffusionLM
     from difflm.training.data import pack_blocks, tokenize_files
 
@@ -35,28 +35,20 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     tok = AutoTokenizer.from_pretrained(MODELS["ar-base"])
     blocks = pack_blocks(tokenize_files([corpus_file("validation")], tok), 256, tok.bos_token_id)
+    requests = [ScoreRequest(tuple(b.tolist()), 1, len(b)) for b in blocks]  # every token after the first
+    n = sum(r.num_targets for r in requests)
     results = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.is_file() else {}
     for name in args.models:
         path = resolve_model(name)
         if (path / "difflm_config.json").is_file():
             model = DiffusionLM.from_pretrained(path, dtype=torch.float32).eval()
-            requests = [ScoreRequest(tuple(b.tolist()), 1, len(b)) for b in blocks]
-            n = sum(r.num_targets for r in requests)
             estimates = elbo_nll(model, requests, n_samples=args.samples, estimator="count", seed=0, progress=True)
-            value = sum(e.nll for e in estimates) / n
-            stderr = math.sqrt(sum(e.stderr ** 2 for e in estimates)) / n
             kind = "ELBO bound"
         else:
             ar = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-            nll, n = 0.0, 0
-            with torch.inference_mode():
-                for i in range(0, len(blocks), 16):
-                    b = blocks[i : i + 16]
-                    logits = ar(b).logits[:, :-1].float()
-                    nll += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), b[:, 1:].reshape(-1),
-                                                             reduction="sum").item()
-                    n += b[:, 1:].numel()
-            value, stderr, kind = nll / n, 0.0, "exact NLL"
+            estimates, kind = ar_nll(ar, requests, pad_token_id=tok.pad_token_id, progress=True), "exact NLL"
+        value = sum(e.nll for e in estimates) / n
+        stderr = math.sqrt(sum(e.stderr ** 2 for e in estimates)) / n
         results[name] = {"nats_per_token": value, "stderr": stderr, "kind": kind, "blocks": len(blocks), "tokens": n,
                          "samples": args.samples if stderr else None}
         print(f"{name}: {value:.4f} ± {stderr:.4f} nats/token ({kind}), perplexity {math.exp(value):.1f}")
