@@ -22,6 +22,8 @@ from difflm.errors import ModelLoadError
 from difflm.evaluation import EvalSettings, build_task, load_eval_lm
 from difflm.losses import masked_diffusion_loss, maskable_positions
 from difflm.tasks import make_examples, write_jsonl
+from difflm.tasks.model_task import read_model_task
+from difflm.tasks.tokenizer import save_task_tokenizer, sft_file_texts, train_task_tokenizer
 from difflm.training import Trainer, load_train_config
 from difflm.training.sft import SFTTrainer, ar_response_loss
 
@@ -39,6 +41,10 @@ def data(tmp_path_factory):
     for task, knobs in (("sudoku", {"blanks": "20-30"}), ("gsm", {"steps": "1-2", "numbers": "2-9"})):
         for split, n in (("train", 64), ("validation", 16), ("test", 4)):
             files[task, split] = str(write_jsonl(make_examples(task, n, split=split, **knobs), root / f"{task}-{split}.jsonl"))
+        # the presets' recipe: a task tokenizer trained on the train split (`difflm data tokenizer`)
+        corpus = write_jsonl(make_examples(task, 400, split="train", seed=1, **knobs), root / f"{task}-tok.jsonl")
+        tokenizer = train_task_tokenizer(sft_file_texts([corpus]), 500, split_digits=task == "gsm")
+        files[task, "tokenizer"] = str(save_task_tokenizer(tokenizer, root / f"{task}-tokenizer"))
     return files
 
 
@@ -144,16 +150,18 @@ def test_two_ddp_processes_match_one(tmp_path, data):
 
 # -- the presets, end to end ----------------------------------------------------------------------
 @pytest.mark.parametrize("preset", ["sft-sudoku-dlm", "sft-sudoku-ar", "sft-gsm-dlm", "sft-gsm-ar"])
-def test_presets_train_reload_and_evaluate(tmp_path, data, preset):
+def test_presets_train_reload_and_evaluate(tmp_path, data, preset, capsys):
     """Each preset at a tiny size on generated data: the loss falls, the saved model reloads, and it is
     scored by its evaluation task (sudoku / gsm8k)."""
     task = preset.split("-")[1]
     full = load_train_config(CONFIGS / f"{preset}.yaml")
     overrides = [o for o in TINY if not o.startswith("architecture.model_type")] + [
         f"train_files=[{data[task, 'train']}]", f"validation_files=[{data[task, 'validation']}]",
-        f"output_dir={tmp_path}", "max_steps=30", "eval_every=30", "save_every=30"]
+        f"tokenizer={data[task, 'tokenizer']}", f"output_dir={tmp_path}", "max_steps=30", "eval_every=30",
+        "save_every=30"]
     cfg = load_train_config(CONFIGS / f"{preset}.yaml", overrides)
     assert (cfg.objective, cfg.sft, cfg.block_size) == ("sft", full.sft, full.block_size)
+    assert full.tokenizer == f"data/{task}/tokenizer"
     assert full.architecture["max_position_embeddings"] == full.block_size
     Trainer(cfg, show_progress=False).train()
     losses, vals = _losses(tmp_path), [r["val_loss"] for r in _records(tmp_path) if "val_loss" in r]
@@ -163,6 +171,20 @@ def test_presets_train_reload_and_evaluate(tmp_path, data, preset):
     result = build_task("sudoku" if task == "sudoku" else "gsm8k", data[task, "test"]).run(lm)
     assert result.n_examples == 4
     assert ("acc" if task == "sudoku" else "exact_match") in result.metrics
+    # the saved model knows its task: `difflm generate` takes the task's own input and says how it went
+    assert read_model_task(tmp_path / "model") == task
+    record = json.loads(Path(data[task, "test"]).read_text().splitlines()[0])
+    user_input = record["puzzle"] if task == "sudoku" else record["question"]
+    if preset.endswith("dlm"):
+        capsys.readouterr()
+        assert main(["generate", "--model", str(tmp_path / "model"), user_input, "--steps", "8"]) == 0
+        out = capsys.readouterr().out
+        assert "model calls" in out and "Sudoku:" not in out and "Question:" not in out  # the answer alone
+        if task == "sudoku":
+            assert out.splitlines()[-2].startswith(("solved:", "not solved:"))  # the grid, its verdict, the calls
+            assert main(["generate", "--model", str(tmp_path / "model"), "12345"]) == 2
+            err = capsys.readouterr().err.strip()
+            assert "81 cells" in err and len(err.splitlines()) == 1
 
 
 # -- LoRA -----------------------------------------------------------------------------------------
@@ -194,7 +216,8 @@ def test_lora_adapters_reload_to_identical_logits_and_merge_to_the_same(tmp_path
     lm = load_eval_lm(adapter_dir, EvalSettings(steps=8, batch_size=4, progress=False))
     assert lm.kind == "dlm" and "LoRA adapter" in lm.layout.reason
     assert "acc" in build_task("sudoku", data["sudoku", "test"]).run(lm).metrics
-    assert main(["generate", "--model", str(adapter_dir), "Sudoku:", "--length", "4", "--steps", "2"]) == 0
+    puzzle = json.loads(Path(data["sudoku", "test"]).read_text().splitlines()[0])["puzzle"]
+    assert main(["generate", "--model", str(adapter_dir), puzzle, "--steps", "2"]) == 0  # an adapter knows its task
 
 
 def test_lora_on_an_ar_model(tmp_path, data, capsys):

@@ -53,6 +53,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("--block-size", type=int, help="training block_size to check the examples against")
     check.add_argument("--show", type=int, default=1, metavar="N", help="print the first N examples (default: 1)")
     check.set_defaults(func=run_check)
+    tok = commands.add_parser(
+        "tokenizer", help="train a small byte-level BPE tokenizer on SFT files (for task models)",
+        description="Train a byte-level BPE tokenizer on the prompts and responses of SFT files, with the bundled "
+        "tokenizer's special tokens at ids 0..3 (docs/tasks.md). Give it to training as `tokenizer: DIR`.",
+    )
+    tok.add_argument("files", nargs="+", help="SFT JSONL files (the training split)")
+    tok.add_argument("--vocab-size", type=int, required=True, help="tokens at most, 260 or more (256 bytes + 4 specials)")
+    tok.add_argument("--split-digits", action="store_true", help="every digit its own token (for arithmetic)")
+    tok.add_argument("--out", required=True, help="tokenizer directory to write")
+    tok.set_defaults(func=run_tokenizer)
     images = commands.add_parser(
         "images", help="image-text SFT data for a multimodal DLM: image tokenizer, tokenizer, JSONL",
         description="Train the image tokenizer (a small VQ-VAE) on the train split of an image set, add its codes "
@@ -109,6 +119,22 @@ def run_check(args: argparse.Namespace) -> int:
     from ..training.sft import describe_sft_file
 
     print(describe_sft_file(args.file, tokenizer=args.tokenizer, block_size=args.block_size, show=args.show))
+    return 0
+
+
+def run_tokenizer(args: argparse.Namespace) -> int:
+    import sys
+
+    from ..tasks.tokenizer import save_task_tokenizer, sft_file_texts, train_task_tokenizer
+    from . import check_output_dir
+
+    check_output_dir(args.out, "--out")
+    texts = sft_file_texts(args.files)
+    tokenizer = train_task_tokenizer(texts, args.vocab_size, split_digits=args.split_digits)
+    out = save_task_tokenizer(tokenizer, args.out)
+    lengths = [len(ids) for ids in tokenizer(texts[:2000])["input_ids"]]
+    print(f"wrote a {len(tokenizer)}-token tokenizer to {out} (trained on {len(texts)} examples; "
+          f"{sum(lengths) / len(lengths):.1f} tokens per example with BOS, longest {max(lengths)})", file=sys.stderr)
     return 0
 
 

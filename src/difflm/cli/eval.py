@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .choices import FORMAT_NAMES, TASK_NAMES
+from .choices import CACHE_MODE_NAMES, FORMAT_NAMES, STRATEGY_NAMES, TASK_NAMES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,7 +37,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass (default: %(default)s)")
     p.add_argument("--steps", type=int, help="denoising steps per generation (default: one per token)")
     p.add_argument("--block-length", type=int, help="semi-autoregressive block length for DLM generation")
-    p.add_argument("--strategy", default="low_confidence", help="DLM commit strategy (default: %(default)s)")
+    p.add_argument("--strategy", default="low_confidence", metavar="NAME",
+                   help=f"DLM commit strategy: {', '.join(STRATEGY_NAMES)} (default: %(default)s)")
+    p.add_argument("--threshold", type=float,
+                   help="confidence threshold in (0, 1] of --strategy threshold (default 0.9)")
+    p.add_argument("--cache", choices=CACHE_MODE_NAMES, default="none",
+                   help="block-wise KV cache of DLM generation (default none)")
+    p.add_argument("--stop-at-eos", action="store_true",
+                   help="DLM generation: stop a row once a finished block holds EOS (variable-length answers, "
+                   "e.g. GSM8K; use with --block-length)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="generation budget of GSM8K / HumanEval")
     p.add_argument("--limit", type=int, help="evaluate only the first N examples of each task")
     p.add_argument("--device", help="torch device (default: cpu)")
@@ -65,10 +73,11 @@ def run(args: argparse.Namespace) -> int:
         n_samples=args.n_samples, estimator=args.estimator, stratified=not args.no_stratify,
         common_random_numbers=not args.independent_options, seed=args.seed,
         batch_size=args.batch_size, reference_steps=args.reference_steps, steps=args.steps,
-        block_length=args.block_length, strategy=args.strategy, max_new_tokens=args.max_new_tokens,
-        limit=args.limit, progress=not args.no_progress,
-    )
-    check_format(args.format)  # before loading anything: a typo should fail fast
+        block_length=args.block_length, strategy=args.strategy, threshold=args.threshold, cache=args.cache,
+        stop_at_eos=args.stop_at_eos, max_new_tokens=args.max_new_tokens, limit=args.limit,
+        progress=not args.no_progress,
+    )  # validates every value, the sampler options too: before loading anything, a typo should fail fast
+    check_format(args.format)
     tasks = parse_tasks(args.tasks)
     lm = load_eval_lm(args.model, settings, format=args.format, device=args.device)
     print(scoring_summary(lm, "--format"), file=sys.stderr)

@@ -33,7 +33,8 @@ def register(subparsers: Any) -> None:
         "EOS handling and the block-wise KV cache are flags).",
     )
     generate_parser.add_argument("prompt", nargs="+", help="prompt text (several prompts run as one left-padded batch)")
-    generate_parser.add_argument("--length", type=int, default=64, help="new tokens per prompt (default 64)")
+    generate_parser.add_argument("--length", type=int, help="new tokens per prompt (default 64; a task model: what "
+                                 "its answers need)")
     generate_parser.add_argument("--chat", action="store_true", help="wrap each prompt in the checkpoint's chat "
                                  "template; print the reply up to the end of the turn")
     # multimodal models (difflm.multimodal.cli)
@@ -63,8 +64,8 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--model", default=DEFAULT_DLM, help=f"model directory or bundled model name (default {DEFAULT_DLM})")
     parser.add_argument("--steps", type=int, help="denoising steps = model calls at most (default: one per token)")
-    parser.add_argument("--strategy", default="low_confidence", metavar="NAME",
-                        help=f"which positions to commit: {', '.join(STRATEGY_NAMES)} (default low_confidence)")
+    parser.add_argument("--strategy", metavar="NAME",
+                        help=f"which positions to commit: {', '.join(STRATEGY_NAMES)} (default low_confidence; a task model: its task's, e.g. topk_margin for sudoku)")
     parser.add_argument("--block-length", type=int, help="semi-autoregressive block size (default: one block)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1] (default 1 = off)")
@@ -109,7 +110,8 @@ def sampler_options(args: argparse.Namespace) -> SamplerOptions:
     from ..sampling.options import SamplerOptions
 
     return SamplerOptions(
-        steps=args.steps, strategy=args.strategy, block_length=args.block_length, temperature=args.temperature,
+        steps=args.steps, strategy=args.strategy or "low_confidence", block_length=args.block_length,
+        temperature=args.temperature,
         top_p=args.top_p, top_k=args.top_k, gumbel=args.gumbel, threshold=args.threshold, alg_temp=args.alg_temp,
         cfg_scale=args.cfg_scale, cache=args.cache, attention=args.attention, stop_at_eos=args.stop_at_eos,
         suppress_eos=args.suppress_eos, schedule=args.schedule, filter_order=args.filter_order,
@@ -161,7 +163,25 @@ def load_dlm(name_or_path: str, device: str = "cpu"):
     return model
 
 
+def _model_task(name_or_path: str) -> str | None:
+    """The task a fine-tuned model was trained on (its task.json), or None."""
+    from ..bundled import resolve_model
+    from ..tasks.model_task import read_model_task
+
+    path = resolve_model(name_or_path)
+    return read_model_task(path) if path.is_dir() else None
+
+
 def run_generate(args: argparse.Namespace) -> int:
+    task = None if args.chat or args.image or args.image_out else _model_task(args.model)
+    if task is not None:  # a task model (dlm-sudoku, dlm-gsm): the task's input, length and decoding order
+        from ..tasks.model_task import DEFAULTS
+
+        defaults = DEFAULTS[task]
+        args.length = defaults.length if args.length is None else args.length
+        args.strategy = args.strategy or defaults.strategy
+        args.stop_at_eos = args.stop_at_eos or defaults.stop_at_eos
+    args.length = 64 if args.length is None else args.length
     if args.length < 1:
         raise InputError(f"--length must be >= 1, got {args.length}")
     # every bad value fails before the model loads
@@ -180,6 +200,11 @@ def run_generate(args: argparse.Namespace) -> int:
 
         return continuous.run(args, lambda tok: [continuation_ids(p, tok, -1, args.length) for p in args.prompt],
                               args.prompt)
+    prompts = args.prompt
+    if task is not None:
+        from ..tasks.model_task import task_prompt
+
+        prompts = [task_prompt(task, p) for p in args.prompt]  # bad input fails before the model loads
     model = load_dlm(args.model, args.device)
     mask_id = model.config.mask_token_id
     if args.chat:
@@ -189,8 +214,8 @@ def run_generate(args: argparse.Namespace) -> int:
     else:
         from ..sampling.templates import continuation_ids
 
-        templates = [continuation_ids(prompt, model.tokenizer, mask_id, args.length) for prompt in args.prompt]
-    return _sample_and_print(args, options, model, templates, args.prompt)
+        templates = [continuation_ids(prompt, model.tokenizer, mask_id, args.length) for prompt in prompts]
+    return _sample_and_print(args, options, model, templates, args.prompt, task=task)
 
 
 def run_infill(args: argparse.Namespace) -> int:
@@ -217,7 +242,7 @@ def run_infill(args: argparse.Namespace) -> int:
 
 
 def _sample_and_print(args: argparse.Namespace, options: SamplerOptions, model, templates: list[list[int]],
-                      labels: list[str]) -> int:
+                      labels: list[str], task: str | None = None) -> int:
     import torch
 
     from ..sampling import fill
@@ -241,15 +266,30 @@ def _sample_and_print(args: argparse.Namespace, options: SamplerOptions, model, 
 
         result.new_tokens = [trim_at_stop(row, end_of_turn_ids(model)) for row in result.new_tokens]
     for b, label in enumerate(labels):
-        text = tokenizer.decode(result.new_tokens[b] if chat else visible_ids(result, b), skip_special_tokens=True)
+        # a task model's answer alone (the prompt is the task's scaffolding, not the user's words)
+        answer_only = chat or task is not None
+        text = tokenizer.decode(result.new_tokens[b] if answer_only else visible_ids(result, b), skip_special_tokens=True)
+        verdict = None
+        if task == "sudoku":
+            from ..tasks.model_task import sudoku_verdict
+
+            verdict = sudoku_verdict(label, text)
         if args.json:
             print(json.dumps({
                 "prompt": label, "text": text, "generated": tokenizer.decode(result.new_tokens[b], skip_special_tokens=True),
                 "new_tokens": result.new_tokens[b], "steps": result.steps, "seconds": round(seconds, 4),
-                "tokens_per_second": round(total_new / seconds, 2), "options": dataclasses.asdict(options),
+                "tokens_per_second": round(total_new / seconds, 2),
+                "tokens_per_call": round(len(result.new_tokens[b]) / max(result.steps, 1), 2),
+                **({"verdict": verdict} if verdict else {}), "options": dataclasses.asdict(options),
             }))
-        elif not args.show_steps:  # the view already left the final text on screen
+            continue
+        if not args.show_steps:  # the view already left the final text on screen
             print(text)
+        if task is not None:
+            if verdict:
+                print(verdict)
+            print(f"({len(result.new_tokens[b])} tokens in {result.steps} model calls, "
+                  f"{len(result.new_tokens[b]) / max(result.steps, 1):.1f} per call)")
     return 0
 
 

@@ -17,13 +17,16 @@ from abc import ABC, abstractmethod
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Hashable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Sequence, TypeVar
 
 import torch
 
 from .. import rng
 from ..errors import InputError, ModelLoadError
 from .likelihood import ESTIMATORS, NLLEstimate, ScoreRequest, ar_nll, elbo_nll, reference_score
+
+if TYPE_CHECKING:
+    from ..sampling import Generation, SamplerOptions
 
 
 @dataclass
@@ -40,6 +43,12 @@ class EvalSettings:
     reference_steps: T of DiffuGPT's unweighted multiple-choice score (0 = do not compute it).
     steps: denoising steps per generation (None = one per generated token, the reference protocol).
     block_length, strategy: sampler options (semi-autoregressive blocks, commit strategy).
+    threshold: confidence threshold in (0, 1] of strategy "threshold" (None = the sampler's 0.9).
+    cache: the sampler's block-wise KV cache: "none", "prefix", "dual" (or "block").
+    stop_at_eos: stop a generated row once a finished block holds EOS/pad (variable-length answers,
+        e.g. GSM8K); applies to open-ended generation, not to infilling (its length is given).
+    The DLM sampler options (steps .. stop_at_eos) are validated here, before any model loads; an AR
+    model ignores them.
     max_new_tokens: generation budget of open-ended tasks (GSM8K, HumanEval).
     limit: evaluate only the first ``limit`` examples of each task.
     """
@@ -54,6 +63,9 @@ class EvalSettings:
     steps: int | None = None
     block_length: int | None = None
     strategy: str = "low_confidence"
+    threshold: float | None = None
+    cache: str = "none"
+    stop_at_eos: bool = False
     max_new_tokens: int = 256
     limit: int | None = None
     progress: bool = True
@@ -72,6 +84,18 @@ class EvalSettings:
                 positive(name, getattr(self, name))
         if self.estimator not in ESTIMATORS:
             raise InputError(f"unknown estimator {self.estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+        if self.threshold is not None and (isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float))):
+            raise InputError(f"threshold must be a number in (0, 1], got {self.threshold!r}")
+        if not isinstance(self.stop_at_eos, bool):
+            raise InputError(f"stop_at_eos must be true or false, got {self.stop_at_eos!r}")
+        self.sampler_options()  # strategy, threshold and cache: fail now, not after the model loaded
+
+    def sampler_options(self) -> SamplerOptions:
+        """The DLM sampler's options of these settings (validated: `InputError` on a bad value)."""
+        from ..sampling import SamplerOptions
+
+        return SamplerOptions(steps=self.steps, strategy=self.strategy, block_length=self.block_length,
+                              threshold=self.threshold, cache=self.cache, stop_at_eos=self.stop_at_eos)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "progress"}
@@ -192,6 +216,34 @@ def _cut_at_eos(ids: list[int], eos: int | None) -> list[int]:
     return ids[: ids.index(eos)] if eos is not None and eos in ids else ids
 
 
+@dataclass
+class GenerationStats:
+    """What a DLM's open-ended generation (`DiffusionEvalLM.generate`) cost, summed over a run.
+
+    sequences: generated rows; tokens: the tokens they returned (the answers, cut before EOS);
+    model_calls: denoising steps run, each one batched forward pass (`Generation.steps`);
+    row_calls: each row charged the steps of its batch. ``tokens_per_call`` = tokens / row_calls: the
+    mean answer tokens one row gained per model call (1 or less for one token per step; more with
+    threshold decoding).
+    """
+
+    sequences: int = 0
+    tokens: int = 0
+    model_calls: int = 0
+    row_calls: int = 0
+
+    def add(self, rows: Sequence[Sequence[int]], steps: int) -> None:
+        """Count one sampler call: ``rows`` its answers, ``steps`` its model calls."""
+        self.sequences += len(rows)
+        self.tokens += sum(len(r) for r in rows)
+        self.model_calls += steps
+        self.row_calls += steps * len(rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sequences": self.sequences, "tokens": self.tokens, "model_calls": self.model_calls,
+                "tokens_per_call": round(self.tokens / self.row_calls, 4) if self.row_calls else None}
+
+
 class AREvalLM(EvalLM):
     """A transformers causal LM: exact likelihoods, greedy decoding with the KV cache."""
 
@@ -244,13 +296,14 @@ class DiffusionEvalLM(EvalLM):
 
     def __init__(self, model: Any, tokenizer: Any, settings: EvalSettings | None = None, name: str = "model",
                  layout: Layout | None = None) -> None:
-        from ..sampling import SamplerOptions
-
         super().__init__(model, tokenizer, settings, name, layout)
-        s = self.settings
-        # Validated once (a bad strategy fails before any task runs); steps None = one per generated
-        # token, the reference protocol.
-        self.sampler_options = SamplerOptions(steps=s.steps, strategy=s.strategy, block_length=s.block_length)
+        # Built once (EvalSettings validated it before the model loaded); steps None = one per
+        # generated token, the reference protocol. Infilling has a given length: no stop at EOS.
+        self.sampler_options: SamplerOptions = self.settings.sampler_options()
+        self.infill_options = dataclasses.replace(self.sampler_options, stop_at_eos=False) \
+            if self.sampler_options.stop_at_eos else self.sampler_options
+        self.generation_stats = GenerationStats()
+        self._last_generation: Generation | None = None
 
     @property
     def scoring(self) -> str:
@@ -280,24 +333,38 @@ class DiffusionEvalLM(EvalLM):
         return rng.seeded_generator(self.settings.seed)
 
     def generate_rows(self, prompts: list[list[int]], max_new_tokens: int) -> torch.Tensor:
-        """The sampler's canvas [B, W] of one batch of prompts, left-padded, new tokens last."""
+        """The sampler's canvas [B, W] of one batch of prompts, left-padded, new tokens last. The
+        sampler's `Generation` (new tokens, model calls) is kept for `generate`."""
         from ..sampling import generate
 
-        return generate(self.model, prompts, max_new_tokens=max_new_tokens, options=self.sampler_options,
-                        generator=self.sampler_generator())
+        result = generate(self.model, prompts, max_new_tokens=max_new_tokens, options=self.sampler_options,
+                          generator=self.sampler_generator(), return_dict=True)
+        self._last_generation = result
+        return result.sequences
 
     def infill_rows(self, prefixes: list[list[int]], suffixes: list[list[int]], length: int) -> torch.Tensor:
         """The sampler's canvas [B, W] of one batch: rows [pad | prefix | middle | suffix]."""
         from ..sampling import infill
 
-        return infill(self.model, prefixes, suffixes, middle_length=length, options=self.sampler_options,
+        return infill(self.model, prefixes, suffixes, middle_length=length, options=self.infill_options,
                       generator=self.sampler_generator())
 
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
+        """New tokens up to EOS (with ``stop_at_eos``: up to the first EOS/pad, as the sampler cuts
+        them); the cost goes to ``generation_stats``."""
         out: list[list[int]] = []
         for batch in self._batches([list(p) for p in prompts]):
+            self._last_generation = None
             canvas = self.generate_rows(batch, max_new_tokens)
-            out.extend(_cut_at_eos(row[-max_new_tokens:].tolist(), self.eos_token_id) for row in canvas)
+            result, self._last_generation = self._last_generation, None
+            if result is None:  # a subclass's own sampler (continuous DLMs): the canvas alone
+                rows = [row[-max_new_tokens:].tolist() for row in canvas]
+            else:
+                rows = result.new_tokens
+            rows = [_cut_at_eos(list(row), self.eos_token_id) for row in rows]
+            if result is not None:
+                self.generation_stats.add(rows, result.steps)
+            out.extend(rows)
         return out
 
     def fill(self, prefixes: Sequence[Sequence[int]], suffixes: Sequence[Sequence[int]], length: int) -> list[list[int]]:
@@ -321,7 +388,10 @@ class DiffusionEvalLM(EvalLM):
         return matches
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "diffusion_config": self.model.config.to_dict()}
+        out = {**super().describe(), "diffusion_config": self.model.config.to_dict()}
+        if self.generation_stats.sequences:  # what generation cost so far (the report: over all its tasks)
+            out["generation"] = self.generation_stats.to_dict()
+        return out
 
 
 _STOCK_WEIGHTS = ("difflm", "diffullama", AR_FORMAT)  # layouts whose weights a stock causal LM loads as stored

@@ -36,6 +36,7 @@ from ..errors import ConfigError, InputError
 from ..losses import draw_noise, maskable_positions, masked_diffusion_loss
 from ..model import DiffusionLM
 from ..tasks.formatting import layout_of, sft_texts
+from ..tasks.model_task import TASKS, write_model_task
 from .data import BlockBatches
 from .trainer import Trainer, _step_generator, build_model, load_tokenizer_for
 
@@ -107,6 +108,7 @@ class SFTData:
     ids: torch.Tensor
     prompt_lens: torch.Tensor
     lengths: torch.Tensor
+    layouts: frozenset[str] = frozenset()  # the record layouts seen (chat, pair, gsm, sudoku, countdown)
 
 
 def build_sft_data(paths: list[str], tokenizer: Any, block_size: int, tail_id: int) -> SFTData:
@@ -115,7 +117,8 @@ def build_sft_data(paths: list[str], tokenizer: Any, block_size: int, tail_id: i
     ids = torch.full((len(examples), block_size), tail_id, dtype=torch.long)
     for row, example in enumerate(examples):
         ids[row, : len(example.ids)] = torch.tensor(example.ids, dtype=torch.long)
-    return SFTData(ids, torch.tensor([e.prompt_len for e in examples]), torch.tensor([len(e.ids) for e in examples]))
+    return SFTData(ids, torch.tensor([e.prompt_len for e in examples]), torch.tensor([len(e.ids) for e in examples]),
+                   frozenset(e.layout for e in examples))
 
 
 class SFTBatches(BlockBatches):
@@ -202,6 +205,8 @@ class SFTTrainer(Trainer):
             raise ConfigError(f"sft.pad_with {cfg.sft['pad_with']}: the tokenizer has no such token")
         train = build_sft_data(cfg.train_files, self.tokenizer, cfg.block_size, tail)
         val = build_sft_data(cfg.validation_files, self.tokenizer, cfg.block_size, tail)
+        # trained on one task's records only: saved models say so (task.json), for `difflm generate`
+        self.task = next(iter(train.layouts)) if len(train.layouts) == 1 and train.layouts <= set(TASKS) else None
         self.train_batches = SFTBatches(train, cfg.batch_size, cfg.seed)
         self.val_batches = SFTBatches(val, min(cfg.batch_size, len(val.ids)), seed=1234)
 
@@ -313,7 +318,10 @@ class SFTTrainer(Trainer):
         (`difflm.training.lora`), and with ``lora.merge`` the merged model beside it (model-merged)."""
         cfg, acc = self.cfg, self.accelerator
         if cfg.lora is None:
-            return super().save_model(directory)
+            super().save_model(directory)
+            if acc.is_main_process and self.task:
+                write_model_task(directory, self.task)
+            return directory
         from .lora import merge_adapter, save_adapter
 
         if acc.is_main_process:
@@ -322,7 +330,11 @@ class SFTTrainer(Trainer):
             save_adapter(model.model if is_dlm else model, directory, base=self.lora_base,
                          loss=cfg.sft["loss"], tokenizer=self.tokenizer,
                          diffusion=model.config.to_dict() if is_dlm else None, settings=cfg.lora)
+            if self.task:
+                write_model_task(directory, self.task)
             if cfg.lora["merge"]:
                 merge_adapter(directory, Path(directory).parent / "model-merged")
+                if self.task:
+                    write_model_task(Path(directory).parent / "model-merged", self.task)
         acc.wait_for_everyone()
         return directory
