@@ -25,8 +25,8 @@ def _normalized(text: str) -> str:
 
 
 def _sections(out: str) -> dict[str, str]:
-    """The demo's output split at its four rules ("─── 1/4  The autoregressive base ───")."""
-    parts = re.split(r"^─+ ([1-4])/4 .*$", out, flags=re.M)
+    """The demo's output split at its five rules ("─── 1/5  The autoregressive base ───")."""
+    parts = re.split(r"^─+ ([1-5])/5 .*$", out, flags=re.M)
     return dict(zip(parts[1::2], parts[2::2]))
 
 
@@ -65,9 +65,9 @@ def test_demo_shows_what_the_bundled_models_produce(tmp_path, capsys, monkeypatc
     run_dir = tmp_path / "run"
     assert main(["demo", "--adapt-steps", "4", "--eval-blocks", "2", "--output-dir", str(run_dir), "--seed", str(SEED)]) == 0
     sections = _sections(capsys.readouterr().out)
-    assert sorted(sections) == ["1", "2", "3", "4"]
+    assert sorted(sections) == ["1", "2", "3", "4", "5"]
 
-    # 1/4: the AR base's text is transformers' sample of the bundled AR model for this seed
+    # 1/5: the AR base's text is transformers' sample of the bundled AR model for this seed
     tok = AutoTokenizer.from_pretrained(MODELS["ar-base"])
     ar = AutoModelForCausalLM.from_pretrained(MODELS["ar-base"], dtype=torch.float32).eval()
     torch.manual_seed(SEED)
@@ -75,13 +75,13 @@ def test_demo_shows_what_the_bundled_models_produce(tmp_path, capsys, monkeypatc
                          **demo.AR_SAMPLING)[0]
     assert _normalized(tok.decode(sample, skip_special_tokens=True)) in _normalized(sections["1"])
 
-    # 2/4: the falling curve is the validation ELBO the adaptation run logged
+    # 2/5: the falling curve is the validation ELBO the adaptation run logged
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["step"] == 4 and (run_dir / "model" / "difflm_config.json").is_file()
     logged = "  ->  ".join(f"{r['val_loss']:.2f}" for r in records if "val_loss" in r)
     assert f"validation ELBO (nats/token): {logged}" in sections["2"]
 
-    # 3/4: the last frame of each live view is what the public sampler writes with the bundled DLM
+    # 3/5: the last frame of each live view is what the public sampler writes with the bundled DLM
     dlm = DiffusionLM.from_pretrained(MODELS["dlm-adapted"]).eval()
     dlm_tok = dlm.tokenizer
     continued = generate(dlm, dlm_tok(demo.PROMPT)["input_ids"], max_new_tokens=48, generator=torch.Generator().manual_seed(SEED),
@@ -98,7 +98,7 @@ def test_demo_shows_what_the_bundled_models_produce(tmp_path, capsys, monkeypatc
         assert _normalized(shown[name]) == _normalized(expected), name
     assert _normalized(dlm_tok.decode(filled, skip_special_tokens=True)).startswith(prefix)
 
-    # 4/4: finite numbers, perplexity = exp(value), ordered as the models' own validation orders them
+    # 4/5: finite numbers, perplexity = exp(value), ordered as the models' own validation orders them
     rows = _table_rows(sections["4"])
     assert sorted(rows) == sorted(demo.TABLE_MODELS)
     for name, (value, stderr, perplexity) in rows.items():
@@ -108,6 +108,32 @@ def test_demo_shows_what_the_bundled_models_produce(tmp_path, capsys, monkeypatc
     final_validation = {name: json.loads((path / "training_summary.json").read_text())["validation_nats_per_token"][-1][1]
                         for name, path in MODELS.items() if name in demo.TABLE_MODELS}
     assert sorted(rows, key=lambda name: rows[name][0]) == sorted(final_validation, key=final_validation.get)
+
+    # 5/5: the puzzle shown is one the DLM solves and its AR twin does not - checked again here
+    _check_task_section(sections["5"])
+
+
+def _check_task_section(section: str) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from difflm.cli import demo_tasks
+    from difflm.tasks import make_examples
+    from difflm.tasks.model_task import sudoku_verdict
+    from difflm.tasks.sudoku import sudoku_prompt
+
+    found = re.search(r"dlm-sudoku on held-out puzzle (\d+) \((\d+) blanks\)", section)
+    assert found, "no puzzle where the DLM wins was shown"
+    record = make_examples("sudoku", int(found[1]), seed=0, split="test", blanks=demo_tasks.SUDOKU_BLANKS)[-1]
+    assert record["puzzle"].count("0") == int(found[2])
+    assert "dlm-sudoku: solved: a valid grid" in section and "ar-sudoku: not solved" in section
+    ar = AutoModelForCausalLM.from_pretrained(MODELS["ar-sudoku"], dtype=torch.float32).eval()
+    ar_text = demo_tasks._ar_answer(ar, AutoTokenizer.from_pretrained(MODELS["ar-sudoku"]),
+                                    sudoku_prompt(record["puzzle"]), 90)
+    assert sudoku_verdict(record["puzzle"], ar_text).startswith("not solved")
+    calls = re.search(r"answer (\d+) \((correct|wrong: \d+)\); (\d+) tokens in (\d+) model calls = ([\d.]+) tokens per call",
+                      section)
+    assert calls, "the GSM answer and its tokens per call are missing"
+    assert float(calls[5]) == pytest.approx(int(calls[3]) / int(calls[4]), abs=0.05)
 
 
 def test_demo_bad_arguments_are_one_line(tmp_path):

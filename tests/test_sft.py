@@ -149,21 +149,37 @@ def test_two_ddp_processes_match_one(tmp_path, data):
 
 
 # -- the presets, end to end ----------------------------------------------------------------------
-@pytest.mark.parametrize("preset", ["sft-sudoku-dlm", "sft-sudoku-ar", "sft-gsm-dlm", "sft-gsm-ar"])
-def test_presets_train_reload_and_evaluate(tmp_path, data, preset, capsys):
-    """Each preset at a tiny size on generated data: the loss falls, the saved model reloads, and it is
-    scored by its evaluation task (sudoku / gsm8k)."""
+def _tiny_preset(preset: str, data, out: Path) -> Path:
+    """Train ``preset`` at a tiny size on the generated data into ``out``; a preset that continues another
+    run (``init: runs/...``) continues a tiny run of that preset instead. Returns the model directory."""
     task = preset.split("-")[1]
     full = load_train_config(CONFIGS / f"{preset}.yaml")
-    overrides = [o for o in TINY if not o.startswith("architecture.model_type")] + [
-        f"train_files=[{data[task, 'train']}]", f"validation_files=[{data[task, 'validation']}]",
-        f"tokenizer={data[task, 'tokenizer']}", f"output_dir={tmp_path}", "max_steps=30", "eval_every=30",
-        "save_every=30"]
+    overrides = [f"train_files=[{data[task, 'train']}]", f"validation_files=[{data[task, 'validation']}]",
+                 f"output_dir={out}", "max_steps=30", "eval_every=30", "save_every=30"]
+    if full.init:  # e.g. sft-gsm-dlm adapts the model of sft-gsm-ar: train that one first
+        stage = Path(full.init).parent.name  # runs/sft-gsm-ar/model -> sft-gsm-ar
+        init = _tiny_preset(stage, data, out.parent / f"{out.name}-{stage}")
+        overrides += [f"init={init}", "mixed_precision=no", "threads=1", "log_every=1", "eval_batches=2",
+                      "warmup_steps=2", "lr=3e-3", "batch_size=8"]
+    else:
+        assert full.tokenizer == f"data/{task}/tokenizer"
+        assert full.architecture["max_position_embeddings"] == full.block_size
+        overrides += [o for o in TINY if not o.startswith("architecture.model_type")] + [
+            f"tokenizer={data[task, 'tokenizer']}"]
     cfg = load_train_config(CONFIGS / f"{preset}.yaml", overrides)
     assert (cfg.objective, cfg.sft, cfg.block_size) == ("sft", full.sft, full.block_size)
-    assert full.tokenizer == f"data/{task}/tokenizer"
-    assert full.architecture["max_position_embeddings"] == full.block_size
     Trainer(cfg, show_progress=False).train()
+    return out / "model"
+
+
+@pytest.mark.parametrize("preset", ["sft-sudoku-ar", "sft-sudoku-dlm", "sft-sudoku-ar-continued",
+                                    "sft-gsm-ar", "sft-gsm-dlm", "sft-gsm-ar-continued"])
+def test_presets_train_reload_and_evaluate(tmp_path, data, preset, capsys):
+    """Each preset at a tiny size on generated data (the two-stage gsm ones after a tiny AR stage): the
+    loss falls, the saved model reloads, and it is scored by its evaluation task (sudoku / gsm8k)."""
+    task = preset.split("-")[1]
+    _tiny_preset(preset, data, tmp_path / "run")
+    tmp_path = tmp_path / "run"
     losses, vals = _losses(tmp_path), [r["val_loss"] for r in _records(tmp_path) if "val_loss" in r]
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5 and vals[-1] < vals[0] - 0.5
     lm = load_eval_lm(tmp_path / "model", EvalSettings(max_new_tokens=64, batch_size=4, progress=False))

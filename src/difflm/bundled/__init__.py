@@ -17,6 +17,11 @@ MODELS = {
     "dlm-block": MODELS_DIR / "dlm-block",  # a block diffusion model (blocks of 8) adapted from ar-base, same compute
     "dlm-continuous": MODELS_DIR / "dlm-continuous",  # an embedding-space (continuous) DLM, dlm-scratch's size and budget
     "dlm-digits": MODELS_DIR / "dlm-digits",  # multimodal: text + image codes, scikit-learn's digits (docs/multimodal.md)
+    # task models (docs/tasks.md): an AR model trained by SFT, then adapted into a DLM or kept AR at equal compute
+    "dlm-sudoku": MODELS_DIR / "dlm-sudoku",
+    "ar-sudoku": MODELS_DIR / "ar-sudoku",
+    "dlm-gsm": MODELS_DIR / "dlm-gsm",
+    "ar-gsm": MODELS_DIR / "ar-gsm",
 }
 DEFAULT_DLM = "dlm-adapted"
 

@@ -4,7 +4,9 @@
 2. a short, visible adaptation (the paper's recipe: masked-diffusion loss, attention annealing,
    shift) with the validation ELBO falling;
 3. the bundled, fully adapted DLM generates and infills while the denoising is shown live;
-4. a table: AR base vs adapted DLM vs from-scratch DLM on the same validation text.
+4. a table: AR base vs adapted DLM vs from-scratch DLM on the same validation text;
+5. where diffusion wins: the bundled Sudoku DLM solving a puzzle its AR twin gets wrong, drawn live,
+   and a GSM answer with its tokens per model call (`difflm.cli.demo_tasks`).
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ if TYPE_CHECKING:
     from ..sampling.options import SamplerOptions
 
 PROMPT = "ROMEO:\n"
-# 1/4: the AR base's sample (transformers' generate)
+# 1/5: the AR base's sample (transformers' generate)
 AR_SAMPLING = {"max_new_tokens": 40, "do_sample": True, "top_p": 0.9, "temperature": 0.8}
-# 3/4: the adapted DLM continues PROMPT, then fills the gap of INFILL (`SamplerOptions` fields)
+# 3/5: the adapted DLM continues PROMPT, then fills the gap of INFILL (`SamplerOptions` fields)
 GENERATE_LENGTH = 48
 GENERATE_OPTIONS = {"steps": 24, "block_length": 16, "temperature": 0.8, "top_p": 0.9}
 INFILL = "And God said, Let there be [MASK:4] and there was light."
@@ -78,18 +80,23 @@ def run(args: argparse.Namespace) -> int:
     ar_dir, dlm_dir, scratch_dir = (_bundled_model_dir(name) for name in ("ar-base", "dlm-adapted", "dlm-scratch"))
     start = time.perf_counter()
 
-    console.print(Rule("[bold]1/4  The autoregressive base"))
+    console.print(Rule("[bold]1/5  The autoregressive base"))
     _show_ar_sample(console, ar_dir, args.seed)
 
     if args.adapt_steps:
-        console.print(Rule(f"[bold]2/4  Adapting it into a diffusion LM ({args.adapt_steps} steps, live)"))
+        console.print(Rule(f"[bold]2/5  Adapting it into a diffusion LM ({args.adapt_steps} steps, live)"))
         _show_adaptation(console, ar_dir, args)
 
-    console.print(Rule("[bold]3/4  Generating and infilling with the fully adapted DLM"))
+    console.print(Rule("[bold]3/5  Generating and infilling with the fully adapted DLM"))
     _show_dlm_sampling(console, dlm_dir, args.seed)
 
-    console.print(Rule("[bold]4/4  AR base vs adapted DLM vs DLM from scratch vs block diffusion"))
+    console.print(Rule("[bold]4/5  AR base vs adapted DLM vs DLM from scratch vs block diffusion"))
     _comparison_table(console, ar_dir, dlm_dir, scratch_dir, args.eval_blocks)
+
+    console.print(Rule("[bold]5/5  Where diffusion wins: planning (Sudoku) and parallel decoding (GSM)"))
+    from .demo_tasks import show_task_models
+
+    show_task_models(console, _bundled_model_dir)
     console.print(f"[dim]demo finished in {time.perf_counter() - start:.0f} s[/dim]")
     return 0
 
