@@ -18,7 +18,7 @@ from typing import Any
 from ..errors import InputError, ModelLoadError
 
 # masked-sampler flags and their defaults: a continuous model has no use for them
-MASKED_ONLY = {"strategy": "low_confidence", "block_length": None, "temperature": 0.0, "top_p": 1.0, "top_k": 0,
+MASKED_ONLY = {"strategy": None, "block_length": None, "temperature": 0.0, "top_p": 1.0, "top_k": 0,
                "gumbel": False, "threshold": None, "alg_temp": 0.0, "cache": "none", "attention": None,
                "schedule": None, "filter_order": None, "sub_block_length": None, "editing_threshold": None,
                "remask": 0.0, "stop_at_eos": False, "suppress_eos": False, "chat": False}
