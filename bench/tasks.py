@@ -45,7 +45,7 @@ from difflm.evaluation.data import gsm8k_final_answer  # noqa: E402
 from difflm.evaluation.metrics import extract_answer, numbers_match  # noqa: E402
 from difflm.evaluation.sudoku import SudokuExample, SudokuTask  # noqa: E402
 from difflm.evaluation.text_tasks import GSM8KTask  # noqa: E402
-from difflm.sampling import SamplerOptions, generate, stop_token_ids  # noqa: E402
+from difflm.sampling import generate, stop_token_ids  # noqa: E402
 from difflm.tasks import make_examples  # noqa: E402
 from difflm.tasks.formatting import sft_texts  # noqa: E402
 
