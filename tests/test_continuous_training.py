@@ -3,11 +3,10 @@ retraces the uninterrupted run, the model directory is what `difflm generate` / 
 take, bad configs are one-line errors."""
 
 import json
-import shutil
 
 import pytest
 import torch
-from test_training import _records, _train, data  # noqa: F401 (data: the small corpus fixture)
+from test_training import _interrupted_and_resumed, _train, data  # noqa: F401 (data: the corpus fixture)
 
 from difflm.cli import main
 from difflm.continuous.seq2seq import bleu, distinct_words, mbr_select, self_bleu, verse_pairs
@@ -25,12 +24,7 @@ TINY = [
 
 def test_resume_retraces_the_uninterrupted_run_and_the_bound_falls(tmp_path, data):
     args = TINY + data + [f"output_dir={tmp_path}", "max_steps=6", "save_every=3", "eval_every=3", "keep_checkpoints=3"]
-    _train(args)
-    full = _records(tmp_path)
-    shutil.rmtree(tmp_path / "checkpoints" / "step-0000006")
-    shutil.rmtree(tmp_path / "model")
-    _train(args, resume=True)
-    resumed = _records(tmp_path)
+    full, resumed = _interrupted_and_resumed(args, tmp_path)
     assert [r["step"] for r in resumed] == [r["step"] for r in full]
     for a, b in zip(full, resumed):
         for key in ("train_loss", "val_loss"):

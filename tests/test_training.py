@@ -48,6 +48,17 @@ def _train(overrides, resume=False):
     return Trainer(load_train_config(None, overrides), resume=resume, show_progress=False).train()
 
 
+def _interrupted_and_resumed(args, out: Path) -> tuple[list[dict], list[dict]]:
+    """The metrics of a run of ``args`` (max_steps 6, checkpoints at 3 and 6), then of the same run
+    interrupted after step 3 - the later checkpoint and the final model never written - and resumed."""
+    _train(args)
+    full = _records(out)
+    shutil.rmtree(out / "checkpoints" / "step-0000006")
+    shutil.rmtree(out / "model")
+    _train(args, resume=True)
+    return full, _records(out)
+
+
 @pytest.mark.parametrize("objective", ["ar", "diffusion"])
 def test_objectives_lower_their_validation_loss(tmp_path, data, objective):
     result = _train(TINY + data + [f"objective={objective}", f"output_dir={tmp_path}", "max_steps=40", "eval_every=40"])
@@ -72,13 +83,7 @@ def test_adapt_turns_an_ar_checkpoint_into_a_bidirectional_dlm(tmp_path, data):
 def test_resume_retraces_the_uninterrupted_run(tmp_path, data):
     args = TINY + data + ["objective=diffusion", f"output_dir={tmp_path}", "max_steps=6", "save_every=3",
                           "eval_every=3", "keep_checkpoints=3"]
-    _train(args)
-    full = _records(tmp_path)
-    # an interruption after step 3: the later checkpoint and the final model never got written
-    shutil.rmtree(tmp_path / "checkpoints" / "step-0000006")
-    shutil.rmtree(tmp_path / "model")
-    _train(args, resume=True)
-    resumed = _records(tmp_path)
+    full, resumed = _interrupted_and_resumed(args, tmp_path)
     assert [r["step"] for r in resumed] == [r["step"] for r in full]
     for a, b in zip(full, resumed):
         assert a.get("train_loss") == b.get("train_loss") and a.get("val_loss") == b.get("val_loss")

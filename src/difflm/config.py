@@ -16,6 +16,24 @@ from typing import Any
 from .errors import ConfigError
 
 CONFIG_NAME = "difflm_config.json"
+
+
+def write_json_config(path: Path, data: dict[str, Any]) -> Path:
+    """Write a config dict as indented JSON with sorted keys (diffable, stable across saves)."""
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def read_json_config(path: Path) -> Any:
+    """The JSON in ``path``; `ConfigError` (one line) when it is missing, unreadable or not JSON."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path} not found") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path} cannot be read: {exc}") from None
 ATTENTION_MODES = ("causal", "bidirectional", "annealed", "block_causal")
 SCHEDULES = ("linear", "cosine", "loglinear")
 LOSS_NORMALIZATIONS = ("tokens", "masked")
@@ -120,17 +138,8 @@ class DiffusionConfig:
         return self.from_dict({**self.to_dict(), **changes})
 
     def save(self, directory: str | os.PathLike) -> Path:
-        path = Path(directory) / CONFIG_NAME
-        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-        return path
+        return write_json_config(Path(directory) / CONFIG_NAME, self.to_dict())
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "DiffusionConfig":
-        path = Path(directory) / CONFIG_NAME
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path} not found") from None
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path} is not valid JSON: {exc}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(read_json_config(Path(directory) / CONFIG_NAME))

@@ -5,12 +5,12 @@ which `difflm generate` / `infill` / `eval` recognise a continuous model directo
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import read_json_config, write_json_config
 from ..errors import ConfigError
 
 CONFIG_NAME = "continuous_config.json"
@@ -112,18 +112,11 @@ class ContinuousConfig:
         return dataclasses.asdict(self)
 
     def save(self, directory: str | os.PathLike) -> Path:
-        path = Path(directory) / CONFIG_NAME
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        return path
+        return write_json_config(Path(directory) / CONFIG_NAME, self.to_dict())
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "ContinuousConfig":
-        path = Path(directory) / CONFIG_NAME
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"{path}: cannot read the continuous config ({exc})") from None
-        return cls.from_dict(data)
+        return cls.from_dict(read_json_config(Path(directory) / CONFIG_NAME))
 
 
 def is_continuous_model(path: str | os.PathLike) -> bool:

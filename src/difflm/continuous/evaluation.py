@@ -65,9 +65,10 @@ class ContinuousEvalLM(DiffusionEvalLM):
     def reference_score(self, requests: Sequence[ScoreRequest], keys: Sequence[int] | None = None) -> None:
         return None  # DiffuGPT's masking-rate score has no continuous counterpart
 
-    def generate_rows(self, prompts: list[list[int]], max_new_tokens: int) -> torch.Tensor:
-        return generate(self.model, prompts, max_new_tokens, options=self.continuous_options(max_new_tokens),
-                        generator=self.sampler_generator())
+    def generate_batch(self, prompts: list[list[int]], max_new_tokens: int) -> tuple[list[list[int]], None]:
+        canvas = generate(self.model, prompts, max_new_tokens, options=self.continuous_options(max_new_tokens),
+                          generator=self.sampler_generator())
+        return [row[-max_new_tokens:].tolist() for row in canvas], None  # its sampler counts no calls
 
     def infill_rows(self, prefixes: list[list[int]], suffixes: list[list[int]], length: int) -> torch.Tensor:
         return infill(self.model, prefixes, suffixes, length, options=self.continuous_options(length),

@@ -26,7 +26,7 @@ from ..errors import InputError, ModelLoadError
 from .likelihood import ESTIMATORS, NLLEstimate, ScoreRequest, ar_nll, elbo_nll, reference_score
 
 if TYPE_CHECKING:
-    from ..sampling import Generation, SamplerOptions
+    from ..sampling import SamplerOptions
 
 
 @dataclass
@@ -303,7 +303,6 @@ class DiffusionEvalLM(EvalLM):
         self.infill_options = dataclasses.replace(self.sampler_options, stop_at_eos=False) \
             if self.sampler_options.stop_at_eos else self.sampler_options
         self.generation_stats = GenerationStats()
-        self._last_generation: Generation | None = None
 
     @property
     def scoring(self) -> str:
@@ -332,15 +331,14 @@ class DiffusionEvalLM(EvalLM):
         draws on its device and moves the draws (`difflm.rng`), so a seed decodes alike on every device."""
         return rng.seeded_generator(self.settings.seed)
 
-    def generate_rows(self, prompts: list[list[int]], max_new_tokens: int) -> torch.Tensor:
-        """The sampler's canvas [B, W] of one batch of prompts, left-padded, new tokens last. The
-        sampler's `Generation` (new tokens, model calls) is kept for `generate`."""
+    def generate_batch(self, prompts: list[list[int]], max_new_tokens: int) -> tuple[list[list[int]], int | None]:
+        """One batch of prompts: each row's new tokens (with ``stop_at_eos`` cut where the sampler cut
+        them) and the model calls the batch took (None where the sampler does not count them)."""
         from ..sampling import generate
 
         result = generate(self.model, prompts, max_new_tokens=max_new_tokens, options=self.sampler_options,
                           generator=self.sampler_generator(), return_dict=True)
-        self._last_generation = result
-        return result.sequences
+        return result.new_tokens, result.steps
 
     def infill_rows(self, prefixes: list[list[int]], suffixes: list[list[int]], length: int) -> torch.Tensor:
         """The sampler's canvas [B, W] of one batch: rows [pad | prefix | middle | suffix]."""
@@ -354,16 +352,10 @@ class DiffusionEvalLM(EvalLM):
         them); the cost goes to ``generation_stats``."""
         out: list[list[int]] = []
         for batch in self._batches([list(p) for p in prompts]):
-            self._last_generation = None
-            canvas = self.generate_rows(batch, max_new_tokens)
-            result, self._last_generation = self._last_generation, None
-            if result is None:  # a subclass's own sampler (continuous DLMs): the canvas alone
-                rows = [row[-max_new_tokens:].tolist() for row in canvas]
-            else:
-                rows = result.new_tokens
+            rows, steps = self.generate_batch(batch, max_new_tokens)
             rows = [_cut_at_eos(list(row), self.eos_token_id) for row in rows]
-            if result is not None:
-                self.generation_stats.add(rows, result.steps)
+            if steps is not None:
+                self.generation_stats.add(rows, steps)
             out.extend(rows)
         return out
 
