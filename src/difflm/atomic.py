@@ -1,7 +1,7 @@
 """Directories written atomically: a model or checkpoint directory is built beside its target
 and renamed into place, so an interruption at any moment leaves either the old directory or the
 new one, never a half-written mix. Used by `DiffusionLM.save_pretrained`, the trainer's model
-saves and its checkpoints."""
+saves and its checkpoints. Files too (`atomic_write_text`): reports, data splits, results."""
 
 from __future__ import annotations
 
@@ -23,6 +23,17 @@ def replace_directory(src: Path, target: Path) -> None:
     os.replace(src, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file renamed into place: a reader (or a
+    resumed run) sees the old file or the new one, never half of one."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, out)
+    return out
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ from .. import __version__
 from ..errors import DiffLMError, InputError
 
 # Modules of this package that define subcommands, in the order `difflm --help` lists them.
-COMMAND_MODULES = ("generate", "train", "eval", "serve", "data", "demo", "inspect", "convert")  # generate also registers infill
+COMMAND_MODULES = ("generate", "train", "eval", "serve", "data", "experiment", "demo", "inspect", "convert")  # generate also registers infill
 
 
 class UsageError(Exception):

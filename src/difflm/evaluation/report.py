@@ -54,10 +54,9 @@ def json_safe(obj: Any) -> Any:
 
 
 def write_report(report: dict[str, Any], path: str | os.PathLike) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    return p
+    from ..atomic import atomic_write_text
+
+    return atomic_write_text(path, json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
 
 
 def _cell(metric: dict[str, Any]) -> str:

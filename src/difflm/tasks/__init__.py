@@ -98,14 +98,9 @@ def keyed_examples(task: str, n: int, *, seed: int = 0, split: str = "train",
 
 def write_jsonl(records: list[dict[str, Any]], path: str | os.PathLike) -> Path:
     """Write one JSON object per line, atomically (a temporary file renamed into place)."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(tmp, out)
-    return out
+    from ..atomic import atomic_write_text
+
+    return atomic_write_text(path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
 
 
 __all__ = ["GENERATORS", "SPLITS", "keyed_examples", "make_examples", "parse_range", "split_of", "write_jsonl"]
