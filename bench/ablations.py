@@ -72,8 +72,10 @@ def markdown(results: dict[str, Any], command: str) -> str:
              f"on {b['n_test']} test problems (the DLMs one token per call in blocks of 8 with the prefix cache, the AR "
              f"model greedy). Paper: GPT-2 S / M after adaptation on ~30 B tokens, GSM8K-symbolic.", "",
              markdown_table(ARM_HEADER, arm_rows(results)), "", "Orderings of the paper:", "", *orderings(results), "",
-             f"Sizes: the adapted DLM (AR pretraining {b['pretrain_steps']} steps for the sizes trained here, then the "
-             f"arm above) against the DLM from scratch of the same size, the same stage A and SFT.", "",
+             f"Sizes: the adapted DLM (for the sizes trained here an AR base first, {b['pretrain_steps']} steps of "
+             f"next-token pretraining; then the full recipe above) against the DLM from scratch of the same size, the "
+             f"same stage A and SFT; seeds {', '.join(map(str, b['seeds'][: b['size_seeds']]))} for the smaller sizes, "
+             f"the main table's seeds for the base.", "",
              markdown_table(SIZE_HEADER, size_rows(results)), "",
              "![validation curves of every arm: stage A, SFT, SFT by size](ablations.png)", ""]
     return "\n".join(lines)

@@ -77,7 +77,7 @@ def test_jobs_come_after_what_they_read(tmp_path):
         seen.add(job.name)
     by_name = {j.name: j for j in jobs}
     n_seeds, n_arms = len(FULL.seeds), len(ARMS)
-    assert sum(j.kind == "eval" for j in jobs) == n_seeds * n_arms + n_seeds * 2 * 2  # two extra sizes, 2 arms
+    assert sum(j.kind == "eval" for j in jobs) == n_seeds * n_arms + FULL.size_seeds * 2 * 2  # two more sizes, 2 arms
     assert by_name["S/diffusion/seed0/stage_a"].after == ["S/ar-pretrain"]
     assert by_name["S/diffusion/seed0/stage_a"].config["init"] == str(tmp_path / "runs/S/ar-pretrain/model")
     assert by_name["S/scratch/seed0/stage_a"].after == []
@@ -150,7 +150,9 @@ def test_quick_experiment_stopped_and_continued(tmp_path):
     jobs are kept, a stopped training run resumes from its checkpoint, the tables come out whole."""
     out = tmp_path / "exp"
     command = [sys.executable, "-m", "difflm", "experiment", "ablations", "--quick", "--out", str(out), "--no-progress"]
-    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # started the way `cmd &` starts it: SIGINT ignored, which its jobs would inherit
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:  # stop it once some jobs are done and a training job has a checkpoint
         done = list(out.glob("runs/**/done.json"))
@@ -168,7 +170,8 @@ def test_quick_experiment_stopped_and_continued(tmp_path):
     assert f"({len(finished_before)} done before)" in second.stderr
     assert all(p.read_text() == text for p, text in finished_before.items())
     logs = [p.read_text() for p in out.glob("runs/**/*.log")]
-    assert any("--resume" in log for log in logs)  # a stopped training run continued from its checkpoint
+    assert any("difflm: interrupted" in log for log in logs)  # a running trainer was stopped, not killed
+    assert any("--resume" in log for log in logs)  # and continued from its checkpoint
     results = json.loads((out / "results.json").read_text())
     assert all(arm["exact_match"]["n"] == len(QUICK.seeds) for arm in results["arms"].values())
     assert [row["size"] for row in results["sizes"]] == ["S", "base"]

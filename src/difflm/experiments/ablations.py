@@ -135,8 +135,8 @@ def chain_result(out: Path, size: str, arm: str, seed: int) -> dict[str, Any] | 
     report = root / "eval" / "eval.json"
     if not (root / "eval" / "done.json").is_file() or not report.is_file():
         return None
-    task = json.loads(report.read_text())["tasks"]["gsm8k"]
-    generation = json.loads(report.read_text())["model"].get("generation") or {}
+    data = json.loads(report.read_text())
+    task, generation = data["tasks"]["gsm8k"], data["model"].get("generation") or {}
     sft_curve, a_curve = _curve(root / "sft"), _curve(root / "stage_a")
     seconds = sum(json.loads((root / j / "done.json").read_text())["seconds"] for j in ("stage_a", "sft", "eval"))
     return {"exact_match": task["metrics"]["exact_match"]["value"], "em_stderr": task["metrics"]["exact_match"]["stderr"],
@@ -158,8 +158,9 @@ def collect(out: Path, b: Budget) -> dict[str, Any]:
     for size in b.sizes:
         row: dict[str, Any] = {"size": size.name, "pretrain_tokens": _bundled_pretrain_tokens()
                                if size.architecture is None else b.pretrain_steps * b.batch_size * b.block_size}
+        size_seeds = b.seeds if size.architecture is None else b.seeds[: b.size_seeds]
         for arm in SIZE_ARMS:
-            seeds = {s: r for s in b.seeds if (r := chain_result(out, size.name, arm, s)) is not None}
+            seeds = {s: r for s in size_seeds if (r := chain_result(out, size.name, arm, s)) is not None}
             row[arm] = {"exact_match": _spread([100 * r["exact_match"] for r in seeds.values()]),
                         "sft_val_loss": _spread([r["sft_val_loss"] for r in seeds.values() if r["sft_val_loss"] is not None]),
                         "seeds": seeds}

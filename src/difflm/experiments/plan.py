@@ -84,6 +84,7 @@ class Budget:
     batch_size: int = 16
     block_size: int = 256
     pretrain_steps: int = 400
+    size_seeds: int = 2     # the sizes table's own runs use the first this many seeds (the hour's budget)
     lr_adapt: float = 5e-4
     lr_scratch: float = 1e-3
     lr_pretrain: float = 2e-3
@@ -220,7 +221,7 @@ def plan_jobs(b: Budget, out: Path, *, base_dir: Path, base_architecture: dict[s
                "lr": b.lr_pretrain, "min_lr": b.lr_pretrain / 10}
         if "diffusion" in size_arms:
             jobs.append(Job(f"{size.name}/ar-pretrain", "pretrain", pre, [], cfg))
-        for seed in b.seeds:
+        for seed in b.seeds[: b.size_seeds]:
             for arm in size_arms:
                 after = [f"{size.name}/ar-pretrain"] if ARMS[arm].stage_a != "diffusion" else []
                 chain(size.name, ARMS[arm], seed, str(pre / "model"), size.architecture, after)

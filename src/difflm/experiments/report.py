@@ -42,10 +42,9 @@ def arm_rows(results: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-ARM_HEADER = ["arm", "paper GPT-2 S", "paper GPT-2 M", "exact match % (mean ± sd [min-max])",
-              "SFT validation nats/token", "seeds"]
-SIZE_HEADER = ["size", "parameters", "AR pretraining tokens", "adapted DLM EM %", "scratch DLM EM %",
-               "gap (EM points)", "adapted SFT nats/token", "scratch SFT nats/token", "gap (nats/token)"]
+ARM_HEADER = ["arm", "paper GPT-2 S", "paper GPT-2 M", "EM % (mean ± sd [min-max])", "SFT nats/token", "seeds"]
+SIZE_HEADER = ["size", "params", "AR pretraining", "adapted EM %", "scratch EM %", "EM gap", "adapted SFT nats/token",
+               "scratch SFT nats/token", "nats/token gap"]
 
 
 def size_rows(results: dict[str, Any]) -> list[list[str]]:

@@ -85,8 +85,11 @@ def _start(job: Job) -> _Running:
     with log.open("a") as handle:
         handle.write(f"$ {' '.join(command[1:])}\n")
         handle.flush()
-        # its own session: a Ctrl-C at the terminal reaches only this runner, which passes one SIGINT on
-        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        # its own session: a Ctrl-C at the terminal reaches only this runner, which passes one SIGINT on;
+        # SIGINT back to its default, so that a runner started in the background (`cmd &` ignores it,
+        # and children inherit that) can still make a trainer save and stop
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                   preexec_fn=_default_sigint)
     return _Running(job, process, time.perf_counter(), log)
 
 
@@ -152,6 +155,10 @@ def run_jobs(jobs: list[Job], *, workers: int = 2, on_update: Callable[[dict[str
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
