@@ -31,8 +31,20 @@ SECTION = "## Ablations: DiffuLLaMA Table 3 and the adapted-vs-scratch gap"
 ORDERINGS = [("diffusion", "no-anneal"), ("diffusion", "no-shift"), ("no-anneal", "no-shift"), ("diffusion", "ar")]
 
 
+def _se(spread: dict[str, Any]) -> float:
+    """Standard error of a mean over seeds."""
+    return spread["sd"] / spread["n"] ** 0.5
+
+
+def _verdict(diff: float, se: float) -> str:
+    if diff > 2 * se:
+        return "holds"
+    return "reversed" if diff < -2 * se else "not resolved (within two standard errors)"
+
+
 def orderings(results: dict[str, Any]) -> list[str]:
-    """Each of the paper's orderings: does it hold here, by how much, against the seeds' spread."""
+    """Each of the paper's orderings: does it hold here, by how much, against the standard error of
+    the difference over seeds; then each arm against guessing without a model."""
     lines = []
     arms = results["arms"]
     for better, worse in ORDERINGS:
@@ -40,17 +52,25 @@ def orderings(results: dict[str, Any]) -> list[str]:
         if not a.get("n") or not b.get("n"):
             continue
         paper = [x - y for x, y in zip(arms[better]["paper"], arms[worse]["paper"])]
-        diff = a["mean"] - b["mean"]
-        noise = max(a["sd"], b["sd"])
-        verdict = "holds" if diff > noise else ("reversed" if diff < -noise else "within the seeds' spread")
+        diff, se = a["mean"] - b["mean"], (_se(a) ** 2 + _se(b) ** 2) ** 0.5
         line = (f"- {arms[better]['label']} > {arms[worse]['label']} (paper: +{paper[0]:.1f} / +{paper[1]:.1f} "
-                f"points): here {diff:+.1f} points (largest sd {noise:.1f}) - {verdict}")
+                f"points): here {diff:+.1f} ± {se:.1f} points - {_verdict(diff, se)}")
         la, lb = arms[better]["sft_val_loss"], arms[worse]["sft_val_loss"]
         if worse != "ar" and la.get("n") and lb.get("n"):  # two ELBO bounds on the same data: comparable
-            gap, spread = lb["mean"] - la["mean"], max(la["sd"], lb["sd"])
-            word = "lower" if gap > spread else ("higher" if gap < -spread else "within the spread")
-            line += f"; SFT validation bound {la['mean']:.3f} vs {lb['mean']:.3f} ({word})"
+            gap, gse = lb["mean"] - la["mean"], (_se(la) ** 2 + _se(lb) ** 2) ** 0.5
+            line += (f"; SFT validation bound {la['mean']:.3f} vs {lb['mean']:.3f} ({gap:+.3f} ± {gse:.3f} nats/token "
+                     f"in its favour: {_verdict(gap, gse)})")
         lines.append(line)
+    chance = results.get("chance")
+    if chance:
+        floor = max(chance["most_common"], chance["frequency_guess"])
+        for arm in arms.values():
+            em = arm["exact_match"]
+            if em.get("n"):
+                above = em["mean"] - floor
+                word = "above" if above > 2 * _se(em) else "not above"
+                lines.append(f"- {arm['label']}: {em['mean']:.1f}% is {word} the no-model baseline ({floor:.1f}%) "
+                             f"by two standard errors ({2 * _se(em):.1f})")
     return lines
 
 
@@ -71,7 +91,7 @@ def markdown(results: dict[str, Any], command: str) -> str:
              f"tokens) on {b['n_train']} `gsm` problems ({b['gsm_steps']} steps, numbers {b['gsm_numbers']}); exact match "
              f"on {b['n_test']} test problems (the DLMs one token per call in blocks of 8 with the prefix cache, the AR "
              f"model greedy). Paper: GPT-2 S / M after adaptation on ~30 B tokens, GSM8K-symbolic.", "",
-             markdown_table(ARM_HEADER, arm_rows(results)), "", "Orderings of the paper:", "", *orderings(results), "",
+             markdown_table(ARM_HEADER, arm_rows(results)), "", "Orderings of the paper, and each arm against guessing:", "", *orderings(results), "",
              f"Sizes: the adapted DLM (for the sizes trained here an AR base first, {b['pretrain_steps']} steps of "
              f"next-token pretraining; then the full recipe above) against the DLM from scratch of the same size, the "
              f"same stage A and SFT; seeds {', '.join(map(str, b['seeds'][: b['size_seeds']]))} for the smaller sizes, "

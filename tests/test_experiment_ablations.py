@@ -131,6 +131,8 @@ def test_a_finished_job_is_kept_and_a_missing_one_rerun(tmp_path):
     assert ar["exact_match"]["n"] == 1 and 0 <= ar["exact_match"]["mean"] <= 100
     seed = ar["seeds"][0]
     assert seed["n_test"] == QUICK.n_test
+    chance = results["chance"]  # guessing without a model, from the data files alone
+    assert 0 < chance["frequency_guess"] <= chance["most_common"] + 100 and 0 <= chance["most_common"] <= 100
     assert seed["sft_curve"][-1][0] == QUICK.sft_steps * QUICK.batch_size * results["settings"]["sft_block"]
     root = out / "runs/base/ar/seed0"
     sft_done = (root / "sft/done.json").read_text()

@@ -13,7 +13,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="ablations: from the bundled AR base, adapt with the full recipe, without attention annealing "
         "and without the shift operation, fine-tune as an AR model, or train a DLM from scratch of the same size; "
         "fine-tune each on the synthetic gsm task with the same data and compute; score exact match on its test "
-        "split, for every seed; then the adapted DLM against the DLM from scratch at smaller sizes. About an hour "
+        "split, for every seed; then the adapted DLM against the DLM from scratch at smaller sizes. About 70 minutes "
         "on 2 CPU cores (--quick: a few minutes, tiny budgets, for checking the pipeline). Rerun the same command "
         "to continue a stopped experiment: finished jobs are kept, a stopped training run resumes from its "
         "checkpoint. Writes results.json, curves.png and every run's config and log under --out.",

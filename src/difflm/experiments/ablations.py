@@ -146,6 +146,24 @@ def chain_result(out: Path, size: str, arm: str, seed: int) -> dict[str, Any] | 
             "parameters": _parameters(root / "sft" / "model")}
 
 
+def chance_exact_match(data: Path) -> dict[str, Any]:
+    """What guessing scores on the test split, with no model: the expected exact match (%) of drawing
+    an answer from the training answers' frequencies, and of always giving the commonest one."""
+    from collections import Counter
+
+    from ..evaluation.data import gsm8k_final_answer
+
+    def answers(split: str) -> list[str]:
+        lines = (data / f"{split}.jsonl").read_text().splitlines()
+        return [gsm8k_final_answer(json.loads(line)["answer"]) for line in lines if line.strip()]
+
+    train, test = Counter(answers("train")), answers("test")
+    common, _ = train.most_common(1)[0]
+    n_test, n_train = max(1, len(test)), sum(train.values())
+    return {"frequency_guess": 100 * sum(train[a] / n_train for a in test) / n_test,
+            "most_common_answer": common, "most_common": 100 * sum(a == common for a in test) / n_test}
+
+
 def collect(out: Path, b: Budget) -> dict[str, Any]:
     """Everything finished so far, aggregated: per arm (main table) and per size (sizes table)."""
     arms = {}
@@ -168,7 +186,7 @@ def collect(out: Path, b: Budget) -> dict[str, Any]:
             if params:
                 row["parameters"] = params[0]
         sizes.append(row)
-    return {"arms": arms, "sizes": sizes}
+    return {"arms": arms, "sizes": sizes, "chance": chance_exact_match(out / "data")}
 
 
 def _bundled_pretrain_tokens() -> int | None:
@@ -228,8 +246,9 @@ def run_ablations(out: Path, *, quick: bool = False, seeds: tuple[int, ...] | No
 
         try:
             run_jobs(jobs, workers=workers, on_update=update, on_finish=finished)
-        finally:  # the wall time of every invocation, finished or stopped: the experiment's real cost
-            _log_session(out, started, len(left) - sum(not j.is_done() for j in jobs), workers)
+        finally:  # the wall time of every invocation that had work, finished or stopped: the real cost
+            if left:
+                _log_session(out, started, len(left) - sum(not j.is_done() for j in jobs), workers)
     results = write_results(out, b, collect(out, b), settings)
     console.print(f"ablations finished in {time.perf_counter() - started:.0f} s; results in {out / 'results.json'}")
     return results

@@ -188,8 +188,8 @@ def eval_args(arm: Arm, model: Path, data: Path, max_new_tokens: int, limit: int
 
 def plan_jobs(b: Budget, out: Path, *, base_dir: Path, base_architecture: dict[str, Any],
               sft_block: int, max_new_tokens: int, arms: tuple[str, ...] = tuple(ARMS)) -> list[Job]:
-    """Every job of the experiment, in the order worth running them: the main table's chains (each
-    arm at each seed on the bundled base), then the other sizes (their AR pretraining first)."""
+    """Every job of the experiment, in the order worth running them: the AR pretraining of the other
+    sizes, the main table's chains (each arm at each seed on the bundled base), the other sizes' chains."""
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
         raise InputError(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ARMS)}")
@@ -207,20 +207,21 @@ def plan_jobs(b: Budget, out: Path, *, base_dir: Path, base_architecture: dict[s
         jobs.append(Job(f"{name}/eval", "eval", e, [f"{name}/sft"],
                         eval_args=eval_args(arm, s / "model", data, max_new_tokens, b.n_test, seed, e)))
 
-    for seed in b.seeds:
-        for arm in arms:
-            chain(BASE_SIZE.name, ARMS[arm], seed, str(base_dir), base_architecture, [])
     size_arms = [a for a in SIZE_ARMS if a in arms]
-    for size in b.sizes:
-        if size.architecture is None or not size_arms:
-            continue  # the bundled base: its chains are the main table's
+    smaller = [size for size in b.sizes if size.architecture is not None and size_arms]  # the base: main table's
+    for size in smaller if "diffusion" in size_arms else []:
+        # first: nothing waits for the main table, and the sizes' chains wait for these
         pre = out / "runs" / size.name / "ar-pretrain"
         cfg = {**_common(b, pre, 0), "objective": "ar", "architecture": size.architecture,
                "train_files": ["bundled"], "validation_files": ["bundled"], "block_size": b.block_size,
                "max_steps": b.pretrain_steps, "warmup_steps": max(1, b.pretrain_steps // 10),
                "lr": b.lr_pretrain, "min_lr": b.lr_pretrain / 10}
-        if "diffusion" in size_arms:
-            jobs.append(Job(f"{size.name}/ar-pretrain", "pretrain", pre, [], cfg))
+        jobs.append(Job(f"{size.name}/ar-pretrain", "pretrain", pre, [], cfg))
+    for seed in b.seeds:
+        for arm in arms:
+            chain(BASE_SIZE.name, ARMS[arm], seed, str(base_dir), base_architecture, [])
+    for size in smaller:
+        pre = out / "runs" / size.name / "ar-pretrain"
         for seed in b.seeds[: b.size_seeds]:
             for arm in size_arms:
                 after = [f"{size.name}/ar-pretrain"] if ARMS[arm].stage_a != "diffusion" else []

@@ -39,6 +39,10 @@ def arm_rows(results: dict[str, Any]) -> list[list[str]]:
         paper = arm["paper"]
         rows.append([arm["label"], f"{paper[0]:.1f}" if paper else "-", f"{paper[1]:.1f}" if paper else "-",
                      _fmt(arm["exact_match"]), _fmt(arm["sft_val_loss"], 3), str(arm["exact_match"].get("n", 0))])
+    chance = results.get("chance")
+    if chance:  # what a model that learnt nothing but the answers' distribution scores
+        rows.append([f"no model: always '{chance['most_common_answer']}' / a guess by training frequency", "-", "-",
+                     f"{chance['most_common']:.1f} / {chance['frequency_guess']:.1f}", "-", "-"])
     return rows
 
 
