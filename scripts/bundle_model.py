@@ -17,6 +17,18 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _wall_time(records: list[dict]) -> float:
+    """Seconds of training over every segment of a run: a resumed run's clock starts again at 0."""
+    total = previous = 0.0
+    for r in records:
+        if "elapsed_s" not in r:
+            continue
+        if r["elapsed_s"] < previous:  # --resume: a new segment
+            total += previous
+        previous = r["elapsed_s"]
+    return total + previous
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path)
@@ -33,7 +45,7 @@ def main() -> int:
     records = [json.loads(line) for line in (args.run_dir / "metrics.jsonl").read_text().splitlines()]
     last = records[-1]
     vals = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
-    elapsed = last.get("elapsed_s") or last["tokens"] / last["tokens_per_s"]
+    elapsed = _wall_time(records) or last["tokens"] / last["tokens_per_s"]
     target = ROOT / "src" / "difflm" / "bundled" / "models" / args.name
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(model_dir, target, ignore=shutil.ignore_patterns("generation_config.json"))

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .plan import ARMS, BASE_SIZE, FULL, QUICK, SIZE_ARMS, Budget, Job, chain_name, plan_jobs, write_plan
+from .plan import ARMS, BASE_SIZE, FULL, QUICK, SIZE_ARMS, Budget, Job, plan_jobs, write_plan
 
 BASE_MODEL = "ar-base"
 DATA_SEED = 0
@@ -194,12 +194,6 @@ def _bundled_pretrain_tokens() -> int | None:
 
     path = resolve_model(BASE_MODEL) / "training_summary.json"
     return json.loads(path.read_text()).get("tokens") if path.is_file() else None
-
-
-def chain_names(b: Budget) -> list[str]:
-    names = [chain_name(BASE_SIZE.name, arm, s) for s in b.seeds for arm in ARMS]
-    return names + [chain_name(size.name, arm, s) for size in b.sizes if size.architecture is not None
-                    for s in b.seeds for arm in SIZE_ARMS]
 
 
 def run_ablations(out: Path, *, quick: bool = False, seeds: tuple[int, ...] | None = None,
