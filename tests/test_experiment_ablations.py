@@ -17,7 +17,8 @@ import pytest
 from difflm.cli import main
 from difflm.errors import InputError
 from difflm.experiments.ablations import _check_settings, run_ablations
-from difflm.experiments.plan import ARMS, FULL, QUICK, plan_jobs
+from difflm.experiments.plan import ARMS, FULL, QUICK, Job, plan_jobs
+from difflm.experiments.runner import JobFailed, run_jobs
 from difflm.experiments.report import ARM_HEADER, arm_rows, markdown_table, size_rows
 from difflm.training.config import TrainConfig
 
@@ -121,6 +122,15 @@ def test_bad_options_fail_in_one_line(capsys, argv, match):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("difflm: error:") and re.search(match, err), err
+
+
+def test_a_failed_job_stops_the_experiment_naming_its_log(tmp_path):
+    bad = Job("base/ar/seed0/eval", "eval", tmp_path / "eval", eval_args=["--model", str(tmp_path / "missing"),
+                                                                        "--tasks", "perplexity"])
+    after = Job("base/ar/seed0/next", "eval", tmp_path / "next", after=[bad.name], eval_args=["--model", "x"])
+    with pytest.raises(JobFailed, match=r"base/ar/seed0/eval failed \(exit 2\).*full log: .*eval\.log"):
+        run_jobs([bad, after], workers=2)
+    assert not (tmp_path / "eval" / "done.json").exists() and not (tmp_path / "next").exists()
 
 
 def test_a_finished_job_is_kept_and_a_missing_one_rerun(tmp_path):

@@ -28,6 +28,7 @@ DATA_SEED = 0
 
 
 def budget_for(quick: bool = False, seeds: tuple[int, ...] | None = None) -> Budget:
+    """The full budget (about an hour on 2 cores) or the quick one, with other seeds if given."""
     budget = QUICK if quick else FULL
     return budget if seeds is None else replace(budget, seeds=tuple(seeds))
 
@@ -236,14 +237,14 @@ def run_ablations(out: Path, *, quick: bool = False, seeds: tuple[int, ...] | No
 
         def finished(job: Job, seconds: float) -> None:
             console.print(f"done {job.name} ({seconds:.0f} s)")
-            write_results(out, b, collect(out, b), settings)  # partial results are readable at once
+            write_results(out, collect(out, b), settings)  # partial results are readable at once
 
         try:
             run_jobs(jobs, workers=workers, on_update=update, on_finish=finished)
         finally:  # the wall time of every invocation that had work, finished or stopped: the real cost
             if left:
                 _log_session(out, started, len(left) - sum(not j.is_done() for j in jobs), workers)
-    results = write_results(out, b, collect(out, b), settings)
+    results = write_results(out, collect(out, b), settings)
     console.print(f"ablations finished in {time.perf_counter() - started:.0f} s; results in {out / 'results.json'}")
     return results
 

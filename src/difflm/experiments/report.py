@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write_text
-from .plan import SIZE_ARMS, Budget
+from .plan import SIZE_ARMS
 
 
-def write_results(out: Path, b: Budget, collected: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+def write_results(out: Path, collected: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
     """``out/results.json`` (atomically) and ``out/curves.png``; returns the results dict."""
     from .ablations import sessions
 
