@@ -178,6 +178,24 @@ def test_loglikelihood_is_the_difflm_score(model_dirs):  # noqa: F811
     assert len(generated) == 1 and " " not in generated[0]
 
 
+def test_parallel_decoding_options_reach_generation(model_dirs):  # noqa: F811
+    """threshold / cache / stop_at_eos in --model_args decode exactly as `difflm eval` with those flags."""
+    options = dict(strategy="threshold", threshold=0.5, cache="dual", block_length=4, stop_at_eos=True)
+    model = DiffLMHarnessModel(str(model_dirs["dlm"]), seed=SEED, device="cpu", **options)
+    settings = model.lm.settings
+    assert (settings.strategy, settings.threshold, settings.cache, settings.stop_at_eos) == ("threshold", 0.5, "dual", True)
+    request = Instance("generate_until", {}, ("And God said", {"until": [], "max_gen_toks": 8}), 0)
+    (text,) = model.generate_until([request])
+    lm = load_eval_lm(model_dirs["dlm"], EvalSettings(seed=SEED, progress=False, **options))
+    (ids,) = lm.generate([fit_context(lm, lm.bos + lm.encode("And God said"), 8)], 8)
+    assert text == lm.decode(ids)
+    assert model.lm.generation_stats.to_dict() == lm.generation_stats.to_dict()  # the same model calls too
+    plain = DiffLMHarnessModel(str(model_dirs["dlm"]), seed=SEED, device="cpu", block_length=4)
+    plain.generate_until([request])
+    assert plain.lm.generation_stats.model_calls == 8  # one token per call without the options
+    assert model.lm.generation_stats.model_calls <= 8
+
+
 def test_lm_eval_defaults_are_mapped():
     assert _batch_size("auto", 16) == 16 and _batch_size("4", 16) == 4
     if not torch.cuda.is_available():  # lm-eval's command line asks for cuda:0 by default

@@ -84,17 +84,20 @@ def _device(requested: str | None) -> str | None:
 @register_model("difflm")
 class DiffLMHarnessModel(LM):
     """``--model_args pretrained=DIR[,format=..,n_samples=..,estimator=..,stratified=..,seed=..,steps=..,
-    block_length=..,strategy=..,max_new_tokens=..,greedy_check=true|false]``."""
+    block_length=..,strategy=..,threshold=..,cache=none|prefix|dual,stop_at_eos=true|false,max_new_tokens=..,
+    greedy_check=true|false]`` - the options of `difflm eval` of the same names."""
 
     def __init__(self, pretrained: str, *, format: str | None = None, n_samples: int = 32, estimator: str = "count",
                  stratified: bool = True,
                  seed: int = 0, steps: int | None = None, block_length: int | None = None,
-                 strategy: str = "low_confidence", max_new_tokens: int = 256, greedy_check: bool = True,
+                 strategy: str = "low_confidence", threshold: float | None = None, cache: str = "none",
+                 stop_at_eos: bool = False, max_new_tokens: int = 256, greedy_check: bool = True,
                  batch_size: Any = 16, device: str | None = None, **_: Any) -> None:
         super().__init__()
         settings = EvalSettings(n_samples=n_samples, estimator=estimator, stratified=stratified, seed=seed,
                                 batch_size=_batch_size(batch_size, 16), steps=steps, block_length=block_length,
-                                strategy=strategy, max_new_tokens=max_new_tokens, progress=False)
+                                strategy=strategy, threshold=threshold, cache=cache, stop_at_eos=stop_at_eos,
+                                max_new_tokens=max_new_tokens, progress=False)
         self.lm = load_eval_lm(str(pretrained), settings, format=format or None, device=_device(device))
         print(scoring_summary(self.lm, "format"), file=sys.stderr)
         self.greedy_check = greedy_check
