@@ -127,7 +127,7 @@ def _check_task_section(section: str) -> None:
     assert record["puzzle"].count("0") == int(found[2])
     assert "dlm-sudoku: solved: a valid grid" in section and "ar-sudoku: not solved" in section
     ar = AutoModelForCausalLM.from_pretrained(MODELS["ar-sudoku"], dtype=torch.float32).eval()
-    ar_text = demo_tasks._ar_answer(ar, AutoTokenizer.from_pretrained(MODELS["ar-sudoku"]),
+    ar_text = demo_tasks.ar_answer(ar, AutoTokenizer.from_pretrained(MODELS["ar-sudoku"]),
                                     sudoku_prompt(record["puzzle"]), 90)
     assert sudoku_verdict(record["puzzle"], ar_text).startswith("not solved")
     calls = re.search(r"answer (\d+) \((correct|wrong: \d+)\); (\d+) tokens in (\d+) model calls = ([\d.]+) tokens per call",

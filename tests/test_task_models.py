@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from difflm import DiffusionLM
 from difflm.bundled import MODELS
 from difflm.cli import main
-from difflm.cli.demo_tasks import GSM_LENGTH, GSM_OPTIONS, _ar_answer, _dlm_answer
+from difflm.cli.demo_tasks import GSM_LENGTH, GSM_OPTIONS, ar_answer, dlm_answer
 from difflm.tasks import make_examples
 from difflm.tasks.formatting import GSM_PROMPT
 from difflm.evaluation.data import gsm8k_final_answer
@@ -57,12 +57,12 @@ def test_dlm_beats_its_ar_twin_on_held_out_puzzles():
     dlm_solved = ar_solved = 0
     for record in records:
         prompt = sudoku_prompt(record["puzzle"])
-        text = _dlm_answer(dlm, prompt, 90, {"strategy": "topk_margin"})[0]
+        text = dlm_answer(dlm, prompt, 90, {"strategy": "topk_margin"})[0]
         grid = parse_grid(text)
         # the givens the DLM wrote are the puzzle's (it reads the prompt), solved or not
         assert grid is not None and sum(p == g for p, g in zip(record["puzzle"], grid) if p != "0") >= 30
         dlm_solved += solves(record["puzzle"], grid)
-        ar_solved += solves(record["puzzle"], parse_grid(_ar_answer(ar, tok, prompt, 90)))
+        ar_solved += solves(record["puzzle"], parse_grid(ar_answer(ar, tok, prompt, 90)))
     assert dlm_solved >= MIN_SUDOKU_SOLVED and dlm_solved > ar_solved
 
 
@@ -77,11 +77,11 @@ def test_gsm_threshold_decoding_commits_several_tokens_per_call_in_the_trained_l
     layout = ar_correct = tokens = calls = 0
     for record in records:
         prompt = GSM_PROMPT.format(question=record["question"])
-        text, n, steps = _dlm_answer(dlm, prompt, GSM_LENGTH, GSM_OPTIONS)
+        text, n, steps = dlm_answer(dlm, prompt, GSM_LENGTH, GSM_OPTIONS)
         tokens, calls = tokens + n, calls + steps
         first_number = next(w for w in record["question"].replace(".", " ").split() if w.isdigit())
         layout += "####" in text and extract_answer(text) is not None and first_number in text
-        ar_correct += numbers_match(extract_answer(_ar_answer(ar, ar_tok, prompt, GSM_LENGTH)),
+        ar_correct += numbers_match(extract_answer(ar_answer(ar, ar_tok, prompt, GSM_LENGTH)),
                                     gsm8k_final_answer(record["answer"]))
     assert tokens / calls >= MIN_GSM_TOKENS_PER_CALL
     assert layout >= 6 and ar_correct >= 4  # the AR twin: 75% exact match on the bench's 200

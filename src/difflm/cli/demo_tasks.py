@@ -21,7 +21,7 @@ GSM_OPTIONS = {"strategy": "threshold", "threshold": 0.9, "block_length": 32, "c
 GSM_LENGTH = 118  # the longest answer (115 tokens with EOS) fits; prompt + canvas within the 208-token context
 
 
-def _ar_answer(model: Any, tokenizer: Any, prompt: str, length: int) -> str:
+def ar_answer(model: Any, tokenizer: Any, prompt: str, length: int) -> str:
     """Greedy left-to-right answer of an AR model (transformers' generate with its KV cache)."""
     import torch
 
@@ -32,7 +32,7 @@ def _ar_answer(model: Any, tokenizer: Any, prompt: str, length: int) -> str:
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
-def _dlm_answer(model: Any, prompt: str, length: int, options: dict, callback: Any = None) -> tuple[str, int, int]:
+def dlm_answer(model: Any, prompt: str, length: int, options: dict, callback: Any = None) -> tuple[str, int, int]:
     """(answer text, tokens generated up to EOS, model calls) of a DLM run after ``prompt``."""
     import torch
 
@@ -72,8 +72,8 @@ def show_task_models(console: Any, model_dir: Any) -> None:
     found = None
     for n, record in enumerate(make_examples("sudoku", MAX_TRIES, seed=0, split="test", blanks=SUDOKU_BLANKS), 1):
         prompt = sudoku_prompt(record["puzzle"])
-        dlm_text = _dlm_answer(dlm, prompt, 90, SUDOKU_OPTIONS)[0]
-        ar_text = _ar_answer(ar, ar_tok, prompt, 90)
+        dlm_text = dlm_answer(dlm, prompt, 90, SUDOKU_OPTIONS)[0]
+        ar_text = ar_answer(ar, ar_tok, prompt, 90)
         dlm_ok = sudoku_verdict(record["puzzle"], dlm_text).startswith("solved")
         ar_ok = sudoku_verdict(record["puzzle"], ar_text).startswith("solved")
         if dlm_ok and not ar_ok:
@@ -87,7 +87,7 @@ def show_task_models(console: Any, model_dir: Any) -> None:
         blanks = record["puzzle"].count("0")
         title = f"dlm-sudoku on held-out puzzle {n} ({blanks} blanks), one cell per step, most certain first"
         with DenoisingView(dlm.tokenizer, console=console, title=title, delay=0.03) as view:
-            text = _dlm_answer(dlm, prompt, 90, SUDOKU_OPTIONS, callback=view)[0]
+            text = dlm_answer(dlm, prompt, 90, SUDOKU_OPTIONS, callback=view)[0]
         console.print(f"dlm-sudoku: {sudoku_verdict(record['puzzle'], text)}")
         console.print("ar-sudoku, left to right, on the same puzzle:")
         console.print(ar_text, highlight=False, markup=False)
@@ -100,7 +100,7 @@ def show_task_models(console: Any, model_dir: Any) -> None:
     title = "dlm-gsm: confidence-threshold 0.9, blocks of 32, dual KV cache"
     console.print(f"Question: {record['question']}", highlight=False, markup=False)
     with DenoisingView(gsm.tokenizer, console=console, title=title, delay=0.05) as view:
-        text, tokens, calls = _dlm_answer(gsm, GSM_PROMPT.format(question=record["question"]), GSM_LENGTH,
+        text, tokens, calls = dlm_answer(gsm, GSM_PROMPT.format(question=record["question"]), GSM_LENGTH,
                                           GSM_OPTIONS, callback=view)
     got, want = extract_answer(text), gsm8k_final_answer(record["answer"])
     console.print(f"answer {got} ({'correct' if numbers_match(got, want) else f'wrong: {want}'}); {tokens} tokens in {calls} "
@@ -108,7 +108,7 @@ def show_task_models(console: Any, model_dir: Any) -> None:
     # its AR twin (same size, data and compute) for contrast: left to right it does the arithmetic better
     ar_dir = Path(model_dir("ar-gsm"))
     ar = AutoModelForCausalLM.from_pretrained(ar_dir, dtype=torch.float32).eval()
-    ar_got = extract_answer(_ar_answer(ar, AutoTokenizer.from_pretrained(ar_dir), GSM_PROMPT.format(
+    ar_got = extract_answer(ar_answer(ar, AutoTokenizer.from_pretrained(ar_dir), GSM_PROMPT.format(
         question=record["question"]), GSM_LENGTH))
     console.print(f"ar-gsm, left to right, one token per call: answer {ar_got} "
                   f"({'correct' if numbers_match(ar_got, want) else 'wrong'}); bench/RESULTS.md has both on 200 problems")
