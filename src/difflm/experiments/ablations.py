@@ -15,11 +15,13 @@ Layout of the output directory::
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write_text
 from ..errors import InputError
 from .plan import ARMS, BASE_SIZE, FULL, QUICK, SIZE_ARMS, Budget, Job, plan_jobs, write_plan
 
@@ -77,8 +79,7 @@ def _check_settings(out: Path, settings: dict[str, Any]) -> None:
             raise InputError(f"{out} holds an experiment with other settings ({', '.join(changed)}); "
                              f"resume it with the same options or choose another --out")
     else:
-        out.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(settings, indent=1) + "\n")
+        atomic_write_text(path, json.dumps(settings, indent=1) + "\n")
 
 
 def build_plan(out: Path, b: Budget, arms: tuple[str, ...] = tuple(ARMS)) -> tuple[list[Job], dict[str, Any]]:
@@ -114,20 +115,12 @@ def _spread(values: list[float]) -> dict[str, Any]:
 
 
 def _parameters(model: Path) -> int | None:
-    """Parameters of a saved model (tied weights counted once), from its safetensors header."""
-    from safetensors import safe_open
+    """Parameters of a saved model (tied weights stored once), from its safetensors headers."""
+    from ..formats.checkpoint import inspect_checkpoint
 
-    path = model / "model.safetensors"
-    if not path.is_file():
+    if not (model / "config.json").is_file():
         return None
-    with safe_open(str(path), framework="pt") as f:
-        total = 0
-        for key in f.keys():
-            n = 1
-            for d in f.get_slice(key).get_shape():
-                n *= d
-            total += n
-    return total
+    return sum(math.prod(t.shape) for t in inspect_checkpoint(model).tensors.values())
 
 
 def chain_result(out: Path, size: str, arm: str, seed: int) -> dict[str, Any] | None:
@@ -165,29 +158,29 @@ def chance_exact_match(data: Path) -> dict[str, Any]:
             "most_common_answer": common, "most_common": 100 * sum(a == common for a in test) / n_test}
 
 
+def _aggregate(out: Path, size: str, arm: str, seeds: tuple[int, ...]) -> dict[str, Any]:
+    """The finished seeds of one (size, arm) and their spreads: exact match (%) and SFT validation."""
+    found = {s: r for s in seeds if (r := chain_result(out, size, arm, s)) is not None}
+    return {"seeds": found, "exact_match": _spread([100 * r["exact_match"] for r in found.values()]),
+            "sft_val_loss": _spread([r["sft_val_loss"] for r in found.values() if r["sft_val_loss"] is not None])}
+
+
 def collect(out: Path, b: Budget) -> dict[str, Any]:
     """Everything finished so far, aggregated: per arm (main table) and per size (sizes table)."""
-    arms = {}
-    for name, arm in ARMS.items():
-        seeds = {s: r for s in b.seeds if (r := chain_result(out, BASE_SIZE.name, name, s)) is not None}
-        arms[name] = {"label": arm.label, "paper": arm.paper, "seeds": seeds,
-                      "exact_match": _spread([100 * r["exact_match"] for r in seeds.values()]),
-                      "sft_val_loss": _spread([r["sft_val_loss"] for r in seeds.values() if r["sft_val_loss"] is not None])}
+    arms = {name: {"label": arm.label, "paper": arm.paper, **_aggregate(out, BASE_SIZE.name, name, b.seeds)}
+            for name, arm in ARMS.items()}
     sizes = []
     for size in b.sizes:
         row: dict[str, Any] = {"size": size.name, "pretrain_tokens": _bundled_pretrain_tokens()
                                if size.architecture is None else b.pretrain_steps * b.batch_size * b.block_size}
         size_seeds = b.seeds if size.architecture is None else b.seeds[: b.size_seeds]
         for arm in SIZE_ARMS:
-            seeds = {s: r for s in size_seeds if (r := chain_result(out, size.name, arm, s)) is not None}
-            row[arm] = {"exact_match": _spread([100 * r["exact_match"] for r in seeds.values()]),
-                        "sft_val_loss": _spread([r["sft_val_loss"] for r in seeds.values() if r["sft_val_loss"] is not None]),
-                        "seeds": seeds}
-            params = [r["parameters"] for r in seeds.values() if r["parameters"]]
+            row[arm] = _aggregate(out, size.name, arm, size_seeds)
+            params = [r["parameters"] for r in row[arm]["seeds"].values() if r["parameters"]]
             if params:
                 row["parameters"] = params[0]
         sizes.append(row)
-    return {"arms": arms, "sizes": sizes, "chance": chance_exact_match(out / "data")}
+    return {"arms": arms, "sizes": sizes, "chance": chance_exact_match(out / "data"), "sessions": sessions(out)}
 
 
 def _bundled_pretrain_tokens() -> int | None:
@@ -251,8 +244,6 @@ def run_ablations(out: Path, *, quick: bool = False, seeds: tuple[int, ...] | No
 
 def _log_session(out: Path, started: float, jobs_run: int, workers: int) -> None:
     import time
-
-    from ..atomic import atomic_write_text
 
     path = out / "sessions.json"
     sessions = json.loads(path.read_text()) if path.is_file() else []

@@ -13,9 +13,7 @@ from .plan import SIZE_ARMS
 
 def write_results(out: Path, collected: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
     """``out/results.json`` (atomically) and ``out/curves.png``; returns the results dict."""
-    from .ablations import sessions
-
-    results = {"settings": settings, **collected, "sessions": sessions(out)}
+    results = {"settings": settings, **collected}
     atomic_write_text(out / "results.json", json.dumps(results, indent=1) + "\n")
     if any(a["seeds"] for a in collected["arms"].values()):
         plot_curves(results, out / "curves.png")

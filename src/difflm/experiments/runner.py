@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import yaml
 
+from ..atomic import atomic_write_text
 from ..errors import DiffLMError
 from .plan import Job
 
@@ -141,14 +142,15 @@ def run_jobs(jobs: list[Job], *, workers: int = 2, on_update: Callable[[dict[str
                     raise JobFailed(f"experiment job {name} failed (exit {rc}): {_last_line(r.log)[:300]} "
                                     f"- full log: {r.log}")
                 seconds = time.perf_counter() - r.started
-                (r.job.directory / "done.json").write_text(json.dumps({"job": name, "seconds": round(seconds, 1),
-                                                                       "finished": time.strftime("%Y-%m-%d %H:%M:%S")}))
+                atomic_write_text(r.job.directory / "done.json", json.dumps(  # the mark that the job is finished
+                    {"job": name, "seconds": round(seconds, 1), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}))
                 done.add(name)
                 if on_finish:
                     on_finish(r.job, seconds)
-            if on_update:
-                steps = sum(by_name[n].steps for n in done) + sum(steps_done(r.job) for r in running.values())
-                on_update({"steps": steps, "running": {n: (steps_done(r.job), r.job.steps) for n, r in running.items()}})
+            if on_update:  # each running job's metrics read once per poll
+                now = {n: steps_done(r.job) for n, r in running.items()}
+                on_update({"steps": sum(by_name[n].steps for n in done) + sum(now.values()),
+                           "running": {n: (now[n], r.job.steps) for n, r in running.items()}})
             time.sleep(POLL_S)
     except KeyboardInterrupt:
         _stop(running)
