@@ -171,9 +171,12 @@ class TrainConfig:
         if self.complementary_masks:
             raise ConfigError("complementary_masks is not supported with objective sft")
         if isinstance(self.diffusion, dict):
-            if self.diffusion.get("attention", "bidirectional") != "bidirectional" or self.diffusion.get("block_size"):
-                raise ConfigError("objective sft trains with full (bidirectional) attention: drop diffusion.attention "
-                                  "and diffusion.block_size")
+            # full attention, or block diffusion SFT with diffusion.block_size (its attention implied)
+            expected = "block_causal" if self.diffusion.get("block_size") is not None else "bidirectional"
+            if self.diffusion.get("attention", expected) != expected:
+                which = ("block-causal attention (block diffusion, diffusion.block_size)" if expected == "block_causal"
+                         else "full (bidirectional) attention, or block-causal with diffusion.block_size")
+                raise ConfigError(f"objective sft trains with {which}: drop diffusion.attention")
             if self.diffusion and self.sft["loss"] == "ar":
                 raise ConfigError("sft.loss ar trains an AR model: drop the diffusion settings")
         if self.lora is None:
@@ -204,11 +207,14 @@ class TrainConfig:
 
     def diffusion_config(self, mask_token_id: int, **special_ids: int | None) -> DiffusionConfig:
         """The `DiffusionConfig` of the model to train: ``diffusion`` over the objective's
-        defaults (attention annealed for adapt, block-causal for block, else bidirectional) and the tokenizer's
+        defaults (attention annealed for adapt, block-causal for block and for sft with a block_size, else
+        bidirectional) and the tokenizer's
         ``special_ids`` (pad/bos/eos_token_id)."""
         if not isinstance(self.diffusion, dict):
             raise ConfigError(f"diffusion must be a mapping of DiffusionConfig fields, got {self.diffusion!r}")
         attention = {"adapt": "annealed", "block": "block_causal"}.get(self.objective, "bidirectional")
+        if self.objective == "sft" and self.diffusion.get("block_size") is not None:
+            attention = "block_causal"  # block diffusion SFT
         defaults = {"attention": attention,
                     **{k: v for k, v in special_ids.items() if v is not None}}
         try:

@@ -9,7 +9,9 @@ Data: JSONL files whose lines are chat messages, ``{"prompt", "response"}`` pair
 never scored; every other position (response, its EOS and the tail) is noised and scored as an
 ordinary token, so the model learns where an answer ends; full bidirectional attention (no
 annealing). The loss is `difflm.losses.masked_diffusion_loss` with ``src_mask`` under the step's
-noise, as for the other objectives. ``sft.loss: ar``: next-token cross-entropy on the response and
+noise, as for the other objectives. With ``diffusion.block_size`` the model is a block diffusion
+model (BD3-LM, Fast-dLLM v2): every block of the row noised at its own level and denoised seeing
+only the clean blocks before it, the conditionals a block-by-block decoder asks for. ``sft.loss: ar``: next-token cross-entropy on the response and
 its EOS only (the tail is no target), the AR baseline trained by the same command.
 
 Normalisation: the loss of a step is the sum over the *global* batch divided by the global batch's
@@ -148,6 +150,14 @@ def ar_response_loss(model: Any, x: torch.Tensor, src: torch.Tensor, lengths: to
     return (ce * targets).sum(), int(targets.sum())
 
 
+def init_block_size(init: Path) -> int | None:
+    """The block size of a block diffusion checkpoint (its difflm_config.json), else None."""
+    import json
+
+    config = Path(init) / "difflm_config.json"
+    return json.loads(config.read_text()).get("block_size") if config.is_file() else None
+
+
 def sft_tokenizer(cfg: Any) -> Any:
     """The tokenizer of an SFT run: the ``init`` checkpoint's own, unless ``tokenizer`` names one."""
     from ..bundled import resolve_model
@@ -230,8 +240,11 @@ class SFTTrainer(Trainer):
             self.lora_base = cfg.init if cfg.init in MODELS else str(init.resolve())
         else:
             objective, init = ("ar" if loss == "ar" else "diffusion"), None
-        # full attention from the first step (DiffuLLaMA's SFT: anneal_steps 1)
-        diffusion = {} if loss == "ar" else {"anneal_steps": 1, **cfg.diffusion, "attention": "bidirectional"}
+        # full attention from the first step (DiffuLLaMA's SFT: anneal_steps 1); block-causal for a block
+        # diffusion model - one asked for (diffusion.block_size), or a block diffusion init fine-tuned further
+        block = cfg.diffusion.get("block_size", init_block_size(init) if init is not None else None)
+        attention = {"attention": "bidirectional"} if block is None else {"attention": "block_causal", "block_size": block}
+        diffusion = {} if loss == "ar" else {"anneal_steps": 1, **cfg.diffusion, **attention}
         stand_in = dataclasses.replace(cfg, objective=objective, init=None if init is None else str(init),
                                        diffusion=diffusion, sft={}, lora=None)
         model = build_model(stand_in, self.tokenizer)
