@@ -73,6 +73,42 @@ def test_loss_equals_a_hand_computation_and_normalisations_differ():
     assert masked.loss.item() == pytest.approx(by_hand / 4, rel=1e-5)
 
 
+def test_token_reweighting_is_the_focal_loss_of_each_target():
+    """alpha * (1 - p) ** gamma * CE per target (MGDM): a hand computation; gamma 0, alpha 1 is the ELBO;
+    a token the model already gets right weighs less than one it gets wrong."""
+    model = tiny_dlm("llama", shift=True)
+    x0 = torch.randint(0, 60, (2, 6), generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([0.5, 0.25])
+    noise = torch.tensor([[0, 1, 0, 1, 1, 0], [0, 0, 1, 0, 0, 0]], dtype=torch.bool)
+    xt = torch.where(noise, torch.full_like(x0, MASK), x0)
+    with torch.no_grad():
+        logp = model.logits(xt).log_softmax(-1)
+    by_hand = 0.0
+    for b, i in noise.nonzero().tolist():
+        ce = -logp[b, i, x0[b, i]].item()
+        by_hand += 0.25 * (1 - math.exp(-ce)) ** 2 * ce / t[b].item()
+    focal = masked_diffusion_loss(model, x0, t=t, noise_mask=noise, token_reweighting=(0.25, 2.0))
+    assert focal.loss.item() == pytest.approx(by_hand / 10, rel=1e-5)
+    plain = masked_diffusion_loss(model, x0, t=t, noise_mask=noise)
+    assert masked_diffusion_loss(model, x0, t=t, noise_mask=noise, token_reweighting=(1.0, 0.0)).loss.item() == \
+        pytest.approx(plain.loss.item(), rel=1e-6)
+    from difflm.losses import diffusion_loss_from_logits
+
+    logits = torch.full((1, 2, 5), -3.0)
+    logits[0, 0, 1] = logits[0, 1, 2] = 3.0  # position 0 predicts its token (1), position 1 does not (3)
+    x = torch.tensor([[1, 3]])
+    schedule = get_schedule("linear")
+    ratio = []
+    for position in (0, 1):
+        only = torch.tensor([[position == 0, position == 1]])
+        ce = diffusion_loss_from_logits(logits, x, only, torch.ones(1), 1, schedule=schedule).loss
+        weighted = diffusion_loss_from_logits(logits, x, only, torch.ones(1), 1, schedule=schedule,
+                                              token_reweighting=(1.0, 1.0)).loss
+        ratio.append((weighted / ce).item())
+    # the right token (p 0.98) keeps 2% of its loss, the wrong one (p 0.002) all but 0.3%
+    assert ratio[0] < 0.03 and ratio[1] > 0.99
+
+
 def test_shift_never_masks_position_zero_and_src_is_kept():
     model = tiny_dlm("llama", shift=True)
     x0 = torch.randint(0, 60, (3, 8))

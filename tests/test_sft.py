@@ -133,6 +133,21 @@ def test_block_diffusion_sft_denoises_each_block_from_the_clean_blocks_before_it
     assert (continued.dlm.config.attention, continued.dlm.config.block_size) == ("block_causal", 4)
 
 
+def test_token_reweighting_trains_on_the_focal_loss_and_validates_on_the_elbo(tmp_path, data):
+    args = _args(data, "gsm", 256) + [f"output_dir={tmp_path}", "max_steps=1"]
+    plain = Trainer(load_train_config(None, args), show_progress=False)
+    focal = Trainer(load_train_config(None, args + ["token_reweighting.gamma=2"]), show_progress=False)
+    assert focal.cfg.token_reweighting == {"alpha": 1.0, "gamma": 2}
+    x, noise, t, src, lengths, scale = focal._micro_batches(0)[0]
+    with torch.no_grad():
+        ce = plain._loss(plain.model, x, noise, t, src, lengths, scale, step=0)
+        weighted = focal._loss(focal.model, x, noise, t, src, lengths, scale, step=0)
+        assert weighted < ce  # every weight (1 - p) ** 2 is below 1
+        # validation (no step) is the ELBO either way, and so is the validation loss of a run
+        assert torch.equal(focal._loss(focal.model, x, noise, t, src, lengths), plain._loss(plain.model, x, noise, t, src, lengths))
+    assert focal.evaluate() == plain.evaluate()
+
+
 def test_ar_sft_scores_the_response_and_its_eos_only(tmp_path, data):
     trainer = Trainer(load_train_config(None, _args(data, "gsm", 256) + [f"output_dir={tmp_path}", "max_steps=1",
                                                                         "sft.loss=ar"]), show_progress=False)
@@ -338,6 +353,9 @@ def test_bad_sft_input_is_one_clear_line(tmp_path, data, capsys):
         ([f"init={data['sudoku', 'train']}", "lora.rank=4"], "unknown lora setting(s) rank"),
         (["sft.loss=sideways"], "sft.loss must be one of diffusion, ar"),
         (["diffusion.attention=annealed"], "full (bidirectional) attention"),
+        (["sft.loss=ar", "token_reweighting.gamma=1"], "token_reweighting weighs the masked-diffusion loss"),
+        (["token_reweighting.beta=1"], "unknown token_reweighting setting(s) beta"),
+        (["token_reweighting.alpha=0"], "token_reweighting.alpha must be a number > 0"),
         (["diffusion.block_size=8", "diffusion.attention=bidirectional"], "block-causal attention (block diffusion"),
         (["objective=diffusion", "sft.loss=ar"], "sft settings need objective sft"),
     ]

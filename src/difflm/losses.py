@@ -80,6 +80,7 @@ def masked_diffusion_loss(
     antithetic: bool = False,
     generator: torch.Generator | None = None,
     forward: Callable[..., torch.Tensor] | None = None,
+    token_reweighting: tuple[float, float] | None = None,
 ) -> DiffusionLossOutput:
     """Monte Carlo estimate of the masked-diffusion ELBO (negative; lower is better).
 
@@ -112,6 +113,10 @@ def masked_diffusion_loss(
         forward: what computes the aligned logits, called as forward(x_t, attention_mask,
             step=..., generator=...); default ``model.logits`` (pass a DDP/FSDP wrapper of the
             model while training).
+        token_reweighting: (alpha, gamma) - a training loss, no longer the ELBO: each target's
+            cross-entropy ce scaled by alpha * (1 - exp(-ce)) ** gamma (the focal loss of MGDM,
+            Ye et al. 2025, and Dream), which moves the gradient onto the tokens the model still
+            gets wrong. None: the ELBO.
     """
     cfg = model.config
     normalization = normalization or cfg.loss_normalization
@@ -139,7 +144,7 @@ def masked_diffusion_loss(
     targets = noise_mask & model.predictable_mask(x0, attention_mask)
     schedule = get_schedule(cfg.schedule, eps=cfg.eps)
     return diffusion_loss_from_logits(logits, x0, targets, t, int(allowed.sum()), schedule=schedule,
-                                      normalization=normalization)
+                                      normalization=normalization, token_reweighting=token_reweighting)
 
 
 def diffusion_loss_from_logits(
@@ -151,10 +156,15 @@ def diffusion_loss_from_logits(
     *,
     schedule: NoiseSchedule,
     normalization: str = "tokens",
+    token_reweighting: tuple[float, float] | None = None,
 ) -> DiffusionLossOutput:
     """The ELBO loss from aligned logits [B, L, V] of x_t. targets: BoolTensor [B, L], the masked
-    positions scored; t: [B] (or [B, L]); num_targets: the maskable positions ("tokens" denominator)."""
+    positions scored; t: [B] (or [B, L]); num_targets: the maskable positions ("tokens" denominator);
+    token_reweighting: (alpha, gamma) of the focal reweighting (see `masked_diffusion_loss`)."""
     ce = F.cross_entropy(logits.float().transpose(1, 2), x0, reduction="none")  # [B, L]
+    if token_reweighting is not None:
+        alpha, gamma = token_reweighting
+        ce = alpha * (1 - torch.exp(-ce)) ** gamma * ce
     weights = schedule.weight(t)[:, None] if t.dim() == 1 else schedule.weight(t)
     total = (weights * ce * targets).sum()
     num_masked = int(targets.sum())

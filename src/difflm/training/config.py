@@ -44,6 +44,10 @@ class TrainConfig:
         EOS ids come from the tokenizer unless given; attention defaults to "annealed" for adapt
         and "bidirectional" for diffusion. Validated by `DiffusionConfig` itself.
     antithetic: low-discrepancy noise levels across the batch (MDLM).
+    token_reweighting: None, or ``{alpha, gamma}`` (defaults 1.0, 1.0) - diffusion objectives: train on
+        the focal loss alpha * (1 - p) ** gamma * CE of every target (p its probability; MGDM, Ye et
+        al. 2025, uses alpha 0.25, which only scales the loss), so hard tokens weigh more than the
+        template around them. Validation stays the plain ELBO.
     complementary_masks: also train on the complement of every noise mask (Fast-dLLM v2), so every
         maskable token is a target in one of the two rows; the complement of a mask drawn at level
         t is a mask drawn at 1 - t, so the loss stays an unbiased ELBO estimate. Doubles the rows.
@@ -86,6 +90,7 @@ class TrainConfig:
     diffusion: dict[str, Any] = field(default_factory=dict)
     antithetic: bool = True
     complementary_masks: bool = False
+    token_reweighting: dict[str, float] | None = None
     sft: dict[str, Any] = field(default_factory=dict)
     lora: dict[str, Any] | None = None
     continuous: dict[str, Any] = field(default_factory=dict)
@@ -133,6 +138,7 @@ class TrainConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         self._check_sft()
+        self._check_token_reweighting()  # after _check_sft: is_diffusion reads sft.loss
         from ..continuous.config import check_train_settings  # torch-free
 
         check_train_settings(self)
@@ -204,6 +210,30 @@ class TrainConfig:
             raise ConfigError("lora needs init: the checkpoint whose weights the adapters adapt")
         if self.distributed == "fsdp":
             raise ConfigError("lora with distributed=fsdp is not supported; use DDP (the adapters are small)")
+
+    def _check_token_reweighting(self) -> None:
+        """``token_reweighting``: a mapping of alpha > 0 and gamma >= 0 (defaults filled in), for a diffusion loss."""
+        if self.token_reweighting is None:
+            return
+        if not isinstance(self.token_reweighting, dict):
+            raise ConfigError(f"token_reweighting must be a mapping (alpha, gamma) or null, got {self.token_reweighting!r}")
+        unknown = sorted(set(self.token_reweighting) - {"alpha", "gamma"})
+        if unknown:
+            raise ConfigError(f"unknown token_reweighting setting(s) {', '.join(unknown)}; valid: alpha, gamma")
+        self.token_reweighting = {"alpha": 1.0, "gamma": 1.0, **self.token_reweighting}
+        for key, low in (("alpha", 0.0), ("gamma", 0.0)):
+            value = self.token_reweighting[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low or (key == "alpha" and value == 0):
+                raise ConfigError(f"token_reweighting.{key} must be a number {'> 0' if key == 'alpha' else '>= 0'}, got {value!r}")
+        if not self.is_diffusion or self.objective == "continuous":
+            raise ConfigError("token_reweighting weighs the masked-diffusion loss: use a diffusion objective "
+                              "(diffusion, adapt, block, or sft with sft.loss diffusion)")
+
+    @property
+    def reweighting(self) -> tuple[float, float] | None:
+        """(alpha, gamma) of ``token_reweighting``, or None."""
+        tr = self.token_reweighting
+        return None if tr is None else (float(tr["alpha"]), float(tr["gamma"]))
 
     def diffusion_config(self, mask_token_id: int, **special_ids: int | None) -> DiffusionConfig:
         """The `DiffusionConfig` of the model to train: ``diffusion`` over the objective's

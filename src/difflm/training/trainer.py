@@ -197,8 +197,10 @@ class Trainer:
         x = x.to(device)
         if self.dlm is None:
             return ar_loss(model, x)
+        # the training step (it has a step) may use the focal loss; validation is always the ELBO
+        reweighting = self.cfg.reweighting if step is not None else None
         return masked_diffusion_loss(self.dlm, x, t=t, noise_mask=noise, step=step, generator=mask_generator,
-                                     normalization=normalization, forward=model).loss
+                                     normalization=normalization, forward=model, token_reweighting=reweighting).loss
 
     def train_step(self, step: int) -> float:
         acc, cfg = self.accelerator, self.cfg
