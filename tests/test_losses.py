@@ -54,7 +54,8 @@ def test_corrupt_rate_and_src_mask():
     assert torch.equal(xt[noise], torch.full_like(xt[noise], 99)) and torch.equal(xt[~noise], x0[~noise])
 
 
-def test_loss_equals_a_hand_computation_and_normalisations_differ():
+def _hand_case():
+    """A tiny shifted DLM, x0 [2, 6], t [2], a fixed noise mask and the model's log-probs of x_t."""
     model = tiny_dlm("llama", shift=True)
     x0 = torch.randint(0, 60, (2, 6), generator=torch.Generator().manual_seed(0))
     t = torch.tensor([0.5, 0.25])
@@ -62,6 +63,11 @@ def test_loss_equals_a_hand_computation_and_normalisations_differ():
     xt = torch.where(noise, torch.full_like(x0, MASK), x0)
     with torch.no_grad():
         logp = model.logits(xt).log_softmax(-1)
+    return model, x0, t, noise, logp
+
+
+def test_loss_equals_a_hand_computation_and_normalisations_differ():
+    model, x0, t, noise, logp = _hand_case()
     by_hand = 0.0
     for b, i in noise.nonzero().tolist():
         by_hand += -logp[b, i, x0[b, i]].item() / t[b].item()
@@ -76,13 +82,7 @@ def test_loss_equals_a_hand_computation_and_normalisations_differ():
 def test_token_reweighting_is_the_focal_loss_of_each_target():
     """alpha * (1 - p) ** gamma * CE per target (MGDM): a hand computation; gamma 0, alpha 1 is the ELBO;
     a token the model already gets right weighs less than one it gets wrong."""
-    model = tiny_dlm("llama", shift=True)
-    x0 = torch.randint(0, 60, (2, 6), generator=torch.Generator().manual_seed(0))
-    t = torch.tensor([0.5, 0.25])
-    noise = torch.tensor([[0, 1, 0, 1, 1, 0], [0, 0, 1, 0, 0, 0]], dtype=torch.bool)
-    xt = torch.where(noise, torch.full_like(x0, MASK), x0)
-    with torch.no_grad():
-        logp = model.logits(xt).log_softmax(-1)
+    model, x0, t, noise, logp = _hand_case()
     by_hand = 0.0
     for b, i in noise.nonzero().tolist():
         ce = -logp[b, i, x0[b, i]].item()
