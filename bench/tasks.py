@@ -87,10 +87,12 @@ def random_models(directory: Path) -> dict[str, Path]:
         if not (tok_dir / "tokenizer.json").is_file():
             sys.exit(f"no task tokenizer at {tok_dir}; make it first:\n  {TOKENIZER_HINT[role.split('-')[0]]}")
         tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-        # The stand-in config of SFTTrainer._build_model: full attention from the first step for the DLM.
+        # The stand-in config of SFTTrainer._build_model: full attention from the first step for the DLM,
+        # block-causal for a block diffusion one.
         dlm = cfg.sft["loss"] == "diffusion"
+        attention = "bidirectional" if cfg.diffusion.get("block_size") is None else "block_causal"
         stand_in = dataclasses.replace(cfg, objective="diffusion" if dlm else "ar", init=None, sft={}, lora=None,
-                                       diffusion={"anneal_steps": 1, **cfg.diffusion, "attention": "bidirectional"} if dlm else {})
+                                       diffusion={"anneal_steps": 1, **cfg.diffusion, "attention": attention} if dlm else {})
         model = build_model(stand_in, tokenizer)
         out[role] = directory / role
         if dlm:
@@ -173,12 +175,15 @@ def sudoku_targets(rows: list[dict]) -> list[str]:
 
 
 # -- gsm -------------------------------------------------------------------------------------------
-def gsm_methods(quick: bool) -> list[dict]:
-    """AR, the one-token-per-call reference, then threshold decoding x cache."""
+def gsm_methods(quick: bool, block_model: bool = False) -> list[dict]:
+    """AR, the one-token-per-call reference, then threshold decoding x cache. A block diffusion DLM
+    uses its exact block cache throughout (its finished blocks never change); a full-attention DLM
+    the dual cache at every threshold and the prefix cache at 0.9 for comparison."""
     out = [{"method": "AR greedy + KV cache", "kind": "ar"},
-           {"method": "DLM low_confidence, 1 token/call", "kind": "dlm", "strategy": "low_confidence", "cache": "none"}]
-    # every threshold with the dual cache (the faster one); the prefix cache at 0.9 for comparison
-    for cache, thresholds in (("dual", QUICK_THRESHOLDS if quick else THRESHOLDS), ("prefix", (0.9,))):
+           {"method": "DLM low_confidence, 1 token/call", "kind": "dlm", "strategy": "low_confidence",
+            "cache": "block" if block_model else "none"}]
+    thresholds = QUICK_THRESHOLDS if quick else THRESHOLDS
+    for cache, thresholds in ((("block", thresholds),) if block_model else (("dual", thresholds), ("prefix", (0.9,)))):
         out += [{"method": f"DLM threshold {t} {cache}", "kind": "dlm", "strategy": "threshold", "threshold": t, "cache": cache}
                 for t in thresholds]
     return out
@@ -192,7 +197,8 @@ def counted(ids: list[int], stops: list[int]) -> int:
 @torch.inference_mode()
 def gsm_one(method: dict, lm, prompt: list[int], budget: int) -> tuple[list[int], int]:
     """(generated ids, model calls) of one prompt: AR greedy with its KV cache, or the DLM sampler
-    with blocks of `BLOCK` and stop_at_eos (steps: one per canvas position of each block)."""
+    with blocks of `BLOCK` (a block diffusion model: its own block grid) and stop_at_eos (steps: one
+    per canvas position of each block)."""
     if method["kind"] == "ar":
         out = lm.model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
                                 max_new_tokens=budget, do_sample=False, pad_token_id=lm.pad_token_id,
@@ -201,8 +207,12 @@ def gsm_one(method: dict, lm, prompt: list[int], budget: int) -> tuple[list[int]
         return ids, len(ids)  # one forward per generated token (the prefill makes the first)
     options = {k: method[k] for k in ("strategy", "cache", "threshold") if k in method}
     # steps = 32 per block: exactly one token per step in every block, the last (shorter) one too
-    res = generate(lm.model, prompt, max_new_tokens=budget, steps=BLOCK * math.ceil(budget / BLOCK), block_length=BLOCK,
-                   stop_at_eos=True, return_dict=True, **options)
+    size = lm.model.config.block_size
+    if size is None:
+        shape = {"steps": BLOCK * math.ceil(budget / BLOCK), "block_length": BLOCK}
+    else:  # the grid tiles the row from BOS: the first block is shared with the end of the prompt
+        shape = {"steps": size * (math.ceil((len(prompt) + budget) / size) - len(prompt) // size)}
+    res = generate(lm.model, prompt, max_new_tokens=budget, stop_at_eos=True, return_dict=True, **shape, **options)
     return res.sequences[0][res.generate_mask[0]].tolist(), res.steps
 
 
@@ -216,7 +226,8 @@ def bench_gsm(args, paths: dict[str, Path], progress: Progress) -> dict:
         # 128 new tokens, or what the context leaves after a long prompt (the longest response fits)
         budget = min(CANVAS, context - max(len(p) for p in prompts.values()))
         items.append((prompts, budget, gsm8k_final_answer(record["answer"])))
-    methods = gsm_methods(args.quick)
+    block_size = models["dlm"].model.config.block_size
+    methods = gsm_methods(args.quick, block_model=block_size is not None)
     for method in methods:  # warm-up, untimed
         gsm_one(method, models[method["kind"]], items[0][0][method["kind"]], 16)
     rows = []
@@ -242,7 +253,8 @@ def bench_gsm(args, paths: dict[str, Path], progress: Progress) -> dict:
                      "tokens": tokens, "calls": calls, "seconds": seconds, "tokens_per_call": tokens / calls,
                      "tokens_per_second": tokens / seconds, "examples": examples})
     capped = sum(b < CANVAS for _, b, _ in items)
-    return {"n": len(items), "canvas": CANVAS, "block_length": BLOCK, "context": context, "capped": capped,
+    return {"n": len(items), "canvas": CANVAS, "block_length": block_size or BLOCK, "block_model": block_size is not None,
+            "context": context, "capped": capped,
             "rows": rows, "targets": gsm_targets(rows)}
 
 
@@ -290,6 +302,7 @@ def markdown(result: dict) -> str:
         ar = next(r for r in g["rows"] if r["kind"] == "ar")
         out += [f"GSM: `{g['command']}` ({g['when']}); {g['n']} test problems, batch 1, greedy, {g['canvas']} new tokens "
                 f"({g['capped']} prompts get what the {g['context']}-token context leaves), DLM blocks of {g['block_length']} "
+                f"{'(a block diffusion model: its training grid, exact block KV cache) ' if g.get('block_model') else ''}"
                 "with stop at EOS; tokens = the response up to and including EOS.", "",
                 "| method | EM % | tokens/call | tokens/s | x AR | model calls |", "|---|---:|---:|---:|---:|---:|"]
         out += [f"| {r['method']} | {r['em']:.1f} ± {r['em_stderr']:.1f} | {r['tokens_per_call']:.2f} | {r['tokens_per_second']:.0f} | "
@@ -319,8 +332,10 @@ def plot(result: dict, path: Path) -> None:
         rows = result["gsm"]["rows"]
         ar = next(r for r in rows if r["kind"] == "ar")
         ref = next(r for r in rows if r["kind"] == "dlm" and r["strategy"] == "low_confidence")
-        for cache, color in (("dual", "tab:green"), ("prefix", "tab:orange")):
-            rs = [r for r in rows if r.get("cache") == cache]
+        for cache, color in (("dual", "tab:green"), ("prefix", "tab:orange"), ("block", "tab:purple")):
+            rs = [r for r in rows if r.get("cache") == cache and r.get("strategy") == "threshold"]
+            if not rs:
+                continue
             axes[1].plot([r["tokens_per_call"] for r in rs], [r["em"] for r in rs], "o-", color=color, label=f"threshold, {cache} cache")
             for r in rs:
                 axes[1].annotate(str(r["threshold"]), (r["tokens_per_call"], r["em"]), fontsize=7)
