@@ -221,10 +221,10 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown token_reweighting setting(s) {', '.join(unknown)}; valid: alpha, gamma")
         self.token_reweighting = {"alpha": 1.0, "gamma": 1.0, **self.token_reweighting}
-        for key, low in (("alpha", 0.0), ("gamma", 0.0)):
+        for key, positive in (("alpha", True), ("gamma", False)):
             value = self.token_reweighting[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low or (key == "alpha" and value == 0):
-                raise ConfigError(f"token_reweighting.{key} must be a number {'> 0' if key == 'alpha' else '>= 0'}, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (positive and value == 0):
+                raise ConfigError(f"token_reweighting.{key} must be a number {'> 0' if positive else '>= 0'}, got {value!r}")
         if not self.is_diffusion or self.objective == "continuous":
             raise ConfigError("token_reweighting weighs the masked-diffusion loss: use a diffusion objective "
                               "(diffusion, adapt, block, or sft with sft.loss diffusion)")
@@ -237,9 +237,8 @@ class TrainConfig:
 
     def diffusion_config(self, mask_token_id: int, **special_ids: int | None) -> DiffusionConfig:
         """The `DiffusionConfig` of the model to train: ``diffusion`` over the objective's
-        defaults (attention annealed for adapt, block-causal for block and for sft with a block_size, else
-        bidirectional) and the tokenizer's
-        ``special_ids`` (pad/bos/eos_token_id)."""
+        defaults (attention annealed for adapt, block-causal for block and for sft with a block_size,
+        else bidirectional) and the tokenizer's ``special_ids`` (pad/bos/eos_token_id)."""
         if not isinstance(self.diffusion, dict):
             raise ConfigError(f"diffusion must be a mapping of DiffusionConfig fields, got {self.diffusion!r}")
         attention = {"adapt": "annealed", "block": "block_causal"}.get(self.objective, "bidirectional")

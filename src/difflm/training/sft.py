@@ -11,8 +11,9 @@ ordinary token, so the model learns where an answer ends; full bidirectional att
 annealing). The loss is `difflm.losses.masked_diffusion_loss` with ``src_mask`` under the step's
 noise, as for the other objectives. With ``diffusion.block_size`` the model is a block diffusion
 model (BD3-LM, Fast-dLLM v2): every block of the row noised at its own level and denoised seeing
-only the clean blocks before it, the conditionals a block-by-block decoder asks for. ``sft.loss: ar``: next-token cross-entropy on the response and
-its EOS only (the tail is no target), the AR baseline trained by the same command.
+only the clean blocks before it, the conditionals a block-by-block decoder asks for.
+``sft.loss: ar``: next-token cross-entropy on the response and its EOS only (the tail is no
+target), the AR baseline trained by the same command.
 
 Normalisation: the loss of a step is the sum over the *global* batch divided by the global batch's
 denominator (its maskable positions, or masked tokens with ``loss_normalization: masked``; its
