@@ -43,10 +43,10 @@ def gsm_options(model: Any) -> dict[str, Any]:
 
 
 def describe_options(model: Any, options: dict[str, Any]) -> str:
-    """One line for a title: "confidence-threshold 0.9, blocks of 8 (block diffusion), block KV cache"."""
+    """A panel title short enough for 80 columns: "threshold 0.9, blocks of 8 (block diffusion), block cache"."""
     size = model.config.block_size
     blocks = f"blocks of {size} (block diffusion)" if size is not None else f"blocks of {options.get('block_length')}"
-    return f"confidence-threshold {options['threshold']}, {blocks}, {options['cache']} KV cache"
+    return f"threshold {options['threshold']}, {blocks}, {options['cache']} cache"
 
 
 def dlm_answer(model: Any, prompt: str, length: int, options: dict, callback: Any = None) -> tuple[str, int, int]:
