@@ -63,6 +63,7 @@ def test_threshold_and_dual_cache_reach_the_sampler(model_dirs, tmp_path, monkey
     # the cost of generation: every answer token over the model calls of its row (8 tokens, 8 calls each)
     assert report["model"]["generation"] == {"sequences": 2, "tokens": 2 * NEW, "model_calls": 2 * NEW,
                                              "tokens_per_call": 1.0}
+    assert report["tasks"]["gsm8k"]["generation"] == report["model"]["generation"]  # the one task that generated
 
 
 def test_parallel_decoding_shows_in_tokens_per_call(model_dirs):  # noqa: F811
@@ -74,6 +75,25 @@ def test_parallel_decoding_shows_in_tokens_per_call(model_dirs):  # noqa: F811
     assert [len(a) for a in answers] == [NEW, NEW]
     assert lm.generation_stats.to_dict() == {"sequences": 2, "tokens": 2 * NEW, "model_calls": 2, "tokens_per_call": 4.0}
     assert lm.describe()["generation"]["tokens_per_call"] == 4.0
+
+
+def test_each_generating_task_reports_its_own_tokens_per_call(model_dirs, tmp_path):  # noqa: F811
+    """Two generating tasks and a likelihood task in one run: each generating task reports its own cost,
+    the model's is their sum, and the likelihood task reports none."""
+    from difflm.evaluation import parse_tasks, run_evaluation
+    from difflm.tasks import make_examples, write_jsonl
+
+    lm = load_eval_lm(model_dirs["dlm"], EvalSettings(strategy="threshold", threshold=1e-6, block_length=4,
+                                                      max_new_tokens=NEW, batch_size=1, progress=False))
+    countdown = write_jsonl(make_examples("countdown", 3, seed=0, split="test"), tmp_path / "countdown.jsonl")
+    report = run_evaluation(lm, parse_tasks(f"gsm8k={gsm_file(tmp_path)},countdown={countdown},perplexity"))
+    gsm, cd, total = (report["tasks"]["gsm8k"]["generation"], report["tasks"]["countdown"]["generation"],
+                      report["model"]["generation"])
+    assert (gsm["sequences"], cd["sequences"]) == (len(QUESTIONS), 3)
+    assert {k: gsm[k] + cd[k] for k in ("sequences", "tokens", "model_calls")} == {
+        k: total[k] for k in ("sequences", "tokens", "model_calls")}
+    assert gsm["tokens_per_call"] == 4.0  # a whole block of 4 per call (threshold below every confidence)
+    assert "generation" not in report["tasks"]["perplexity"]
 
 
 def pad_first_model(model):

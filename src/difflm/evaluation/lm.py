@@ -239,6 +239,11 @@ class GenerationStats:
         self.model_calls += steps
         self.row_calls += steps * len(rows)
 
+    def since(self, earlier: "GenerationStats") -> "GenerationStats":
+        """What was counted after the snapshot ``earlier`` (a copy of these stats taken then): one task's cost."""
+        return GenerationStats(self.sequences - earlier.sequences, self.tokens - earlier.tokens,
+                               self.model_calls - earlier.model_calls, self.row_calls - earlier.row_calls)
+
     def to_dict(self) -> dict[str, Any]:
         return {"sequences": self.sequences, "tokens": self.tokens, "model_calls": self.model_calls,
                 "tokens_per_call": round(self.tokens / self.row_calls, 4) if self.row_calls else None}

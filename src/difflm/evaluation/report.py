@@ -7,6 +7,7 @@ library versions, and a few predictions.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -32,10 +33,15 @@ def _versions() -> dict[str, str]:
 
 
 def run_evaluation(lm: EvalLM, tasks: Sequence[Task]) -> dict[str, Any]:
-    """Run every task on ``lm``; return the report (a JSON-serialisable dict)."""
+    """Run every task on ``lm``; return the report (a JSON-serialisable dict). A DLM's generation cost
+    (tokens per model call) is reported per task that generated, and over the run in ``model``."""
     results = {}
+    stats = getattr(lm, "generation_stats", None)
     for task in tasks:
+        before = dataclasses.replace(stats) if stats is not None else None
         results[task.name] = task.run(lm).to_dict()
+        if stats is not None and stats.sequences > before.sequences:
+            results[task.name]["generation"] = stats.since(before).to_dict()
     return {
         "report_version": REPORT_VERSION, "model": lm.describe(), "seed": lm.settings.seed,
         "settings": lm.settings.to_dict(), "versions": _versions(), "tasks": results,
