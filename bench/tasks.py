@@ -5,7 +5,8 @@
    orders topk_margin, entropy, low_confidence, one token per step (90 steps: grid and EOS), and the
    AR model (`ar-sudoku`) greedy, rows batched. Scored by `difflm.evaluation.sudoku.SudokuTask`.
 2. GSM, test split, batch size 1: AR greedy (transformers `generate`, KV cache), the DLM one token per
-   call (low_confidence, blocks of 32, the reference EM) and threshold decoding with the dual and
+   call (low_confidence, the reference EM) and threshold decoding - a block diffusion DLM on its own
+   block grid with its exact block cache, a full-attention DLM in blocks of 32 with the dual and
    prefix caches; exact match (GSM8K extraction), tokens per model call, tokens/s. Tokens are the
    response up to and including its EOS, for every method.
 
