@@ -133,6 +133,24 @@ def test_block_diffusion_sft_denoises_each_block_from_the_clean_blocks_before_it
     assert (continued.dlm.config.attention, continued.dlm.config.block_size) == ("block_causal", 4)
 
 
+def test_the_block_size_of_an_init_is_read_from_any_layout(tmp_path):
+    """SFT continues a block diffusion init block-causally whatever its layout: SDAR's config says blocks
+    of 4; a plain causal LM and a full-attention DLM have none."""
+    from published_layouts import write_sdar
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from difflm.training.sft import init_block_size
+
+    write_sdar(tmp_path / "sdar")
+    assert init_block_size(tmp_path / "sdar") == 4
+    ar = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=2))
+    ar.save_pretrained(tmp_path / "ar")
+    assert init_block_size(tmp_path / "ar") is None
+    DiffusionLM.from_causal_lm(tmp_path / "ar", mask_token=63).save_pretrained(tmp_path / "dlm")
+    assert init_block_size(tmp_path / "dlm") is None
+
+
 def test_token_reweighting_trains_on_the_focal_loss_and_validates_on_the_elbo(tmp_path, data):
     args = _args(data, "gsm", 256) + [f"output_dir={tmp_path}", "max_steps=1"]
     plain = Trainer(load_train_config(None, args), show_progress=False)

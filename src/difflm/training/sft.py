@@ -152,11 +152,14 @@ def ar_response_loss(model: Any, x: torch.Tensor, src: torch.Tensor, lengths: to
 
 
 def init_block_size(init: Path) -> int | None:
-    """The block size of a block diffusion checkpoint (its difflm_config.json), else None."""
-    import json
+    """The block size of a block diffusion checkpoint in any layout difflm loads (difflm, SDAR, ...),
+    else None (an AR checkpoint, a full-attention DLM). Reads configs only, no tensor."""
+    from ..formats import detect, plan_checkpoint
 
-    config = Path(init) / "difflm_config.json"
-    return json.loads(config.read_text()).get("block_size") if config.is_file() else None
+    found = detect(init)
+    if found.format == "causal-lm":  # what detect_format calls a plain AR checkpoint (see _build_model)
+        return None
+    return plan_checkpoint(found, {})[0].config.block_size
 
 
 def sft_tokenizer(cfg: Any) -> Any:
