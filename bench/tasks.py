@@ -76,6 +76,7 @@ def random_models(directory: Path) -> dict[str, Path]:
     from transformers import AutoTokenizer
 
     from difflm.training.config import load_train_config
+    from difflm.training.sft import sft_diffusion_settings
     from difflm.training.trainer import build_model
 
     out = {}
@@ -88,12 +89,11 @@ def random_models(directory: Path) -> dict[str, Path]:
         if not (tok_dir / "tokenizer.json").is_file():
             sys.exit(f"no task tokenizer at {tok_dir}; make it first:\n  {TOKENIZER_HINT[role.split('-')[0]]}")
         tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-        # The stand-in config of SFTTrainer._build_model: full attention from the first step for the DLM,
-        # block-causal for a block diffusion one.
+        # The stand-in config of SFTTrainer._build_model, with the DLM settings SFT trains it under.
         dlm = cfg.sft["loss"] == "diffusion"
-        attention = "bidirectional" if cfg.diffusion.get("block_size") is None else "block_causal"
+        diffusion = sft_diffusion_settings(cfg.diffusion, cfg.diffusion.get("block_size")) if dlm else {}
         stand_in = dataclasses.replace(cfg, objective="diffusion" if dlm else "ar", init=None, sft={}, lora=None,
-                                       diffusion={"anneal_steps": 1, **cfg.diffusion, "attention": attention} if dlm else {})
+                                       diffusion=diffusion)
         model = build_model(stand_in, tokenizer)
         out[role] = directory / role
         if dlm:

@@ -162,6 +162,15 @@ def init_block_size(init: Path) -> int | None:
     return plan_checkpoint(found, {})[0].config.block_size
 
 
+def sft_diffusion_settings(diffusion: dict[str, Any], block_size: int | None) -> dict[str, Any]:
+    """The DiffusionConfig fields of a DLM trained by SFT: ``diffusion`` with full attention from the
+    first step (DiffuLLaMA's SFT: anneal_steps 1), or block-causal attention for a block diffusion
+    model (``block_size``)."""
+    attention = {"attention": "bidirectional"} if block_size is None else {"attention": "block_causal",
+                                                                           "block_size": block_size}
+    return {"anneal_steps": 1, **diffusion, **attention}
+
+
 def sft_tokenizer(cfg: Any) -> Any:
     """The tokenizer of an SFT run: the ``init`` checkpoint's own, unless ``tokenizer`` names one."""
     from ..bundled import resolve_model
@@ -244,11 +253,10 @@ class SFTTrainer(Trainer):
             self.lora_base = cfg.init if cfg.init in MODELS else str(init.resolve())
         else:
             objective, init = ("ar" if loss == "ar" else "diffusion"), None
-        # full attention from the first step (DiffuLLaMA's SFT: anneal_steps 1); block-causal for a block
-        # diffusion model - one asked for (diffusion.block_size), or a block diffusion init fine-tuned further
-        block = cfg.diffusion.get("block_size", init_block_size(init) if init is not None else None)
-        attention = {"attention": "bidirectional"} if block is None else {"attention": "block_causal", "block_size": block}
-        diffusion = {} if loss == "ar" else {"anneal_steps": 1, **cfg.diffusion, **attention}
+        block = cfg.diffusion.get("block_size")
+        if block is None and objective == "diffusion" and init is not None:
+            block = init_block_size(init)  # a block diffusion init fine-tuned further stays one
+        diffusion = {} if loss == "ar" else sft_diffusion_settings(cfg.diffusion, block)
         stand_in = dataclasses.replace(cfg, objective=objective, init=None if init is None else str(init),
                                        diffusion=diffusion, sft={}, lora=None)
         model = build_model(stand_in, self.tokenizer)
