@@ -69,6 +69,35 @@ def test_gsm_answers_are_right_and_in_gsm8k_layout():
             assert record["question"].endswith("?") and 0 <= int(final.group(1)) <= 999
 
 
+def test_gsm_pairwise_sums_change_the_reasoning_only():
+    """--sums pairwise writes a total one term at a time; the questions, final answers, splits and every
+    other line stay those of the default format."""
+    whole = keyed_examples("gsm", 200, seed=0, split="test")
+    pairwise = keyed_examples("gsm", 200, seed=0, split="test", sums="pairwise")
+    assert [k for k, _ in whole] == [k for k, _ in pairwise]
+    changed = 0
+    for (_, w), (_, p) in zip(whole, pairwise):
+        assert w["question"] == p["question"]
+        w_lines, p_lines = w["answer"].split("\n"), p["answer"].split("\n")
+        assert w_lines[:-2] == p_lines[:-2] and w_lines[-1] == p_lines[-1]
+        terms = re.fullmatch(r"Altogether they have ((?:\d+ \+ )+\d+) = (\d+) (.+)", w_lines[-2])
+        if not terms or terms.group(1).count("+") < 2:
+            assert w_lines[-2] == p_lines[-2]  # one addition or none: nothing to split
+            continue
+        changed += 1
+        values = [int(v) for v in terms.group(1).split(" + ")]
+        sums = re.findall(r"(\d+) \+ (\d+) = (\d+)", p_lines[-2])
+        assert len(sums) == len(values) - 1 and p_lines[-2].endswith(f" {terms.group(3)}")
+        running = values[0]
+        for (a, b, c), v in zip(sums, values[1:]):
+            assert (int(a), int(b), int(c)) == (running, v, running + v)
+            running += v
+        assert running == int(terms.group(2)) == int(w_lines[-1][5:])
+    assert changed >= 20
+    with pytest.raises(InputError, match="sums must be one of whole, pairwise"):
+        make_examples("gsm", 1, sums="running")
+
+
 def test_gsm_number_range():
     for record in make_examples("gsm", 50, seed=0, numbers="5-9", steps=2):
         start = int(re.search(r"has (\d+)", record["question"]).group(1))
@@ -270,6 +299,8 @@ def test_difflm_data_make_writes_the_same_file_twice(tmp_path, capsys):
     assert main(["data", "make", "gsm", "--n", "3", "--split", "test", "--steps", "2", "--out", str(a)]) == 0
     assert [json.loads(line)["question"] for line in a.read_text().splitlines()] == \
         [r["question"] for r in make_examples("gsm", 3, split="test", steps=2)]
+    assert main(["data", "make", "gsm", "--n", "30", "--sums", "pairwise", "--out", str(a)]) == 0
+    assert [json.loads(line) for line in a.read_text().splitlines()] == make_examples("gsm", 30, sums="pairwise")
     assert main(["data", "make", "countdown", "--n", "4", "--count", "2-3", "--numbers", "1-9", "--out", str(a)]) == 0
     assert [json.loads(line) for line in a.read_text().splitlines()] == make_examples("countdown", 4, count="2-3",
                                                                                        numbers="1-9")
@@ -278,6 +309,7 @@ def test_difflm_data_make_writes_the_same_file_twice(tmp_path, capsys):
                           (["sudoku", "--n", "3", "--blanks", "9-3"], "empty range"),
                           (["sudoku", "--n", "0"], "--n must be"),
                           (["sudoku", "--n", "3", "--count", "3"], "--count is not a setting of task sudoku"),
+                          (["countdown", "--n", "3", "--sums", "pairwise"], "--sums is not a setting of task countdown"),
                           (["gsm", "--n", "2", "--steps", "many"], "steps must be a number")]:
         assert main(["data", "make", *argv, "--out", str(tmp_path / "x.jsonl")]) == 2
         err = capsys.readouterr().err

@@ -36,6 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     make.add_argument("--numbers", metavar="LOW-HIGH",
                       help="gsm: range of the numbers in a problem (default: 2-20); countdown: range of the given "
                       "numbers (default: 1-50)")
+    make.add_argument("--sums", choices=("whole", "pairwise"),
+                      help="gsm: a total of several terms in one sum (whole, default) or one term at a time (pairwise); "
+                      "the reasoning only, the problems are the same")
     make.add_argument("--count", metavar="K or LOW-HIGH", help="countdown: how many numbers are given (default: 3-4)")
     make.add_argument("--blanks", metavar="K or LOW-HIGH",
                       help="sudoku: blank cells per puzzle (default: 30-50; at most 56 with unique solutions)")
@@ -79,7 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     images.set_defaults(func=run_images)
 
 
-_TASK_FLAGS = {"gsm": {"--steps": "steps", "--numbers": "numbers"},
+_TASK_FLAGS = {"gsm": {"--steps": "steps", "--numbers": "numbers", "--sums": "sums"},
                "sudoku": {"--blanks": "blanks", "--no-unique": "unique"},
                "countdown": {"--count": "count", "--numbers": "numbers"}}
 

@@ -55,7 +55,7 @@ def make_examples(task: str, n: int, *, seed: int = 0, split: str = "train", **k
     """``n`` distinct examples of ``task`` from ``split``: the same arguments always give the same
     examples, and the splits never share a problem.
 
-    knobs: the task's settings - gsm: ``steps``, ``numbers``; sudoku: ``blanks``, ``unique``;
+    knobs: the task's settings - gsm: ``steps``, ``numbers``, ``sums``; sudoku: ``blanks``, ``unique``;
     countdown: ``count``, ``numbers`` (ranges as (low, high) or "LOW-HIGH")."""
     return [record for _, record in keyed_examples(task, n, seed=seed, split=split, **knobs)]
 

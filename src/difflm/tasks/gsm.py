@@ -13,7 +13,9 @@ Two kinds of problem, chosen at random:
 
 Difficulty knobs: ``steps`` (arithmetic steps = lines of reasoning before the answer) and
 ``numbers`` (the range operands are drawn from). Every intermediate value is a whole number in
-[0, 999]. A problem's key - what makes two problems the same for the train/test split - is its
+[0, 999]. A format knob, ``sums``, changes the reasoning only (the questions, answers and splits stay
+the same): "whole" (default) writes a comparison's total as one sum, "17 + 13 + 6 = 36"; "pairwise"
+adds one term at a time, "17 + 13 = 30, 30 + 6 = 36" (finer steps for training data). A problem's key - what makes two problems the same for the train/test split - is its
 arithmetic (kind, values, operations), not its names or objects.
 """
 
@@ -26,6 +28,7 @@ from typing import Callable
 from ..errors import InputError
 
 MAX_VALUE = 999
+SUMS = ("whole", "pairwise")
 NAMES = [("Mia", "she"), ("Tom", "he"), ("Ava", "she"), ("Leo", "he"), ("Zoe", "she"), ("Sam", "he"),
          ("Lily", "she"), ("Ben", "he"), ("Emma", "she"), ("Noah", "he"), ("Ruth", "she"), ("Jack", "he"),
          ("Nora", "she"), ("Omar", "he"), ("Ella", "she"), ("Ivan", "he"), ("Grace", "she"), ("Luis", "he"),
@@ -45,10 +48,12 @@ _FRACTION = {2: "half", 3: "a third", 4: "a quarter"}
 @dataclass(frozen=True)
 class GSMSettings:
     """steps: (low, high) arithmetic steps per problem, drawn uniformly; numbers: (low, high) range
-    of the numbers in a problem (start values and operands; factors and divisors stay in 2..5)."""
+    of the numbers in a problem (start values and operands; factors and divisors stay in 2..5);
+    sums: how the reasoning writes a total of several terms, "whole" or "pairwise"."""
 
     steps: tuple[int, int] = (2, 4)
     numbers: tuple[int, int] = (2, 20)
+    sums: str = "whole"
 
     def __post_init__(self) -> None:
         lo, hi = self.steps
@@ -57,6 +62,8 @@ class GSMSettings:
         lo, hi = self.numbers
         if not 1 <= lo < hi <= 200:
             raise InputError(f"numbers must lie in 1..200 (low < high), got {lo}-{hi}")
+        if self.sums not in SUMS:
+            raise InputError(f"sums must be one of {', '.join(SUMS)}, got {self.sums!r}")
 
 
 @dataclass
@@ -193,10 +200,22 @@ def _compare(rng: random.Random, s: GSMSettings, steps: int) -> _Problem | None:
     names = [n for n, _ in people]
     together = ", ".join(names[:-1]) + f" and {names[-1]}"
     p.sentences.append(f"How many {item} do {together} have altogether?")
-    p.lines.append(f"Altogether they have {' + '.join(map(str, values))} = {total} {item}.")
+    p.lines.append(f"Altogether they have {_total(values, s.sums)} {item}.")
     p.lines.append(f"#### {total}")
     p.steps = len(values)  # relations + the sum
     return p
+
+
+def _total(values: list[int], sums: str) -> str:
+    """The sum of ``values`` as the reasoning writes it: "a + b + c = t" (whole) or
+    "a + b = s, s + c = t" (pairwise)."""
+    if sums == "whole":
+        return f"{' + '.join(map(str, values))} = {sum(values)}"
+    steps, running = [], values[0]
+    for v in values[1:]:
+        steps.append(f"{running} + {v} = {running + v}")
+        running += v
+    return ", ".join(steps)
 
 
 def generate_gsm(rng: random.Random, settings: GSMSettings, accept) -> tuple[str, dict[str, str]]:
