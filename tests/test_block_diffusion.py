@@ -1,5 +1,7 @@
 """Block diffusion (BD3-LM): the two-copy training forward sees exactly what a block-by-block
-decoder sees, block size 1 is an AR model, and every block gets its own noise level."""
+decoder sees, block size 1 is an AR model, and every block gets its own noise level - with finished
+blocks read as blocks (BD3-LM) or causally (NBDiff's context-causal attention, whose clean copy is
+then the AR model and trains the auxiliary AR loss)."""
 
 import pytest
 import torch
@@ -20,13 +22,15 @@ def _noisy(x0, seed=0, rate=0.5):
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 @pytest.mark.parametrize("shift", [True, False])
-def test_two_copy_forward_equals_the_decoders_view_of_every_block(arch, shift):
+@pytest.mark.parametrize("context", ["block", "causal"])
+def test_two_copy_forward_equals_the_decoders_view_of_every_block(arch, shift, context):
     """Block k's predictions in training = what the decoder computes when blocks < k are committed
     (clean) and block k is partly masked; nothing later is visible."""
     block = 4
-    model = tiny_dlm(arch, shift=shift, attention="block_causal", block_size=block)
+    model = tiny_dlm(arch, shift=shift, attention="block_causal", block_size=block, block_context=context)
     x0 = torch.randint(0, 60, (2, 16), generator=torch.Generator().manual_seed(1))
     xt = _noisy(x0)
+    xt[:, block - 1::block] = MASK  # every block is being denoised (the decoder's first [MASK] marks it)
     with torch.no_grad():
         train = model.logits(xt, clean_ids=x0)
         for k in range(4):
@@ -39,8 +43,9 @@ def test_two_copy_forward_equals_the_decoders_view_of_every_block(arch, shift):
                                        rtol=1e-4, atol=1e-5)
 
 
-def test_nothing_leaks_from_later_blocks_or_from_other_noisy_blocks():
-    model = tiny_dlm("llama", attention="block_causal", block_size=4)
+@pytest.mark.parametrize("context", ["block", "causal"])
+def test_nothing_leaks_from_later_blocks_or_from_other_noisy_blocks(context):
+    model = tiny_dlm("llama", attention="block_causal", block_size=4, block_context=context)
     x0 = torch.randint(0, 60, (1, 16), generator=torch.Generator().manual_seed(2))
     xt = _noisy(x0, seed=3)
     with torch.no_grad():
@@ -55,10 +60,11 @@ def test_nothing_leaks_from_later_blocks_or_from_other_noisy_blocks():
         assert not torch.allclose(moved[:, 4:8], base[:, 4:8], atol=1e-4)  # but its own block does change
 
 
-def test_block_size_one_with_shift_is_the_ar_model():
+@pytest.mark.parametrize("context", ["block", "causal"])
+def test_block_size_one_with_shift_is_the_ar_model(context):
     """The AR model it was adapted from, logit for logit (without shift, block size 1 is an AR model
     too, but one that predicts token i at position i from a [MASK] there)."""
-    model = tiny_dlm("llama", shift=True, attention="block_causal", block_size=1)
+    model = tiny_dlm("llama", shift=True, attention="block_causal", block_size=1, block_context=context)
     x0 = torch.randint(0, 60, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(model.logits(_noisy(x0), clean_ids=x0), model.logits(x0, attention="causal"),
@@ -84,7 +90,59 @@ def test_every_block_has_its_own_noise_level_and_the_loss_trains():
     assert loss.item() < first - 0.5
 
 
+@pytest.mark.parametrize("shift", [True, False])
+def test_context_causal_reads_finished_blocks_as_the_ar_model_does(shift):
+    """block_context causal (NBDiff): the clean copy of the training forward is the backbone run as a
+    causal LM, logit for logit, and a decoder reads the finished blocks causally - a later token of a
+    finished block changes nothing before it - while the block being denoised stays bidirectional."""
+    x0 = torch.randint(0, 60, (2, 16), generator=torch.Generator().manual_seed(4))
+    xt = _noisy(x0, seed=5)
+    causal = tiny_dlm("llama", shift=shift, attention="block_causal", block_size=4, block_context="causal")
+    blocks = tiny_dlm("llama", shift=shift, attention="block_causal", block_size=4)
+    with torch.no_grad():
+        noisy, clean = causal.logits(xt, clean_ids=x0, with_clean=True)
+        torch.testing.assert_close(noisy, causal.logits(xt, clean_ids=x0))
+        ar = causal.logits(x0, attention="causal")
+        torch.testing.assert_close(clean[:, 1:], ar[:, 1:], rtol=1e-4, atol=1e-5)
+        _, block_clean = blocks.logits(xt, clean_ids=x0, with_clean=True)
+        assert not torch.allclose(block_clean[:, 1:], ar[:, 1:], atol=1e-3)  # BD3-LM's clean copy is not AR
+        canvas = x0.clone()
+        canvas[:, 8:] = MASK  # blocks 0 and 1 finished, block 2 being denoised
+        changed = canvas.clone()
+        changed[:, 6] = (changed[:, 6] + 1) % 60  # a token inside finished block 1
+        for model, context_sees_it in ((causal, False), (blocks, True)):
+            a, b = model.logits(canvas), model.logits(changed)
+            # aligned positions 4-5 are predicted from block 1 before its token 6 (or from 3 with shift)
+            assert torch.allclose(a[:, 4:6], b[:, 4:6], atol=1e-6) != context_sees_it
+            assert not torch.allclose(a[:, 8:12], b[:, 8:12], atol=1e-4)  # the active block sees it either way
+        active = canvas.clone()
+        active[:, 9] = (active[:, 9] + 1) % 60  # an unmasked token inside the active block
+        assert not torch.allclose(causal.logits(canvas)[:, 8], causal.logits(active)[:, 8], atol=1e-4)
+
+
+def test_ar_loss_weight_adds_the_clean_copys_next_token_loss():
+    model = tiny_dlm("llama", attention="block_causal", block_size=4, block_context="causal")
+    x0 = torch.randint(0, 60, (3, 16), generator=torch.Generator().manual_seed(6))
+    src = torch.zeros_like(x0, dtype=torch.bool)
+    src[:, :5] = True  # a prompt: neither noised nor an AR target
+    noise, t = draw_noise(model, x0, src_mask=src, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        plain = masked_diffusion_loss(model, x0, t=t, noise_mask=noise, src_mask=src)
+        guided = masked_diffusion_loss(model, x0, t=t, noise_mask=noise, src_mask=src, ar_weight=0.5)
+        logits = model.logits(x0, attention="causal")
+        ce = torch.nn.functional.cross_entropy(logits[:, 1:].transpose(1, 2), x0[:, 1:], reduction="none")
+    expected = 0.5 * ce[:, 4:].sum() / (3 * 11)  # targets: positions 5..15 of each row
+    assert plain.num_targets == 33
+    torch.testing.assert_close(guided.loss - plain.loss, expected, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ConfigError, match="block_context: causal"):
+        masked_diffusion_loss(tiny_dlm("llama", attention="block_causal", block_size=4), x0, ar_weight=0.5)
+
+
 def test_block_causal_and_block_size_go_together():
+    with pytest.raises(ConfigError, match="block_context 'causal' belongs to a block diffusion model"):
+        DiffusionConfig(mask_token_id=3, block_context="causal")
+    with pytest.raises(ConfigError, match="unknown block_context"):
+        DiffusionConfig(mask_token_id=3, attention="block_causal", block_size=4, block_context="row")
     with pytest.raises(ConfigError, match="block_size"):
         DiffusionConfig(mask_token_id=3, attention="block_causal")
     with pytest.raises(ConfigError, match="block_size"):
@@ -144,8 +202,9 @@ def test_decoding_follows_the_training_grid():
 
 @pytest.mark.parametrize("shift", [True, False])
 @pytest.mark.parametrize("strategy", ["low_confidence", "threshold", "random"])
-def test_block_model_generation_is_the_same_with_the_block_cache_and_alone_or_batched(shift, strategy):
-    model = tiny_dlm("llama", shift=shift, attention="block_causal", block_size=4)
+@pytest.mark.parametrize("context", ["block", "causal"])
+def test_block_model_generation_is_the_same_with_the_block_cache_and_alone_or_batched(shift, strategy, context):
+    model = tiny_dlm("llama", shift=shift, attention="block_causal", block_size=4, block_context=context)
     prompts = [[1, 2, 3, 4, 5, 6], [7, 8, 9]]
     kw = dict(max_new_tokens=11, strategy=strategy, temperature=1.0, top_p=0.9)
     gens = lambda: [torch.Generator().manual_seed(s) for s in (0, 1)]  # noqa: E731

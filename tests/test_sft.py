@@ -166,6 +166,34 @@ def test_token_reweighting_trains_on_the_focal_loss_and_validates_on_the_elbo(tm
     assert focal.evaluate() == plain.evaluate()
 
 
+def test_context_causal_block_sft_trains_with_the_ar_guidance_and_keeps_its_context(tmp_path, data):
+    """diffusion.block_context causal + ar_loss_weight (NBDiff): training steps add the clean copy's
+    next-token loss (validation stays the ELBO); the saved model reads finished blocks causally, decodes
+    the same with and without its block cache, and SFT continued from it keeps its context."""
+    from difflm.sampling import generate
+
+    args = _args(data, "gsm", 256) + ["max_steps=2", "eval_every=2", "save_every=2", "diffusion.block_size=4",
+                                      "diffusion.block_context=causal"]
+    plain = Trainer(load_train_config(None, args + [f"output_dir={tmp_path / 'plain'}"]), show_progress=False)
+    guided = Trainer(load_train_config(None, args + [f"output_dir={tmp_path / 'run'}", "ar_loss_weight=1"]),
+                     show_progress=False)
+    assert guided.dlm.config.block_context == "causal"
+    x, noise, t, src, lengths, scale = guided._micro_batches(0)[0]
+    with torch.no_grad():
+        diffusion = plain._loss(plain.model, x, noise, t, src, lengths, scale, step=0)
+        assert guided._loss(guided.model, x, noise, t, src, lengths, scale, step=0) > diffusion
+        assert torch.equal(guided._loss(guided.model, x, noise, t, src, lengths), plain._loss(plain.model, x, noise, t, src, lengths))
+    guided.train()
+    model = DiffusionLM.from_pretrained(tmp_path / "run" / "model")
+    assert (model.config.block_size, model.config.block_context) == (4, "causal")
+    prompt = x[0, : int(src[0].sum())]
+    outs = [generate(model, prompt, max_new_tokens=10, cache=c, return_dict=True).new_tokens for c in ("none", "block")]
+    assert outs[0] == outs[1]
+    continued = Trainer(load_train_config(None, _args(data, "gsm", 256) + [
+        f"output_dir={tmp_path / 'more'}", "max_steps=1", f"init={tmp_path / 'run' / 'model'}"]), show_progress=False)
+    assert (continued.dlm.config.block_size, continued.dlm.config.block_context) == (4, "causal")
+
+
 def test_ar_sft_scores_the_response_and_its_eos_only(tmp_path, data):
     trainer = Trainer(load_train_config(None, _args(data, "gsm", 256) + [f"output_dir={tmp_path}", "max_steps=1",
                                                                         "sft.loss=ar"]), show_progress=False)
@@ -375,6 +403,11 @@ def test_bad_sft_input_is_one_clear_line(tmp_path, data, capsys):
         (["token_reweighting.beta=1"], "unknown token_reweighting setting(s) beta"),
         (["token_reweighting.alpha=0"], "token_reweighting.alpha must be a number > 0"),
         (["diffusion.block_size=8", "diffusion.attention=bidirectional"], "block-causal attention (block diffusion"),
+        (["sft.loss=ar", "ar_loss_weight=1"], "ar_loss_weight adds an AR loss to the block diffusion loss"),
+        (["ar_loss_weight=-1"], "ar_loss_weight must be a number >= 0"),
+        (["diffusion.block_size=8", "ar_loss_weight=1"], "ar_loss_weight needs a block diffusion model with "
+                                                         "diffusion.block_context: causal"),
+        (["diffusion.block_context=causal"], "block_context 'causal' belongs to a block diffusion model"),
         (["objective=diffusion", "sft.loss=ar"], "sft settings need objective sft"),
     ]
     for extra, message in cases:

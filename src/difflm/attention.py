@@ -66,25 +66,44 @@ def block_causal_attention_mask(block_ids: torch.Tensor) -> torch.Tensor:
     return block_ids.unsqueeze(-2) <= block_ids.unsqueeze(-1)
 
 
-def block_diffusion_training_mask(ids: torch.Tensor) -> torch.Tensor:
+def block_diffusion_training_mask(ids: torch.Tensor, *, causal_context: bool = False) -> torch.Tensor:
     """BD3-LM's two-copy training pattern over [x_t | x_0] (2L positions), from the block ids of
     the queries/keys (LongTensor [L] or [B, L], non-decreasing):
 
     * a noisy position (x_t copy) sees the noisy positions of its own block (bidirectional) and the
       clean positions of earlier blocks;
     * a clean position (x_0 copy) sees the clean positions of its own and earlier blocks (block
-      causal), so the clean copy yields exactly the keys a block-by-block decoder would cache.
+      causal), or with ``causal_context`` the clean positions up to itself (causal: NBDiff's
+      context-causal pattern, the clean copy is then exactly an AR model's forward), so the clean
+      copy yields exactly the keys a block-by-block decoder would cache.
 
     Every block is thus denoised, conditioned on the clean blocks before it, in one forward of
     twice the length. Returns BoolTensor [2L, 2L] (or [B, 2L, 2L])."""
     q, k = ids.unsqueeze(-1), ids.unsqueeze(-2)
     noisy_to_noisy = q == k
     noisy_to_clean = k < q
-    clean_to_clean = k <= q
+    clean_to_clean = causal_attention_mask(ids.shape[-1], device=ids.device).expand_as(q == k) if causal_context else k <= q
     clean_to_noisy = torch.zeros_like(noisy_to_noisy)
     top = torch.cat([noisy_to_noisy, noisy_to_clean], dim=-1)
     bottom = torch.cat([clean_to_noisy, clean_to_clean], dim=-1)
     return torch.cat([top, bottom], dim=-2)
+
+
+def context_causal_attention_mask(block_ids: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    """NBDiff's decoding pattern: the finished blocks (ids below ``active``) read causally, the
+    active block and those after it block-causally (bidirectional inside, causal across) - what
+    the clean and noisy copies of `block_diffusion_training_mask(causal_context=True)` see.
+
+    Args:
+        block_ids: LongTensor [B, L], non-decreasing block index of every position.
+        active: LongTensor [B], the block being denoised in each row.
+    Returns:
+        BoolTensor [B, L, L].
+    """
+    length = block_ids.shape[-1]
+    causal = causal_attention_mask(length, device=block_ids.device)
+    finished = (block_ids < active.view(-1, 1)).unsqueeze(-1)  # [B, L, 1]: the query's block is done
+    return torch.where(finished, causal, block_causal_attention_mask(block_ids))
 
 
 def attention_pattern(

@@ -35,6 +35,7 @@ def read_json_config(path: Path) -> Any:
     except OSError as exc:
         raise ConfigError(f"{path} cannot be read: {exc}") from None
 ATTENTION_MODES = ("causal", "bidirectional", "annealed", "block_causal")
+BLOCK_CONTEXTS = ("block", "causal")
 SCHEDULES = ("linear", "cosine", "loglinear")
 LOSS_NORMALIZATIONS = ("tokens", "masked")
 
@@ -62,6 +63,10 @@ class DiffusionConfig:
             (optional).
         block_size: positions per block of a block diffusion model ("block_causal" attention):
             blocks tile the sequence from its first real token (position id 0); None otherwise.
+        block_context: how a block diffusion model reads the finished blocks before the one it
+            denoises: "block" (BD3-LM, SDAR, Fast-dLLM v2: a finished block's tokens see each other)
+            or "causal" (NBDiff, Tian et al. 2025: finished text is read causally, exactly as the AR
+            model it was adapted from reads it; only the block being denoised is bidirectional).
         family: where the weights came from ("difflm", "diffugpt", "llada", ...), informational.
     """
 
@@ -76,6 +81,7 @@ class DiffusionConfig:
     bos_token_id: int | None = None
     eos_token_id: int | None = None
     block_size: int | None = None
+    block_context: str = "block"
     family: str = "difflm"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -103,6 +109,10 @@ class DiffusionConfig:
         if (self.attention == "block_causal") != (self.block_size is not None):
             raise ConfigError("attention 'block_causal' and block_size go together: a block diffusion model needs "
                               "both, any other model neither")
+        if self.block_context not in BLOCK_CONTEXTS:
+            raise ConfigError(f"unknown block_context {self.block_context!r}; choose one of {', '.join(BLOCK_CONTEXTS)}")
+        if self.block_context != "block" and self.block_size is None:
+            raise ConfigError(f"block_context {self.block_context!r} belongs to a block diffusion model (block_size)")
         if isinstance(self.anneal_steps, bool) or not isinstance(self.anneal_steps, int) or self.anneal_steps < 1:
             raise ConfigError(f"anneal_steps must be an integer >= 1, got {self.anneal_steps!r}")
         if self.schedule not in SCHEDULES:

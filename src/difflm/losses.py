@@ -81,6 +81,7 @@ def masked_diffusion_loss(
     generator: torch.Generator | None = None,
     forward: Callable[..., torch.Tensor] | None = None,
     token_reweighting: tuple[float, float] | None = None,
+    ar_weight: float = 0.0,
 ) -> DiffusionLossOutput:
     """Monte Carlo estimate of the masked-diffusion ELBO (negative; lower is better).
 
@@ -117,6 +118,10 @@ def masked_diffusion_loss(
             cross-entropy ce scaled by alpha * (1 - exp(-ce)) ** gamma (the focal loss of MGDM,
             Ye et al. 2025, and Dream), which moves the gradient onto the tokens the model still
             gets wrong. None: the ELBO.
+        ar_weight: a block diffusion model with ``block_context="causal"`` only: add this weight
+            times the next-token cross-entropy of the clean copy (which runs causally: the model
+            read as an AR model) over the same maskable positions and with the same denominator
+            (NBDiff's AR guidance). 0: the ELBO.
     """
     cfg = model.config
     normalization = normalization or cfg.loss_normalization
@@ -136,15 +141,33 @@ def masked_diffusion_loss(
         if src_mask is not None and bool((noise_mask & src_mask.bool()).any()):
             raise InputError("noise_mask covers positions of src_mask, which are never noised")
     x_t = torch.where(noise_mask, torch.full_like(x0, cfg.mask_token_id), x0)
-    if cfg.block_size is not None:  # every block denoised next to the clean blocks before it
+    if ar_weight:
+        check_ar_loss_weight(cfg, ar_weight)
+        logits, clean_logits = (forward or model.logits)(x_t, attention_mask, clean_ids=x0, with_clean=True)
+    elif cfg.block_size is not None:  # every block denoised next to the clean blocks before it
         logits = (forward or model.logits)(x_t, attention_mask, clean_ids=x0)
     else:
         anneal_step = step if cfg.attention == "annealed" else None
         logits = (forward or model.logits)(x_t, attention_mask, step=anneal_step, generator=generator)
     targets = noise_mask & model.predictable_mask(x0, attention_mask)
     schedule = get_schedule(cfg.schedule, eps=cfg.eps)
-    return diffusion_loss_from_logits(logits, x0, targets, t, int(allowed.sum()), schedule=schedule,
-                                      normalization=normalization, token_reweighting=token_reweighting)
+    out = diffusion_loss_from_logits(logits, x0, targets, t, int(allowed.sum()), schedule=schedule,
+                                     normalization=normalization, token_reweighting=token_reweighting)
+    if ar_weight:
+        ar_targets = allowed & model.predictable_mask(x0, attention_mask)
+        ce = F.cross_entropy(clean_logits.float().transpose(1, 2), x0, reduction="none")
+        denominator = out.num_masked if normalization == "masked" else out.num_targets
+        out.loss = out.loss + ar_weight * (ce * ar_targets).sum() / max(1, denominator)
+    return out
+
+
+def check_ar_loss_weight(config, weight: float) -> None:
+    """`ConfigError` unless ``weight`` is 0 or the model (its `DiffusionConfig`) reads finished blocks
+    causally: only then is the clean copy of the two-copy forward an AR model."""
+    if weight and (config.block_size is None or config.block_context != "causal"):
+        raise ConfigError("ar_loss_weight needs a block diffusion model with diffusion.block_context: causal "
+                          "(its clean copy is then an AR model); this model "
+                          + ("has no block_size" if config.block_size is None else "reads finished blocks as blocks"))
 
 
 def diffusion_loss_from_logits(

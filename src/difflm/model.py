@@ -23,7 +23,8 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from .atomic import atomic_directory
 from .attention import (
-    anneal_ratio, attention_pattern, block_causal_attention_mask, block_diffusion_training_mask, to_4d,
+    anneal_ratio, attention_pattern, block_causal_attention_mask, block_diffusion_training_mask,
+    context_causal_attention_mask, to_4d,
 )
 from .config import DiffusionConfig
 from .errors import ConfigError, InputError, ModelLoadError
@@ -155,6 +156,14 @@ class DiffusionLM(nn.Module):
         after = real.flip(-1).long().cumsum(-1).flip(-1) == 0
         return torch.where(after, (groups * real).amax(-1, keepdim=True) + 1, groups)
 
+    def first_masked_group(self, input_ids: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+        """LongTensor [B]: the decoding group of each row's first [MASK] (one past the last group in
+        a row without one), i.e. the block a block-by-block decoder is working on."""
+        masked = input_ids == self.mask_token_id
+        beyond = groups.amax(-1) + 1
+        first = torch.where(masked, groups, beyond[:, None]).amin(-1)
+        return first
+
     def attention_mask_4d(
         self,
         input_ids: torch.Tensor,
@@ -164,17 +173,27 @@ class DiffusionLM(nn.Module):
         step: int | None = None,
         generator: torch.Generator | None = None,
         groups: torch.Tensor | None = None,
+        active: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The 4-D mask [B, 1, L, L] the backbone gets for these inputs: boolean for sdpa,
         additive float for eager attention (see `logits`). ``attention="block_causal"`` needs the
-        decoding ``groups`` [B, L] of the tokens (see `block_attention_ids`)."""
+        decoding ``groups`` [B, L] of the tokens (see `block_attention_ids`). A model with
+        ``block_context="causal"`` reads the blocks before the ``active`` one (LongTensor [B], a
+        group per row; default: the group of each row's first [MASK], none in a row without one)
+        causally."""
         mode = attention or self.config.attention
         if mode == "block_causal":
             if groups is None and self.config.block_size is None:
                 raise InputError("block_causal attention needs the decoding groups of the tokens")
             if groups is None:
                 groups = self.block_groups(input_ids, attention_mask)
-            pattern = block_causal_attention_mask(self.block_attention_ids(groups))
+            ids = self.block_attention_ids(groups)
+            if self.config.block_context == "causal":
+                if active is None:
+                    active = self.first_masked_group(input_ids, groups)
+                pattern = context_causal_attention_mask(ids, active.to(ids.device))
+            else:
+                pattern = block_causal_attention_mask(ids)
         else:
             ratio = anneal_ratio(step, self.config.anneal_steps) if mode == "annealed" else 1.0
             pattern = attention_pattern(mode, input_ids.shape[1], ratio=ratio, generator=generator, device=input_ids.device)
@@ -199,7 +218,8 @@ class DiffusionLM(nn.Module):
         generator: torch.Generator | None = None,
         groups: torch.Tensor | None = None,
         clean_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        with_clean: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Aligned logits: ``logits[:, i]`` is the prediction for token ``i``.
 
         Args:
@@ -217,6 +237,7 @@ class DiffusionLM(nn.Module):
             clean_ids: LongTensor [B, L], the clean tokens of ``input_ids`` (= x_t): block
                 diffusion training (BD3-LM). One forward over [x_t | x_0] in which every block of
                 x_t is denoised seeing only the clean blocks before it (see `two_copy_logits`).
+            with_clean: with ``clean_ids``, also return the clean copy's aligned logits.
         Returns:
             FloatTensor [B, L, V]. With ``shift`` the backbone's prediction made at i-1 is moved to
             i; position 0 has no prediction of its own and holds a copy of position 1's (Dream's
@@ -226,7 +247,7 @@ class DiffusionLM(nn.Module):
             raise InputError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
         self._check_length(input_ids.shape[1])
         if clean_ids is not None:
-            return self.two_copy_logits(input_ids, clean_ids, attention_mask, groups=groups)
+            return self.two_copy_logits(input_ids, clean_ids, attention_mask, groups=groups, with_clean=with_clean)
         mask4d = self.attention_mask_4d(input_ids, attention_mask, attention=attention, step=step,
                                         generator=generator, groups=groups)
         position_ids = None if attention_mask is None else self.position_ids(attention_mask, input_ids)
@@ -247,11 +268,15 @@ class DiffusionLM(nn.Module):
         attention_mask: torch.Tensor | None = None,
         *,
         groups: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        with_clean: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Block diffusion training forward (BD3-LM's vectorised [x_t | x_0]): aligned logits
         [B, L, V] for ``noisy_ids`` [B, L] where the prediction of a token of block k sees the
         noisy tokens of block k and the clean tokens (``clean_ids``) of the blocks before it -
-        what a block-by-block decoder sees. Costs one forward over 2L positions.
+        what a block-by-block decoder sees. Costs one forward over 2L positions. With
+        ``with_clean`` also the aligned logits [B, L, V] of the clean copy: under
+        ``block_context="causal"`` the clean copy runs causally, so these are the next-token
+        predictions of the model read as an AR model (NBDiff's auxiliary AR loss, for free).
 
         With shift, the position before a block predicts its first token and so belongs to that
         block's attention group (`block_attention_ids`); its own token is the last of the previous
@@ -261,14 +286,16 @@ class DiffusionLM(nn.Module):
         ids = self.block_attention_ids(groups)
         length = noisy_ids.shape[1]
         noisy_ids = torch.where(ids != groups, clean_ids, noisy_ids)
-        pattern = block_diffusion_training_mask(ids)
+        pattern = block_diffusion_training_mask(ids, causal_context=self.config.block_context == "causal")
         padding = None if attention_mask is None else torch.cat([attention_mask, attention_mask], dim=1)
         eager = self.model.config._attn_implementation == "eager"
         mask4d = to_4d(pattern, padding, batch_size=noisy_ids.shape[0], dtype=torch.float32 if eager else None)
         positions = self.position_ids(attention_mask, noisy_ids)
-        kwargs = {"logits_to_keep": torch.arange(length, device=noisy_ids.device)} if self._keeps_logits else {}
+        kwargs = {"logits_to_keep": torch.arange(length, device=noisy_ids.device)} if self._keeps_logits and not with_clean else {}
         out = self.model(input_ids=torch.cat([noisy_ids, clean_ids], dim=1), attention_mask=mask4d,
                          position_ids=torch.cat([positions, positions], dim=1), use_cache=False, **kwargs)
+        if with_clean:
+            return self._aligned(out.logits[:, :length]), self._aligned(out.logits[:, length:])
         return self._aligned(out.logits[:, :length])
 
     def logits_at(

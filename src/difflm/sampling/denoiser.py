@@ -81,20 +81,30 @@ class Denoiser:
         self.groups = groups
         self.cache_mode = cache
         self.cfg_scale = float(cfg_scale)
-        mask4d = model.attention_mask_4d(canvas, attention_mask, attention=attention, groups=groups)
+        # NBDiff's context-causal attention changes with the block being denoised: the mask is
+        # rebuilt at every block (`start_block`); any other mask is fixed for the whole run
+        self._per_block = (attention or model.config.attention) == "block_causal" and model.config.block_context == "causal"
+        self._mask_inputs = (canvas, attention_mask, attention)
         positions = model.position_ids(attention_mask, canvas)
         self.condition = None
         if self.cfg_scale > 0:
             real = attention_mask.bool() if attention_mask is not None else torch.ones_like(generate_mask)
             self.condition = real & ~generate_mask  # masked in the unconditional half
-            mask4d, positions = torch.cat([mask4d, mask4d]), torch.cat([positions, positions])
-        self.mask4d, self.positions = mask4d, positions
+            positions = torch.cat([positions, positions])
+        self.positions = positions
+        self.mask4d = self._mask(None)
         self._past = None
         self._window = (0, canvas.shape[1])
         self._cached = 0  # "block": positions [0, _cached) are in the cache for good
         self._refresh = False
         self._step = self._window  # "block": what later steps recompute (a sub-block, or the window)
         self._sub = None  # "block" with sub-blocks: the cache of the rest of the block
+
+    def _mask(self, active: torch.Tensor | None) -> torch.Tensor:
+        """The 4-D mask of the canvas (doubled for CFG), with the block ``active`` ([B]) being denoised."""
+        canvas, attention_mask, attention = self._mask_inputs
+        mask4d = self.model.attention_mask_4d(canvas, attention_mask, attention=attention, groups=self.groups, active=active)
+        return mask4d if self.condition is None else torch.cat([mask4d, mask4d])
 
     def start_block(self, block: torch.Tensor, within: torch.Tensor | None = None) -> None:
         """Begin a block (BoolTensor [B, L]): the next call refreshes the cache. ``within``: the
@@ -104,6 +114,8 @@ class Denoiser:
         # the window holds every position that sees the block: its group by token and by attention
         # id (with shift the position before a group's first token predicts it and sees the group)
         group = torch.where(parent, self.groups, -1).amax(-1, keepdim=True)
+        if self._per_block:  # the blocks before this one are finished: read causally from now on
+            self.mask4d = self._mask(group.squeeze(-1))
         ids = self.model.block_attention_ids(self.groups)
         in_group = ((self.groups == group) | (ids == group)) & parent.any(-1, keepdim=True)
         window = parent | self.model.prediction_sources(parent) | in_group

@@ -48,6 +48,11 @@ class TrainConfig:
         the focal loss alpha * (1 - p) ** gamma * CE of every target (p its probability; MGDM, Ye et
         al. 2025, uses alpha 0.25, which only scales the loss), so hard tokens weigh more than the
         template around them. Validation stays the plain ELBO.
+    ar_loss_weight: diffusion objectives on a block diffusion model with ``diffusion.block_context:
+        causal`` only: add this weight times the next-token loss of the clean copy of the
+        two-copy forward (NBDiff's AR guidance, Tian et al. 2025: the clean copy runs causally, so
+        the AR loss costs no second forward and keeps what the AR init knew). 0 = off; validation
+        stays the plain ELBO.
     complementary_masks: also train on the complement of every noise mask (Fast-dLLM v2), so every
         maskable token is a target in one of the two rows; the complement of a mask drawn at level
         t is a mask drawn at 1 - t, so the loss stays an unbiased ELBO estimate. Doubles the rows.
@@ -91,6 +96,7 @@ class TrainConfig:
     antithetic: bool = True
     complementary_masks: bool = False
     token_reweighting: dict[str, float] | None = None
+    ar_loss_weight: float = 0.0
     sft: dict[str, Any] = field(default_factory=dict)
     lora: dict[str, Any] | None = None
     continuous: dict[str, Any] = field(default_factory=dict)
@@ -139,6 +145,7 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         self._check_sft()
         self._check_token_reweighting()  # after _check_sft: is_diffusion reads sft.loss
+        self._check_ar_loss_weight()
         from ..continuous.config import check_train_settings  # torch-free
 
         check_train_settings(self)
@@ -229,11 +236,28 @@ class TrainConfig:
             raise ConfigError("token_reweighting weighs the masked-diffusion loss: use a diffusion objective "
                               "(diffusion, adapt, block, or sft with sft.loss diffusion)")
 
+    def _check_ar_loss_weight(self) -> None:
+        """``ar_loss_weight``: a number >= 0, non-zero only with a diffusion loss (the model's block context
+        is checked when the model exists, `difflm.losses.check_ar_loss_weight`)."""
+        w = self.ar_loss_weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < float("inf"):
+            raise ConfigError(f"ar_loss_weight must be a number >= 0, got {w!r}")
+        if w and (not self.is_diffusion or self.objective == "continuous"):
+            raise ConfigError("ar_loss_weight adds an AR loss to the block diffusion loss: use a diffusion objective "
+                              "(diffusion, adapt, block, or sft with sft.loss diffusion)")
+
     @property
     def reweighting(self) -> tuple[float, float] | None:
         """(alpha, gamma) of ``token_reweighting``, or None."""
         tr = self.token_reweighting
         return None if tr is None else (float(tr["alpha"]), float(tr["gamma"]))
+
+    def loss_options(self, training: bool) -> dict[str, Any]:
+        """The `masked_diffusion_loss` options of a training step (the focal loss, the AR guidance), or
+        none for validation, which is always the plain ELBO."""
+        if not training:
+            return {}
+        return {"token_reweighting": self.reweighting, "ar_weight": float(self.ar_loss_weight)}
 
     def diffusion_config(self, mask_token_id: int, **special_ids: int | None) -> DiffusionConfig:
         """The `DiffusionConfig` of the model to train: ``diffusion`` over the objective's

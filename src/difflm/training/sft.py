@@ -314,11 +314,9 @@ class SFTTrainer(Trainer):
         if self.dlm is None:
             total, count = ar_response_loss(model, x, src, lengths)
         else:
-            # the training step (it has a step) may use the focal loss; validation is always the ELBO
-            reweighting = self.cfg.reweighting if step is not None else None
             out = masked_diffusion_loss(self.dlm, x, t=t, noise_mask=noise, src_mask=src, step=step,
                                         generator=mask_generator, normalization=normalization, forward=model,
-                                        token_reweighting=reweighting)
+                                        **self.cfg.loss_options(step is not None))
             norm = normalization or self.dlm.config.loss_normalization
             count = out.num_masked if norm == "masked" else out.num_targets
             total = out.loss * max(1, count)

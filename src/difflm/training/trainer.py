@@ -25,7 +25,7 @@ from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmu
 from ..bundled import TOKENIZER_DIR
 from ..atomic import atomic_directory
 from ..errors import ConfigError, InputError
-from ..losses import ar_loss, draw_noise, maskable_positions, masked_diffusion_loss
+from ..losses import ar_loss, check_ar_loss_weight, draw_noise, maskable_positions, masked_diffusion_loss
 from ..model import DiffusionLM
 from ..rng import seeded_generator
 from .checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
@@ -132,6 +132,8 @@ class Trainer:
         self.dlm = self.model if isinstance(self.model, DiffusionLM) else None
         if self.dlm is not None and cfg.block_size > (self.dlm.max_length or cfg.block_size):
             raise ConfigError(f"block_size {cfg.block_size} exceeds the model's context of {self.dlm.max_length}")
+        if self.dlm is not None:
+            check_ar_loss_weight(self.dlm.config, cfg.ar_loss_weight)
         self.optimizer = torch.optim.AdamW(_param_groups(self.model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
         # The scheduler is stepped by hand: accelerate's wrapper would step it once per process.
         self.scheduler = get_cosine_with_min_lr_schedule_with_warmup(
@@ -197,10 +199,9 @@ class Trainer:
         x = x.to(device)
         if self.dlm is None:
             return ar_loss(model, x)
-        # the training step (it has a step) may use the focal loss; validation is always the ELBO
-        reweighting = self.cfg.reweighting if step is not None else None
         return masked_diffusion_loss(self.dlm, x, t=t, noise_mask=noise, step=step, generator=mask_generator,
-                                     normalization=normalization, forward=model, token_reweighting=reweighting).loss
+                                     normalization=normalization, forward=model,
+                                     **self.cfg.loss_options(step is not None)).loss
 
     def train_step(self, step: int) -> float:
         acc, cfg = self.accelerator, self.cfg
