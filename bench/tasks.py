@@ -56,14 +56,14 @@ CONFIGS = {"gsm-dlm": "sft-gsm-dlm", "gsm-ar": "sft-gsm-ar-continued", "sudoku-d
            "sudoku-ar": "sft-sudoku-ar"}
 BUNDLED = {"gsm-dlm": "dlm-gsm", "gsm-ar": "ar-gsm", "sudoku-dlm": "dlm-sudoku", "sudoku-ar": "ar-sudoku"}
 TOKENIZER_HINT = {  # the commands of the configs' headers
-    "gsm": "difflm data make gsm --n 50000 --split train --out data/gsm/train.jsonl && difflm data tokenizer "
-           "data/gsm/train.jsonl --vocab-size 1024 --split-digits --out data/gsm/tokenizer",
+    "gsm": "difflm data make gsm --n 50000 --split train --sums pairwise --out data/gsm-pairwise/train.jsonl && "
+           "difflm data tokenizer data/gsm-pairwise/train.jsonl --vocab-size 1024 --split-digits --out data/gsm-pairwise/tokenizer",
     "sudoku": "difflm data make sudoku --n 60000 --blanks 20-50 --split train --out data/sudoku/train.jsonl && "
               "difflm data tokenizer data/sudoku/train.jsonl --vocab-size 300 --out data/sudoku/tokenizer"}
 SUDOKU_STRATEGIES = ("topk_margin", "entropy", "low_confidence")
 BINS = ((20, 29), (30, 39), (40, 50))
 CANVAS, BLOCK = 128, 32
-THRESHOLDS, QUICK_THRESHOLDS = (0.95, 0.9, 0.8, 0.7, 0.5, 0.3), (0.9, 0.5)
+THRESHOLDS, QUICK_THRESHOLDS = (0.99, 0.98, 0.95, 0.9, 0.8, 0.7, 0.5, 0.3), (0.9, 0.5)
 # With one thread, speed is CPU time of this process: on a machine shared with other jobs the wall
 # clock measures their load as much as ours. With more threads, wall time.
 CLOCK: dict[str, Any] = {"name": "wall", "now": time.perf_counter}
