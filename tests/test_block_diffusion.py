@@ -104,6 +104,8 @@ def test_context_causal_reads_finished_blocks_as_the_ar_model_does(shift):
         torch.testing.assert_close(noisy, causal.logits(xt, clean_ids=x0))
         ar = causal.logits(x0, attention="causal")
         torch.testing.assert_close(clean[:, 1:], ar[:, 1:], rtol=1e-4, atol=1e-5)
+        # a row without [MASK] is all finished text: the model's plain forward is the AR model's then
+        torch.testing.assert_close(causal.logits(x0)[:, 1:], ar[:, 1:], rtol=1e-4, atol=1e-5)
         _, block_clean = blocks.logits(xt, clean_ids=x0, with_clean=True)
         assert not torch.allclose(block_clean[:, 1:], ar[:, 1:], atol=1e-3)  # BD3-LM's clean copy is not AR
         canvas = x0.clone()

@@ -157,12 +157,11 @@ class DiffusionLM(nn.Module):
         return torch.where(after, (groups * real).amax(-1, keepdim=True) + 1, groups)
 
     def first_masked_group(self, input_ids: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-        """LongTensor [B]: the decoding group of each row's first [MASK] (one past the last group in
-        a row without one), i.e. the block a block-by-block decoder is working on."""
+        """LongTensor [B]: the decoding group of each row's first [MASK], i.e. the block a block-by-block
+        decoder is working on; in a row without one, a group after every attention id (all finished)."""
         masked = input_ids == self.mask_token_id
-        beyond = groups.amax(-1) + 1
-        first = torch.where(masked, groups, beyond[:, None]).amin(-1)
-        return first
+        beyond = groups.amax(-1) + 2  # attention ids reach max(groups) + 1 (`block_attention_ids`)
+        return torch.where(masked, groups, beyond[:, None]).amin(-1)
 
     def attention_mask_4d(
         self,
