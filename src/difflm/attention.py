@@ -82,7 +82,10 @@ def block_diffusion_training_mask(ids: torch.Tensor, *, causal_context: bool = F
     q, k = ids.unsqueeze(-1), ids.unsqueeze(-2)
     noisy_to_noisy = q == k
     noisy_to_clean = k < q
-    clean_to_clean = causal_attention_mask(ids.shape[-1], device=ids.device).expand_as(q == k) if causal_context else k <= q
+    if causal_context:  # by position: the clean copy is the AR model's forward
+        clean_to_clean = causal_attention_mask(ids.shape[-1], device=ids.device).expand_as(noisy_to_noisy)
+    else:
+        clean_to_clean = k <= q
     clean_to_noisy = torch.zeros_like(noisy_to_noisy)
     top = torch.cat([noisy_to_noisy, noisy_to_clean], dim=-1)
     bottom = torch.cat([clean_to_noisy, clean_to_clean], dim=-1)

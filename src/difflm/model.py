@@ -290,7 +290,8 @@ class DiffusionLM(nn.Module):
         eager = self.model.config._attn_implementation == "eager"
         mask4d = to_4d(pattern, padding, batch_size=noisy_ids.shape[0], dtype=torch.float32 if eager else None)
         positions = self.position_ids(attention_mask, noisy_ids)
-        kwargs = {"logits_to_keep": torch.arange(length, device=noisy_ids.device)} if self._keeps_logits and not with_clean else {}
+        keep_noisy = self._keeps_logits and not with_clean  # project only the noisy copy when that is all we need
+        kwargs = {"logits_to_keep": torch.arange(length, device=noisy_ids.device)} if keep_noisy else {}
         out = self.model(input_ids=torch.cat([noisy_ids, clean_ids], dim=1), attention_mask=mask4d,
                          position_ids=torch.cat([positions, positions], dim=1), use_cache=False, **kwargs)
         if with_clean:

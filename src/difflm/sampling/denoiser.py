@@ -83,7 +83,8 @@ class Denoiser:
         self.cfg_scale = float(cfg_scale)
         # NBDiff's context-causal attention changes with the block being denoised: the mask is
         # rebuilt at every block (`start_block`); any other mask is fixed for the whole run
-        self._per_block = (attention or model.config.attention) == "block_causal" and model.config.block_context == "causal"
+        mode = attention or model.config.attention
+        self._per_block = mode == "block_causal" and model.config.block_context == "causal"
         self._mask_inputs = (canvas, attention_mask, attention)
         positions = model.position_ids(attention_mask, canvas)
         self.condition = None

@@ -15,8 +15,9 @@ Difficulty knobs: ``steps`` (arithmetic steps = lines of reasoning before the an
 ``numbers`` (the range operands are drawn from). Every intermediate value is a whole number in
 [0, 999]. A format knob, ``sums``, changes the reasoning only (the questions, answers and splits stay
 the same): "whole" (default) writes a comparison's total as one sum, "17 + 13 + 6 = 36"; "pairwise"
-adds one term at a time, "17 + 13 = 30, 30 + 6 = 36" (finer steps for training data). A problem's key - what makes two problems the same for the train/test split - is its
-arithmetic (kind, values, operations), not its names or objects.
+adds one term at a time, "17 + 13 = 30, 30 + 6 = 36" (finer steps for training data). A problem's
+key - what makes two problems the same for the train/test split - is its arithmetic (kind, values,
+operations), not its names or objects.
 """
 
 from __future__ import annotations
