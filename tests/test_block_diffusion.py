@@ -219,6 +219,16 @@ def test_block_model_generation_is_the_same_with_the_block_cache_and_alone_or_ba
         assert alone.new_tokens[0] == plain.new_tokens[row]
 
 
+def test_context_causal_generation_with_cfg_is_the_same_with_every_cache():
+    """CFG doubles the canvas: the rebuilt per-block mask is doubled with it, so every cache stays exact."""
+    model = tiny_dlm("llama", attention="block_causal", block_size=4, block_context="causal")
+    kw = dict(max_new_tokens=10, cfg_scale=1.0)
+    plain = generate(model, [[1, 2, 3, 4, 5, 6], [7, 8, 9]], return_dict=True, **kw)
+    for cache in ("prefix", "dual", "block"):
+        assert generate(model, [[1, 2, 3, 4, 5, 6], [7, 8, 9]], cache=cache, return_dict=True, **kw).new_tokens \
+            == plain.new_tokens, cache
+
+
 # -- Fast-dLLM v2's sub-blocks ----------------------------------------------------------------------
 from difflm.sampling import Denoiser, block_masks  # noqa: E402
 

@@ -56,6 +56,26 @@ def test_caches_and_cfg_on_cuda(cache):
     assert torch.equal(gpu.infill(PROMPTS, [[9, 10]], cache=cache, **infill), gpu.infill(PROMPTS, [[9, 10]], **infill))
 
 
+def test_context_causal_block_model_on_cuda():
+    """A block diffusion model reading finished blocks causally (NBDiff): its clean copy is the causal LM
+    on the GPU too, its AR-guided loss matches the CPU's, and every cache decodes as no cache."""
+    from difflm.losses import masked_diffusion_loss
+
+    cpu, gpu = _pair(attention="block_causal", block_size=4, block_context="causal")
+    x0 = torch.randint(0, MASK, (2, 16), generator=torch.Generator().manual_seed(0))
+    xt = x0.masked_fill(torch.rand(x0.shape, generator=torch.Generator().manual_seed(1)) < 0.5, MASK)
+    with torch.no_grad():
+        _, clean = gpu.logits(xt.cuda(), clean_ids=x0.cuda(), with_clean=True)
+        assert torch.allclose(clean[:, 1:].cpu(), cpu.logits(x0, attention="causal")[:, 1:], atol=1e-4)
+        noise, t = xt == MASK, torch.full((2,), 0.5)
+        losses = [masked_diffusion_loss(m, x0.to(m.device), t=t.to(m.device), noise_mask=noise.to(m.device),
+                                        ar_weight=1.0).loss.item() for m in (cpu, gpu)]
+        assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+    plain = gpu.generate(PROMPTS, max_new_tokens=10)
+    for cache in ("prefix", "dual", "block"):
+        assert torch.equal(gpu.generate(PROMPTS, max_new_tokens=10, cache=cache), plain), cache
+
+
 @pytest.mark.parametrize("objective", ["ar", "diffusion"])
 def test_training_on_cuda_with_bf16(tmp_path, data, objective):  # noqa: F811
     _train(TINY + data + [f"objective={objective}", f"output_dir={tmp_path}", "max_steps=20", "eval_every=20",
