@@ -183,8 +183,8 @@ def gsm_methods(quick: bool, block_model: bool = False) -> list[dict]:
     out = [{"method": "AR greedy + KV cache", "kind": "ar"},
            {"method": "DLM low_confidence, 1 token/call", "kind": "dlm", "strategy": "low_confidence",
             "cache": "block" if block_model else "none"}]
-    thresholds = QUICK_THRESHOLDS if quick else THRESHOLDS
-    for cache, thresholds in ((("block", thresholds),) if block_model else (("dual", thresholds), ("prefix", (0.9,)))):
+    every = QUICK_THRESHOLDS if quick else THRESHOLDS
+    for cache, thresholds in ((("block", every),) if block_model else (("dual", every), ("prefix", (0.9,)))):
         out += [{"method": f"DLM threshold {t} {cache}", "kind": "dlm", "strategy": "threshold", "threshold": t, "cache": cache}
                 for t in thresholds]
     return out

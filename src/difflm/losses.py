@@ -149,12 +149,13 @@ def masked_diffusion_loss(
     else:
         anneal_step = step if cfg.attention == "annealed" else None
         logits = (forward or model.logits)(x_t, attention_mask, step=anneal_step, generator=generator)
-    targets = noise_mask & model.predictable_mask(x0, attention_mask)
+    predictable = model.predictable_mask(x0, attention_mask)
+    targets = noise_mask & predictable
     schedule = get_schedule(cfg.schedule, eps=cfg.eps)
     out = diffusion_loss_from_logits(logits, x0, targets, t, int(allowed.sum()), schedule=schedule,
                                      normalization=normalization, token_reweighting=token_reweighting)
     if ar_weight:
-        ar_targets = allowed & model.predictable_mask(x0, attention_mask)
+        ar_targets = allowed & predictable
         ce = F.cross_entropy(clean_logits.float().transpose(1, 2), x0, reduction="none")
         denominator = out.num_masked if normalization == "masked" else out.num_targets
         out.loss = out.loss + ar_weight * (ce * ar_targets).sum() / max(1, denominator)

@@ -232,9 +232,7 @@ class TrainConfig:
             value = self.token_reweighting[key]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (positive and value == 0):
                 raise ConfigError(f"token_reweighting.{key} must be a number {'> 0' if positive else '>= 0'}, got {value!r}")
-        if not self.is_diffusion or self.objective == "continuous":
-            raise ConfigError("token_reweighting weighs the masked-diffusion loss: use a diffusion objective "
-                              "(diffusion, adapt, block, or sft with sft.loss diffusion)")
+        self._require_masked_diffusion("token_reweighting weighs the masked-diffusion loss")
 
     def _check_ar_loss_weight(self) -> None:
         """``ar_loss_weight``: a number >= 0, non-zero only with a diffusion loss (the model's block context
@@ -242,9 +240,13 @@ class TrainConfig:
         w = self.ar_loss_weight
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < float("inf"):
             raise ConfigError(f"ar_loss_weight must be a number >= 0, got {w!r}")
-        if w and (not self.is_diffusion or self.objective == "continuous"):
-            raise ConfigError("ar_loss_weight adds an AR loss to the block diffusion loss: use a diffusion objective "
-                              "(diffusion, adapt, block, or sft with sft.loss diffusion)")
+        if w:
+            self._require_masked_diffusion("ar_loss_weight adds an AR loss to the block diffusion loss")
+
+    def _require_masked_diffusion(self, what: str) -> None:
+        """`ConfigError` ("WHAT: use a diffusion objective ...") unless the run trains a masked-diffusion loss."""
+        if not self.is_diffusion or self.objective == "continuous":
+            raise ConfigError(f"{what}: use a diffusion objective (diffusion, adapt, block, or sft with sft.loss diffusion)")
 
     @property
     def reweighting(self) -> tuple[float, float] | None:
