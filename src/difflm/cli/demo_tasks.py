@@ -129,4 +129,4 @@ def show_task_models(console: Any, model_dir: Any) -> None:
     ar_got = extract_answer(ar_answer(ar, AutoTokenizer.from_pretrained(ar_dir), GSM_PROMPT.format(
         question=record["question"]), GSM_LENGTH))
     console.print(f"ar-gsm, left to right, one token per call: answer {ar_got} "
-                  f"({'correct' if numbers_match(ar_got, want) else 'wrong'}); bench/RESULTS.md has both on 200 problems")
+                  f"({'correct' if numbers_match(ar_got, want) else 'wrong'}); bench/RESULTS.md has both on 300 problems")
