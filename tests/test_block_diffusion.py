@@ -8,7 +8,7 @@ import torch
 
 from conftest import tiny_dlm
 from difflm import DiffusionConfig
-from difflm.errors import ConfigError
+from difflm.errors import ConfigError, InputError
 from difflm.losses import draw_noise, masked_diffusion_loss
 
 MASK = 63
@@ -283,3 +283,77 @@ def test_rows_of_a_batch_finish_at_different_blocks():
     assert row0[1] == eos and row0[4:] == [eos] * 8  # row 0 ended with its first block
     assert res.new_tokens[0] == row0[:1] and len(res.new_tokens[1]) == 12
     assert res.steps == 12  # row 1 ran every block
+
+
+@pytest.mark.parametrize("shift", [True, False])
+@pytest.mark.parametrize("context", ["block", "causal"])
+def test_noising_some_blocks_is_the_full_forward_restricted_to_them(shift, context):
+    """A step that noises only some blocks (noised_blocks): the noisy copy holds just the positions that
+    predict those blocks, their logits are the full two-copy forward's, the clean copy's are unchanged,
+    and the backbone runs over L + K * block_size positions."""
+    from difflm.attention import block_diffusion_training_mask
+    from difflm.losses import in_blocks
+
+    model = tiny_dlm("llama", shift=shift, attention="block_causal", block_size=4, block_context=context)
+    x0 = torch.randint(0, 60, (3, 24), generator=torch.Generator().manual_seed(8))
+    xt = _noisy(x0, seed=9)
+    blocks = torch.tensor([[1, 4], [5, -1], [0, 2]])
+    seen = []
+    hook = model.model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"].shape[1]), with_kwargs=True)
+    with torch.no_grad():
+        full, full_clean = model.logits(xt, clean_ids=x0, with_clean=True)
+        part, part_clean = model.logits(xt, clean_ids=x0, with_clean=True, noisy_blocks=blocks)
+    hook.remove()
+    assert seen == [48, 24 + 8]
+    member = in_blocks(model, x0, blocks)
+    assert member.sum(1).tolist() == [8, 4, 8]
+    torch.testing.assert_close(part[member], full[member], rtol=1e-4, atol=1e-5)
+    assert not part[~member].any()
+    torch.testing.assert_close(part_clean, full_clean, rtol=1e-4, atol=1e-5)
+    # the pattern of a subset is the full pattern's rows and columns of that subset
+    ids = torch.tensor([[0, 0, 1, 1, 2, 2, 3, 3]])
+    keep = torch.tensor([[2, 3, 6, 7]])
+    whole = block_diffusion_training_mask(ids, causal_context=context == "causal")
+    rows = torch.cat([keep[0], torch.arange(8, 16)])
+    sub = block_diffusion_training_mask(ids, causal_context=context == "causal", noisy_ids=ids.gather(1, keep))
+    assert torch.equal(sub[0], whole[0][rows][:, rows])
+
+
+def test_noised_blocks_are_drawn_among_those_with_targets_and_the_loss_covers_them_only():
+    from difflm.losses import draw_blocks, in_blocks
+
+    model = tiny_dlm("llama", attention="block_causal", block_size=4, block_context="causal")
+    x0 = torch.randint(0, 60, (4, 24), generator=torch.Generator().manual_seed(10))
+    src = torch.zeros_like(x0, dtype=torch.bool)
+    src[:, :9] = True  # a prompt: blocks 0 and 1 have no targets, block 2 has three
+    src[3, :17] = True  # the last row has only blocks 4 and 5 left
+    drawn = set()
+    for seed in range(40):
+        blocks = draw_blocks(model, x0, 3, src_mask=src, generator=torch.Generator().manual_seed(seed))
+        assert blocks.shape == (4, 3) and blocks[3].tolist().count(-1) == 1
+        for row in blocks.tolist():
+            real = [b for b in row if b >= 0]
+            assert len(set(real)) == len(real) and all(2 <= b <= 5 for b in real)
+        drawn.update(blocks[:3].flatten().tolist())
+        noise, t = draw_noise(model, x0, src_mask=src, generator=torch.Generator().manual_seed(seed), blocks=blocks)
+        assert not (noise & ~in_blocks(model, x0, blocks)).any() and not (noise & src).any()
+    assert drawn == {2, 3, 4, 5}  # uniform among the blocks with targets
+    noise, t = draw_noise(model, x0, src_mask=src, generator=torch.Generator().manual_seed(11))
+    every = torch.arange(6).expand(4, -1)
+    with torch.no_grad():
+        whole = masked_diffusion_loss(model, x0, t=t, noise_mask=noise, src_mask=src, ar_weight=1.0)
+        same = masked_diffusion_loss(model, x0, t=t, noise_mask=noise, src_mask=src, ar_weight=1.0, blocks=every)
+        torch.testing.assert_close(same.loss, whole.loss)
+        two = torch.tensor([[2, 4]] * 4)
+        inside = noise & in_blocks(model, x0, two)
+        part = masked_diffusion_loss(model, x0, t=t, noise_mask=inside, src_mask=src, blocks=two)
+        assert part.num_targets == int((in_blocks(model, x0, two) & ~src).sum())  # the per-token mean of those blocks
+        plain = masked_diffusion_loss(model, x0, t=t, noise_mask=inside, src_mask=src)
+        torch.testing.assert_close(part.loss * part.num_targets, plain.loss * plain.num_targets, rtol=1e-4, atol=1e-5)
+        guided = masked_diffusion_loss(model, x0, t=t, noise_mask=inside, src_mask=src, blocks=two, ar_weight=1.0)
+        ar = whole.loss - masked_diffusion_loss(model, x0, t=t, noise_mask=noise, src_mask=src).loss
+        torch.testing.assert_close(guided.loss - part.loss, ar, rtol=1e-4, atol=1e-6)  # AR guidance over the whole row
+    with pytest.raises(InputError, match="outside the given blocks"):
+        masked_diffusion_loss(model, x0, t=t, noise_mask=noise, src_mask=src, blocks=two)
+    with pytest.raises(ConfigError, match="block diffusion model"):
+        draw_blocks(tiny_dlm("llama"), x0, 2)

@@ -71,7 +71,7 @@ def test_dlm_sft_never_noises_the_prompt_and_the_tail_is_an_ordinary_target(tmp_
     assert rows.ids[0, n - 1] == trainer.tokenizer.eos_token_id and (rows.ids[0, n:] == trainer.tokenizer.pad_token_id).all()
     tail_noised = 0
     for step in range(20):
-        for x, noise, t, src, lengths, _ in trainer._micro_batches(step):
+        for x, noise, t, src, lengths, *_ in trainer._micro_batches(step):
             assert not (noise & src).any()  # the prompt is never noised
             positions = torch.arange(x.shape[1])[None, :]
             # everything after the prompt - response, EOS and the whole pad tail - may be noised
@@ -105,7 +105,7 @@ def test_block_diffusion_sft_denoises_each_block_from_the_clean_blocks_before_it
     dlm = trainer.dlm
     assert (dlm.config.attention, dlm.config.block_size) == ("block_causal", 4)
     for step in range(5):
-        for x, noise, t, src, lengths, _ in trainer._micro_batches(step):
+        for x, noise, t, src, lengths, *_ in trainer._micro_batches(step):
             assert not (noise & src).any() and t.shape == x.shape
             groups = dlm.block_groups(x)
             first_of_block = torch.zeros_like(t).scatter_reduce(1, groups, t, reduce="amax", include_self=False)
@@ -156,7 +156,7 @@ def test_token_reweighting_trains_on_the_focal_loss_and_validates_on_the_elbo(tm
     plain = Trainer(load_train_config(None, args), show_progress=False)
     focal = Trainer(load_train_config(None, args + ["token_reweighting.gamma=2"]), show_progress=False)
     assert focal.cfg.token_reweighting == {"alpha": 1.0, "gamma": 2}
-    x, noise, t, src, lengths, scale = focal._micro_batches(0)[0]
+    x, noise, t, src, lengths, scale, _ = focal._micro_batches(0)[0]
     with torch.no_grad():
         ce = plain._loss(plain.model, x, noise, t, src, lengths, scale, step=0)
         weighted = focal._loss(focal.model, x, noise, t, src, lengths, scale, step=0)
@@ -178,7 +178,7 @@ def test_context_causal_block_sft_trains_with_the_ar_guidance_and_keeps_its_cont
     guided = Trainer(load_train_config(None, args + [f"output_dir={tmp_path / 'run'}", "ar_loss_weight=1"]),
                      show_progress=False)
     assert guided.dlm.config.block_context == "causal"
-    x, noise, t, src, lengths, scale = guided._micro_batches(0)[0]
+    x, noise, t, src, lengths, scale, _ = guided._micro_batches(0)[0]
     with torch.no_grad():
         diffusion = plain._loss(plain.model, x, noise, t, src, lengths, scale, step=0)
         assert guided._loss(guided.model, x, noise, t, src, lengths, scale, step=0) > diffusion
@@ -192,6 +192,39 @@ def test_context_causal_block_sft_trains_with_the_ar_guidance_and_keeps_its_cont
     continued = Trainer(load_train_config(None, _args(data, "gsm", 256) + [
         f"output_dir={tmp_path / 'more'}", "max_steps=1", f"init={tmp_path / 'run' / 'model'}"]), show_progress=False)
     assert (continued.dlm.config.block_size, continued.dlm.config.block_context) == (4, "causal")
+
+
+def test_noised_blocks_noise_only_the_drawn_blocks_and_shorten_the_forward(tmp_path, data):
+    """noised_blocks: each step noises and scores only that many blocks of each row, drawn among those
+    with targets (never the prompt's), with the AR guidance over the whole row; the backbone runs over
+    L + noised_blocks * block_size positions; the run trains, resumes exactly and saves a model that
+    decodes as any block diffusion model."""
+    from difflm.losses import in_blocks
+
+    args = _args(data, "gsm", 256) + ["diffusion.block_size=4", "diffusion.block_context=causal", "ar_loss_weight=1",
+                                      "noised_blocks=3", "max_steps=4", "eval_every=2", "save_every=2",
+                                      "keep_checkpoints=3", f"output_dir={tmp_path / 'run'}"]
+    trainer = Trainer(load_train_config(None, args), show_progress=False)
+    for step in range(3):
+        (x, noise, t, src, lengths, scale, blocks), = trainer._micro_batches(step)
+        inside = in_blocks(trainer.dlm, x, blocks)
+        assert blocks.shape == (x.shape[0], 3) and (blocks >= 0).all()
+        assert not (noise & ~inside).any() and not (noise & src).any() and noise.any()
+        assert ((inside & ~src).sum(1) > 0).all() and not (inside & src).all(1).any()
+    seen = []
+    hook = trainer.dlm.model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"].shape), with_kwargs=True)
+    with torch.no_grad():
+        trainer._loss(trainer.model, x, noise, t, src, lengths, scale, blocks, step=0)
+    hook.remove()
+    assert seen == [(x.shape[0], 256 + 3 * 4)]
+    trainer.train()
+    full = _records(tmp_path / "run")
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "step-0000004")
+    Trainer(load_train_config(None, args), resume=True, show_progress=False).train()
+    key = lambda recs: [(r["step"], round(r.get("train_loss", 0), 6), round(r.get("val_loss", 0), 6)) for r in recs]
+    assert key(_records(tmp_path / "run")) == key(full)
+    model = DiffusionLM.from_pretrained(tmp_path / "run" / "model")
+    assert (model.config.block_size, model.config.block_context) == (4, "causal")
 
 
 def test_ar_sft_scores_the_response_and_its_eos_only(tmp_path, data):
@@ -411,6 +444,10 @@ def test_bad_sft_input_is_one_clear_line(tmp_path, data, capsys):
                                                          "diffusion.block_context: causal"),
         (["diffusion.block_context=causal"], "block_context 'causal' belongs to a block diffusion model"),
         (["objective=diffusion", "sft.loss=ar"], "sft settings need objective sft"),
+        (["noised_blocks=0"], "noised_blocks must be an integer >= 1"),
+        (["objective=diffusion", "noised_blocks=2"], "noised_blocks is supported with objective sft only"),
+        (["sft.loss=ar", "noised_blocks=2"], "noised_blocks needs sft.loss diffusion"),
+        (["noised_blocks=2"], "noised_blocks needs a block diffusion model: set diffusion.block_size"),
     ]
     for extra, message in cases:
         code = main(["train", *base, *extra])

@@ -66,7 +66,8 @@ def block_causal_attention_mask(block_ids: torch.Tensor) -> torch.Tensor:
     return block_ids.unsqueeze(-2) <= block_ids.unsqueeze(-1)
 
 
-def block_diffusion_training_mask(ids: torch.Tensor, *, causal_context: bool = False) -> torch.Tensor:
+def block_diffusion_training_mask(ids: torch.Tensor, *, causal_context: bool = False,
+                                  noisy_ids: torch.Tensor | None = None) -> torch.Tensor:
     """BD3-LM's two-copy training pattern over [x_t | x_0] (2L positions), from the block ids of
     the queries/keys (LongTensor [L] or [B, L], non-decreasing):
 
@@ -78,17 +79,24 @@ def block_diffusion_training_mask(ids: torch.Tensor, *, causal_context: bool = F
       copy yields exactly the keys a block-by-block decoder would cache.
 
     Every block is thus denoised, conditioned on the clean blocks before it, in one forward of
-    twice the length. Returns BoolTensor [2L, 2L] (or [B, 2L, 2L])."""
-    q, k = ids.unsqueeze(-1), ids.unsqueeze(-2)
+    twice the length. Returns BoolTensor [2L, 2L] (or [B, 2L, 2L]).
+
+    ``noisy_ids`` (LongTensor [B, N]): the block ids of a noisy copy that holds only some of the
+    positions (a training step that noises only some blocks); the pattern is then [N + L, N + L]
+    per row, the same rules applied to those N noisy positions."""
+    noisy = ids if noisy_ids is None else noisy_ids
+    q, k = noisy.unsqueeze(-1), noisy.unsqueeze(-2)
     noisy_to_noisy = q == k
-    noisy_to_clean = k < q
+    noisy_to_clean = ids.unsqueeze(-2) < q
+    length = ids.shape[-1]
     if causal_context:  # by position: the clean copy is the AR model's forward
-        clean_to_clean = causal_attention_mask(ids.shape[-1], device=ids.device).expand_as(noisy_to_noisy)
+        clean_to_clean = causal_attention_mask(length, device=ids.device).expand(*ids.shape[:-1], length, length)
     else:
-        clean_to_clean = k <= q
-    clean_to_noisy = torch.zeros_like(noisy_to_noisy)
-    top = torch.cat([noisy_to_noisy, noisy_to_clean], dim=-1)
-    bottom = torch.cat([clean_to_noisy, clean_to_clean], dim=-1)
+        clean_to_clean = ids.unsqueeze(-2) <= ids.unsqueeze(-1)
+    clean_to_noisy = torch.zeros(*clean_to_clean.shape[:-1], noisy.shape[-1], dtype=torch.bool, device=ids.device)
+    batch = torch.broadcast_shapes(noisy_to_noisy.shape[:-2], clean_to_clean.shape[:-2])
+    top = torch.cat([noisy_to_noisy.expand(*batch, -1, -1), noisy_to_clean.expand(*batch, -1, -1)], dim=-1)
+    bottom = torch.cat([clean_to_noisy.expand(*batch, -1, -1), clean_to_clean.expand(*batch, -1, -1)], dim=-1)
     return torch.cat([top, bottom], dim=-2)
 
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from .errors import ConfigError, InputError
 from .noise import NoiseSchedule, check_t, corrupt, get_schedule, sample_t
+from .rng import uniform
 
 
 @dataclass
@@ -34,6 +35,40 @@ def maskable_positions(model, x0: torch.Tensor, *, src_mask: torch.Tensor | None
     return allowed
 
 
+def draw_blocks(
+    model,
+    x0: torch.Tensor,
+    count: int,
+    *,
+    src_mask: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The blocks a block diffusion training step noises when it noises only ``count`` per row:
+    LongTensor [B, count] of block numbers (`DiffusionLM.block_groups`), drawn uniformly without
+    replacement among the blocks that hold a maskable position (`maskable_positions`); a row with
+    fewer such blocks takes them all and is filled with -1. A uniform draw keeps the per-token
+    loss over the drawn blocks an unbiased estimate of the loss over all of them."""
+    if model.config.block_size is None:
+        raise ConfigError("noising only some blocks needs a block diffusion model (diffusion.block_size)")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ConfigError(f"the number of noised blocks must be an integer >= 1, got {count!r}")
+    groups = model.block_groups(x0, attention_mask)
+    allowed = maskable_positions(model, x0, src_mask=src_mask, attention_mask=attention_mask)
+    n_blocks = int(groups.max()) + 1
+    has_target = torch.zeros(x0.shape[0], n_blocks, device=x0.device).scatter_add_(1, groups, allowed.float()) > 0
+    scores = uniform((x0.shape[0], n_blocks), generator=generator, device=x0.device)  # in [0, 1)
+    top = scores.masked_fill(~has_target, -1.0).topk(min(count, n_blocks), dim=1)
+    blocks = torch.where(top.values >= 0, top.indices, -1)
+    return torch.nn.functional.pad(blocks, (0, count - blocks.shape[1]), value=-1)
+
+
+def in_blocks(model, x0: torch.Tensor, blocks: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """BoolTensor [B, L]: the positions of x0 [B, L] whose block is one of ``blocks`` [B, K]."""
+    groups = model.block_groups(x0, attention_mask)
+    return (groups.unsqueeze(-1) == blocks.to(groups.device).unsqueeze(-2)).any(-1)
+
+
 def draw_noise(
     model,
     x0: torch.Tensor,
@@ -43,14 +78,16 @@ def draw_noise(
     attention_mask: torch.Tensor | None = None,
     antithetic: bool = False,
     generator: torch.Generator | None = None,
+    blocks: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample q(x_t | x_0) for a batch: (noise_mask BoolTensor [B, L], t FloatTensor [B], or [B, L]
     for a block diffusion model).
 
     One t per sequence from [eps, 1] (antithetic across the batch if asked) unless given - one per
     block for a block diffusion model (``config.block_size``), given per token; then each of the
-    `maskable_positions` is masked independently with probability 1 - alpha(t). Seeded draws work
-    on any device (`difflm.rng`)."""
+    `maskable_positions` is masked independently with probability 1 - alpha(t) - only those of the
+    ``blocks`` [B, K] of each row when given (`draw_blocks`). Seeded draws work on any device
+    (`difflm.rng`)."""
     cfg = model.config
     if t is None and cfg.block_size is not None:
         # a block diffusion model: every block gets its own noise level (BD3-LM); t per token
@@ -62,6 +99,8 @@ def draw_noise(
         t = sample_t(x0.shape[0], antithetic=antithetic, eps=cfg.eps, generator=generator, device=x0.device)
     t = check_t(t.to(x0.device, torch.float32))
     allowed = maskable_positions(model, x0, src_mask=src_mask, attention_mask=attention_mask)
+    if blocks is not None:
+        allowed = allowed & in_blocks(model, x0, blocks, attention_mask)
     _, noise_mask = corrupt(x0, t, cfg.mask_token_id, src_mask=~allowed,
                             schedule=get_schedule(cfg.schedule, eps=cfg.eps), generator=generator)
     return noise_mask, t
@@ -82,6 +121,7 @@ def masked_diffusion_loss(
     forward: Callable[..., torch.Tensor] | None = None,
     token_reweighting: tuple[float, float] | None = None,
     ar_weight: float = 0.0,
+    blocks: torch.Tensor | None = None,
 ) -> DiffusionLossOutput:
     """Monte Carlo estimate of the masked-diffusion ELBO (negative; lower is better).
 
@@ -122,6 +162,11 @@ def masked_diffusion_loss(
             times the next-token cross-entropy of the clean copy (which runs causally: the model
             read as an AR model) over the same maskable positions and with the same denominator
             (NBDiff's AR guidance). 0: the ELBO.
+        blocks: a block diffusion model only: LongTensor [B, K], the only blocks of each row that are
+            noised and scored (`draw_blocks`); the noisy copy of the forward then holds just those,
+            so a step costs L + K * block_size positions instead of 2L. The diffusion loss is the
+            per-token mean over these blocks' maskable positions (``num_targets`` counts them); the AR
+            guidance still covers every maskable position, normalised by their own count.
     """
     cfg = model.config
     normalization = normalization or cfg.loss_normalization
@@ -129,10 +174,15 @@ def masked_diffusion_loss(
         raise ConfigError(f"unknown loss normalization {normalization!r}; choose tokens or masked")
     if x0.dim() != 2:
         raise InputError(f"x0 must be [batch, length], got shape {tuple(x0.shape)}")
-    allowed = maskable_positions(model, x0, src_mask=src_mask, attention_mask=attention_mask)
+    everywhere = maskable_positions(model, x0, src_mask=src_mask, attention_mask=attention_mask)
+    allowed = everywhere
+    if blocks is not None:
+        if cfg.block_size is None:
+            raise ConfigError("noising only some blocks needs a block diffusion model (diffusion.block_size)")
+        allowed = everywhere & in_blocks(model, x0, blocks, attention_mask)
     if noise_mask is None:
         noise_mask, t = draw_noise(model, x0, t=t, src_mask=src_mask, attention_mask=attention_mask,
-                                   antithetic=antithetic, generator=generator)
+                                   antithetic=antithetic, generator=generator, blocks=blocks)
     else:
         if t is None:
             raise InputError("a given noise_mask needs its noise levels t")
@@ -140,12 +190,15 @@ def masked_diffusion_loss(
         noise_mask = noise_mask.to(x0.device).bool()
         if src_mask is not None and bool((noise_mask & src_mask.bool()).any()):
             raise InputError("noise_mask covers positions of src_mask, which are never noised")
+        if blocks is not None and bool((noise_mask & ~allowed & everywhere).any()):
+            raise InputError("noise_mask covers positions outside the given blocks")
     x_t = torch.where(noise_mask, torch.full_like(x0, cfg.mask_token_id), x0)
+    subset = {} if blocks is None else {"noisy_blocks": blocks}
     if ar_weight:
         check_ar_loss_weight(cfg, ar_weight)
-        logits, clean_logits = (forward or model.logits)(x_t, attention_mask, clean_ids=x0, with_clean=True)
+        logits, clean_logits = (forward or model.logits)(x_t, attention_mask, clean_ids=x0, with_clean=True, **subset)
     elif cfg.block_size is not None:  # every block denoised next to the clean blocks before it
-        logits = (forward or model.logits)(x_t, attention_mask, clean_ids=x0)
+        logits = (forward or model.logits)(x_t, attention_mask, clean_ids=x0, **subset)
     else:
         anneal_step = step if cfg.attention == "annealed" else None
         logits = (forward or model.logits)(x_t, attention_mask, step=anneal_step, generator=generator)
@@ -155,9 +208,11 @@ def masked_diffusion_loss(
     out = diffusion_loss_from_logits(logits, x0, targets, t, int(allowed.sum()), schedule=schedule,
                                      normalization=normalization, token_reweighting=token_reweighting)
     if ar_weight:
-        ar_targets = allowed & predictable
+        ar_targets = everywhere & predictable
         ce = F.cross_entropy(clean_logits.float().transpose(1, 2), x0, reduction="none")
         denominator = out.num_masked if normalization == "masked" else out.num_targets
+        # with some blocks noised, scale to all maskable positions: their own count under "tokens"
+        denominator = denominator * int(everywhere.sum()) / max(1, int(allowed.sum()))
         out.loss = out.loss + ar_weight * (ce * ar_targets).sum() / max(1, denominator)
     return out
 

@@ -218,6 +218,7 @@ class DiffusionLM(nn.Module):
         groups: torch.Tensor | None = None,
         clean_ids: torch.Tensor | None = None,
         with_clean: bool = False,
+        noisy_blocks: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Aligned logits: ``logits[:, i]`` is the prediction for token ``i``.
 
@@ -237,6 +238,8 @@ class DiffusionLM(nn.Module):
                 diffusion training (BD3-LM). One forward over [x_t | x_0] in which every block of
                 x_t is denoised seeing only the clean blocks before it (see `two_copy_logits`).
             with_clean: with ``clean_ids``, also return the clean copy's aligned logits.
+            noisy_blocks: with ``clean_ids``, LongTensor [B, K]: denoise only these blocks of each row
+                (-1 = none); the other positions of the result are zero (see `two_copy_logits`).
         Returns:
             FloatTensor [B, L, V]. With ``shift`` the backbone's prediction made at i-1 is moved to
             i; position 0 has no prediction of its own and holds a copy of position 1's (Dream's
@@ -246,7 +249,8 @@ class DiffusionLM(nn.Module):
             raise InputError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
         self._check_length(input_ids.shape[1])
         if clean_ids is not None:
-            return self.two_copy_logits(input_ids, clean_ids, attention_mask, groups=groups, with_clean=with_clean)
+            return self.two_copy_logits(input_ids, clean_ids, attention_mask, groups=groups, with_clean=with_clean,
+                                        noisy_blocks=noisy_blocks)
         mask4d = self.attention_mask_4d(input_ids, attention_mask, attention=attention, step=step,
                                         generator=generator, groups=groups)
         position_ids = None if attention_mask is None else self.position_ids(attention_mask, input_ids)
@@ -268,6 +272,7 @@ class DiffusionLM(nn.Module):
         *,
         groups: torch.Tensor | None = None,
         with_clean: bool = False,
+        noisy_blocks: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Block diffusion training forward (BD3-LM's vectorised [x_t | x_0]): aligned logits
         [B, L, V] for ``noisy_ids`` [B, L] where the prediction of a token of block k sees the
@@ -279,24 +284,46 @@ class DiffusionLM(nn.Module):
 
         With shift, the position before a block predicts its first token and so belongs to that
         block's attention group (`block_attention_ids`); its own token is the last of the previous
-        block, which the decoder has committed by then: it is fed clean there."""
+        block, which the decoder has committed by then: it is fed clean there.
+
+        ``noisy_blocks`` (LongTensor [B, K], block numbers of `block_groups`, -1 = none): the noisy
+        copy holds only the positions that predict the tokens of these blocks, so a step costs
+        L + K * block_size positions instead of 2L; the logits of the other positions are zero."""
         if groups is None:
             groups = self.block_groups(clean_ids, attention_mask)
         ids = self.block_attention_ids(groups)
-        length = noisy_ids.shape[1]
+        batch, length = noisy_ids.shape
         noisy_ids = torch.where(ids != groups, clean_ids, noisy_ids)
-        pattern = block_diffusion_training_mask(ids, causal_context=self.config.block_context == "causal")
-        padding = None if attention_mask is None else torch.cat([attention_mask, attention_mask], dim=1)
-        eager = self.model.config._attn_implementation == "eager"
-        mask4d = to_4d(pattern, padding, batch_size=noisy_ids.shape[0], dtype=torch.float32 if eager else None)
         positions = self.position_ids(attention_mask, noisy_ids)
+        real = torch.ones_like(noisy_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        if noisy_blocks is None:
+            order, kept, noisy_real = None, noisy_ids, real
+            pattern = block_diffusion_training_mask(ids, causal_context=self.config.block_context == "causal")
+        else:
+            member = (ids.unsqueeze(-1) == noisy_blocks.to(ids.device).unsqueeze(-2)).any(-1)  # [B, L]
+            # the members first, in position order (a stable sort): [B, N], N = the most members of a row
+            order = torch.sort((~member).long(), dim=1, stable=True).indices[:, : max(1, int(member.sum(-1).max()))]
+            kept = noisy_ids.gather(1, order)
+            noisy_real = member.gather(1, order) & real.gather(1, order)
+            pattern = block_diffusion_training_mask(ids, causal_context=self.config.block_context == "causal",
+                                                    noisy_ids=ids.gather(1, order))
+            positions = positions.gather(1, order)
+        kept_len = kept.shape[1]
+        padding = None if attention_mask is None and order is None else torch.cat([noisy_real, real], dim=1)
+        eager = self.model.config._attn_implementation == "eager"
+        mask4d = to_4d(pattern, padding, batch_size=batch, dtype=torch.float32 if eager else None)
+        clean_positions = self.position_ids(attention_mask, clean_ids)
         keep_noisy = self._keeps_logits and not with_clean  # project only the noisy copy when that is all we need
-        kwargs = {"logits_to_keep": torch.arange(length, device=noisy_ids.device)} if keep_noisy else {}
-        out = self.model(input_ids=torch.cat([noisy_ids, clean_ids], dim=1), attention_mask=mask4d,
-                         position_ids=torch.cat([positions, positions], dim=1), use_cache=False, **kwargs)
+        kwargs = {"logits_to_keep": torch.arange(kept_len, device=noisy_ids.device)} if keep_noisy else {}
+        out = self.model(input_ids=torch.cat([kept, clean_ids], dim=1), attention_mask=mask4d,
+                         position_ids=torch.cat([positions, clean_positions], dim=1), use_cache=False, **kwargs)
+        raw = out.logits[:, :kept_len]
+        if order is not None:  # back to the row's positions; the positions not noised stay zero
+            full = raw.new_zeros(batch, length, raw.shape[-1])
+            raw = full.scatter(1, order.unsqueeze(-1).expand_as(raw), raw * noisy_real.unsqueeze(-1))
         if with_clean:
-            return self._aligned(out.logits[:, :length]), self._aligned(out.logits[:, length:])
-        return self._aligned(out.logits[:, :length])
+            return self._aligned(raw), self._aligned(out.logits[:, kept_len:])
+        return self._aligned(raw)
 
     def logits_at(
         self,

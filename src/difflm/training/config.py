@@ -53,6 +53,11 @@ class TrainConfig:
         two-copy forward (NBDiff's AR guidance, Tian et al. 2025: the clean copy runs causally, so
         the AR loss costs no second forward and keeps what the AR init knew). 0 = off; validation
         stays the plain ELBO.
+    noised_blocks: objective sft with a block diffusion model only: noise and score just this many
+        blocks of each row per step, drawn uniformly among those with targets (the others are the clean
+        context only), so the two-copy forward holds L + noised_blocks * diffusion.block_size positions
+        instead of 2L - more steps for the same compute; the AR guidance still covers the whole row.
+        null = every block.
     complementary_masks: also train on the complement of every noise mask (Fast-dLLM v2), so every
         maskable token is a target in one of the two rows; the complement of a mask drawn at level
         t is a mask drawn at 1 - t, so the loss stays an unbiased ELBO estimate. Doubles the rows.
@@ -97,6 +102,7 @@ class TrainConfig:
     complementary_masks: bool = False
     token_reweighting: dict[str, float] | None = None
     ar_loss_weight: float = 0.0
+    noised_blocks: int | None = None
     sft: dict[str, Any] = field(default_factory=dict)
     lora: dict[str, Any] | None = None
     continuous: dict[str, Any] = field(default_factory=dict)
@@ -168,6 +174,8 @@ class TrainConfig:
         if self.objective != "sft":
             if self.sft or self.lora is not None:
                 raise ConfigError(f"{'sft' if self.sft else 'lora'} settings need objective sft")
+            if self.noised_blocks is not None:
+                raise ConfigError("noised_blocks is supported with objective sft only")
             return
         if not isinstance(self.sft, dict):
             raise ConfigError(f"sft must be a mapping ({', '.join(SFT_DEFAULTS)}), got {self.sft!r}")
@@ -183,6 +191,11 @@ class TrainConfig:
                               "prompt/response or task records, see docs/training.md), not the bundled corpus")
         if self.complementary_masks:
             raise ConfigError("complementary_masks is not supported with objective sft")
+        nb = self.noised_blocks
+        if nb is not None and (isinstance(nb, bool) or not isinstance(nb, int) or nb < 1):
+            raise ConfigError(f"noised_blocks must be an integer >= 1 or null, got {nb!r}")
+        if nb is not None and self.sft["loss"] != "diffusion":
+            raise ConfigError("noised_blocks needs sft.loss diffusion (a block diffusion model)")
         if isinstance(self.diffusion, dict):
             # full attention, or block diffusion SFT with diffusion.block_size (its attention implied)
             expected = "block_causal" if self.diffusion.get("block_size") is not None else "bidirectional"

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, InputError
-from ..losses import draw_noise, maskable_positions, masked_diffusion_loss
+from ..losses import draw_blocks, draw_noise, in_blocks, maskable_positions, masked_diffusion_loss
 from ..model import DiffusionLM
 from ..tasks.formatting import layout_of, sft_texts
 from ..tasks.model_task import TASKS, write_model_task
@@ -258,11 +258,13 @@ class SFTTrainer(Trainer):
             block = init_block_size(init)  # a block diffusion init fine-tuned further stays one
         diffusion = {} if loss == "ar" else sft_diffusion_settings(cfg.diffusion, block)
         stand_in = dataclasses.replace(cfg, objective=objective, init=None if init is None else str(init),
-                                       diffusion=diffusion, sft={}, lora=None)
+                                       diffusion=diffusion, sft={}, lora=None, noised_blocks=None)
         model = build_model(stand_in, self.tokenizer)
         backbone = model.model if isinstance(model, DiffusionLM) else model
         if len(self.tokenizer) > backbone.get_input_embeddings().weight.shape[0]:
             raise ConfigError(f"the tokenizer ({len(self.tokenizer)} tokens) is larger than the model's vocabulary")
+        if cfg.noised_blocks is not None and not (isinstance(model, DiffusionLM) and model.config.block_size):
+            raise ConfigError("noised_blocks needs a block diffusion model: set diffusion.block_size")
         if isinstance(model, DiffusionLM):
             model.tokenizer = self.tokenizer  # the one the data were tokenized with (its chat template included)
         else:
@@ -279,19 +281,26 @@ class SFTTrainer(Trainer):
         return model
 
     def _micro_batches(self, step: int) -> list[tuple[Any, ...]]:
-        """This process's micro-batches of step ``step``: (x, noise, t, src, lengths, scale). The noise
-        is drawn for the whole global batch; ``scale`` turns a micro-batch's own mean into its share
-        of the global batch's mean (see the module doc)."""
+        """This process's micro-batches of step ``step``: (x, noise, t, src, lengths, scale, blocks). The
+        noise (and with ``noised_blocks`` the blocks it covers) is drawn for the whole global batch;
+        ``scale`` turns a micro-batch's own mean into its share of the global batch's mean (see the
+        module doc)."""
         cfg, acc = self.cfg, self.accelerator
         x, src, lengths = self.train_batches.global_batch(step)
-        noise = t = None
+        noise = t = blocks = None
         if self.dlm is not None:
+            if cfg.noised_blocks is not None:
+                blocks = draw_blocks(self.dlm, x, cfg.noised_blocks, src_mask=src,
+                                     generator=_step_generator(cfg.seed, step, 2))
             noise, t = draw_noise(self.dlm, x, src_mask=src, antithetic=cfg.antithetic,
-                                  generator=_step_generator(cfg.seed, step, 0))
+                                  generator=_step_generator(cfg.seed, step, 0), blocks=blocks)
             if self.dlm.config.loss_normalization == "masked":
                 denominator = int((noise & self.dlm.predictable_mask(x)).sum())
             else:
-                denominator = int(maskable_positions(self.dlm, x, src_mask=src).sum())
+                maskable = maskable_positions(self.dlm, x, src_mask=src)
+                if blocks is not None:
+                    maskable = maskable & in_blocks(self.dlm, x, blocks)
+                denominator = int(maskable.sum())
         else:
             positions = torch.arange(1, x.shape[1])
             denominator = int((~src[:, 1:] & (positions[None, :] < lengths[:, None])).sum())
@@ -301,11 +310,12 @@ class SFTTrainer(Trainer):
         for m in range(cfg.grad_accum):
             rows = slice(start + m * self.micro_batch, start + (m + 1) * self.micro_batch)
             out.append((x[rows], None if noise is None else noise[rows], None if t is None else t[rows],
-                        src[rows], lengths[rows], scale))
+                        src[rows], lengths[rows], scale, None if blocks is None else blocks[rows]))
         return out
 
     def _loss(self, model: torch.nn.Module, x: torch.Tensor, noise: torch.Tensor | None, t: torch.Tensor | None,
-              src: torch.Tensor, lengths: torch.Tensor, scale: float | None = None, *, step: int | None = None,
+              src: torch.Tensor, lengths: torch.Tensor, scale: float | None = None,
+              blocks: torch.Tensor | None = None, *, step: int | None = None,
               mask_generator: torch.Generator | None = None, normalization: str | None = None) -> torch.Tensor:
         """The micro-batch's loss sum times ``scale`` (its share of the global mean), or its own mean
         when ``scale`` is None (validation)."""
@@ -316,7 +326,7 @@ class SFTTrainer(Trainer):
         else:
             out = masked_diffusion_loss(self.dlm, x, t=t, noise_mask=noise, src_mask=src, step=step,
                                         generator=mask_generator, normalization=normalization, forward=model,
-                                        **self.cfg.loss_options(step is not None))
+                                        blocks=blocks, **self.cfg.loss_options(step is not None))
             norm = normalization or self.dlm.config.loss_normalization
             count = out.num_masked if norm == "masked" else out.num_targets
             total = out.loss * max(1, count)
