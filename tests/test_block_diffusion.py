@@ -338,6 +338,10 @@ def test_noised_blocks_are_drawn_among_those_with_targets_and_the_loss_covers_th
         noise, t = draw_noise(model, x0, src_mask=src, generator=torch.Generator().manual_seed(seed), blocks=blocks)
         assert not (noise & ~in_blocks(model, x0, blocks)).any() and not (noise & src).any()
     assert drawn == {2, 3, 4, 5}  # uniform among the blocks with targets
+    ends = torch.tensor([24, 13, 9, 24])  # answers ending in blocks 5, 3, 2, 5: at most one block after
+    for seed in range(20):
+        blocks = draw_blocks(model, x0, 3, src_mask=src, ends=ends, generator=torch.Generator().manual_seed(seed))
+        assert blocks[1].sort().values.tolist() == [2, 3, 4] and blocks[2].sort().values.tolist() == [-1, 2, 3]
     noise, t = draw_noise(model, x0, src_mask=src, generator=torch.Generator().manual_seed(11))
     every = torch.arange(6).expand(4, -1)
     with torch.no_grad():

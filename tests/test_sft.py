@@ -196,7 +196,7 @@ def test_context_causal_block_sft_trains_with_the_ar_guidance_and_keeps_its_cont
 
 def test_noised_blocks_noise_only_the_drawn_blocks_and_shorten_the_forward(tmp_path, data):
     """noised_blocks: each step noises and scores only that many blocks of each row, drawn among those
-    with targets (never the prompt's), with the AR guidance over the whole row; the backbone runs over
+    with targets up to the first block after the answer (never the prompt's), with the AR guidance over the whole row; the backbone runs over
     L + noised_blocks * block_size positions; the run trains, resumes exactly and saves a model that
     decodes as any block diffusion model."""
     from difflm.losses import in_blocks
@@ -211,6 +211,8 @@ def test_noised_blocks_noise_only_the_drawn_blocks_and_shorten_the_forward(tmp_p
         assert blocks.shape == (x.shape[0], 3) and (blocks >= 0).all()
         assert not (noise & ~inside).any() and not (noise & src).any() and noise.any()
         assert ((inside & ~src).sum(1) > 0).all() and not (inside & src).all(1).any()
+        last = trainer.dlm.block_groups(x).gather(1, lengths.view(-1, 1) - 1)  # the block of each answer's EOS
+        assert (blocks <= last + 1).all()  # nothing past the first block of the tail
     seen = []
     hook = trainer.dlm.model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"].shape), with_kwargs=True)
     with torch.no_grad():

@@ -43,12 +43,18 @@ def draw_blocks(
     src_mask: torch.Tensor | None = None,
     attention_mask: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    ends: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The blocks a block diffusion training step noises when it noises only ``count`` per row:
     LongTensor [B, count] of block numbers (`DiffusionLM.block_groups`), drawn uniformly without
     replacement among the blocks that hold a maskable position (`maskable_positions`); a row with
     fewer such blocks takes them all and is filled with -1. A uniform draw keeps the per-token
-    loss over the drawn blocks an unbiased estimate of the loss over all of them."""
+    loss over the drawn blocks an unbiased estimate of the loss over all of them.
+
+    ``ends`` (LongTensor [B], SFT): where each row's answer ends (its EOS/pad tail starts there);
+    only the blocks up to the first one after the answer's last token are drawn - that one teaches
+    that nothing follows the answer, and the blocks past it hold the tail alone, which a decoder
+    that stops at EOS never writes."""
     if model.config.block_size is None:
         raise ConfigError("noising only some blocks needs a block diffusion model (diffusion.block_size)")
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
@@ -57,6 +63,9 @@ def draw_blocks(
     allowed = maskable_positions(model, x0, src_mask=src_mask, attention_mask=attention_mask)
     n_blocks = int(groups.max()) + 1
     has_target = torch.zeros(x0.shape[0], n_blocks, device=x0.device).scatter_add_(1, groups, allowed.float()) > 0
+    if ends is not None:
+        last = groups.gather(1, (ends.to(x0.device).view(-1, 1) - 1).clamp(0, x0.shape[1] - 1))  # the answer's last block
+        has_target &= torch.arange(n_blocks, device=x0.device) <= last + 1
     scores = uniform((x0.shape[0], n_blocks), generator=generator, device=x0.device)  # in [0, 1)
     top = scores.masked_fill(~has_target, -1.0).topk(min(count, n_blocks), dim=1)
     blocks = torch.where(top.values >= 0, top.indices, -1)

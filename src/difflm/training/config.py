@@ -54,10 +54,10 @@ class TrainConfig:
         the AR loss costs no second forward and keeps what the AR init knew). 0 = off; validation
         stays the plain ELBO.
     noised_blocks: objective sft with a block diffusion model only: noise and score just this many
-        blocks of each row per step, drawn uniformly among those with targets (the others are the clean
-        context only), so the two-copy forward holds L + noised_blocks * diffusion.block_size positions
-        instead of 2L - more steps for the same compute; the AR guidance still covers the whole row.
-        null = every block.
+        blocks of each row per step, drawn uniformly among those with targets up to the first block
+        after the answer's end (the others are the clean context only), so the two-copy forward holds
+        L + noised_blocks * diffusion.block_size positions instead of 2L - more steps for the same
+        compute; the AR guidance still covers the whole row. null = every block.
     complementary_masks: also train on the complement of every noise mask (Fast-dLLM v2), so every
         maskable token is a target in one of the two rows; the complement of a mask drawn at level
         t is a mask drawn at 1 - t, so the loss stays an unbiased ELBO estimate. Doubles the rows.

@@ -290,7 +290,7 @@ class SFTTrainer(Trainer):
         noise = t = blocks = None
         if self.dlm is not None:
             if cfg.noised_blocks is not None:
-                blocks = draw_blocks(self.dlm, x, cfg.noised_blocks, src_mask=src,
+                blocks = draw_blocks(self.dlm, x, cfg.noised_blocks, src_mask=src, ends=lengths,
                                      generator=_step_generator(cfg.seed, step, 2))
             noise, t = draw_noise(self.dlm, x, src_mask=src, antithetic=cfg.antithetic,
                                   generator=_step_generator(cfg.seed, step, 0), blocks=blocks)
