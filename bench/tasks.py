@@ -14,8 +14,8 @@
     python bench/tasks.py --only gsm --n-gsm 100 # one part; the other part's numbers are kept
     python bench/tasks.py --random-models --quick --no-write   # prove the pipeline, no training
 
-The full run at one thread is roughly 25 minutes on a busy 2-core machine (the sudoku DLM, 3 orders x
-300 puzzles x 90 full-canvas calls, is about half of it). --random-models never writes the default
+The full run at one thread is roughly 35 minutes on a busy 2-core machine (the sudoku DLM, 3 orders x
+300 puzzles x 90 full-canvas calls, is about a third of it). --random-models never writes the default
 outputs; with --out-dir it writes tasks.json and tasks.png there.
 """
 
@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     for role, name in BUNDLED.items():
         parser.add_argument(f"--{role}", default=name, help=f"model directory or bundled name (default %(default)s)")
     parser.add_argument("--random-models", action="store_true", help="random-weight stand-ins of the four configs (pipeline check)")
-    parser.add_argument("--n-gsm", type=int, help="GSM test problems (default 300; quick 8)")
+    parser.add_argument("--n-gsm", type=int, help="GSM test problems (default 1000, the whole test split; quick 8)")
     parser.add_argument("--n-sudoku", type=int, help="sudoku test puzzles (default 300; quick 20)")
     parser.add_argument("--batch", type=int, default=50, help="sudoku rows per model call (default %(default)s)")
     parser.add_argument("--only", choices=("gsm", "sudoku"), help="run one part (a written result keeps the other's)")
@@ -373,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, help="write tasks.json and tasks.png here instead (RESULTS.md untouched)")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args(argv)
-    args.n_gsm = args.n_gsm or (8 if args.quick else 300)
+    args.n_gsm = args.n_gsm or (8 if args.quick else 1000)
     args.n_sudoku = args.n_sudoku or (20 if args.quick else 300)
     torch.set_num_threads(args.threads)
     transformers_logging.disable_progress_bar()  # per-load bars would bury rich's
