@@ -95,7 +95,9 @@ def test_full_queue_answers_429(dlm, monkeypatch):
     monkeypatch.setattr(dlm.model, "forward", slow_forward)
     with running_server(dlm, max_batch=1, max_queue=1) as url:
         api = client(url)
-        stream = api.completions.create(model=MODEL, prompt="ROMEO:", max_tokens=200, seed=1, stream=True)
+        # 200 steps: 200 model calls of >= 20 ms, so the slot stays held while the test queues the others
+        stream = api.completions.create(model=MODEL, prompt="ROMEO:", max_tokens=200, seed=1, stream=True,
+                                        extra_body={"steps": 200})
         next(iter(stream))  # the first request holds the only slot
         waiting = ThreadPoolExecutor(1).submit(api.completions.create, model=MODEL, prompt="JULIET:", max_tokens=4)
         deadline = time.time() + 10
