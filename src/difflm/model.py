@@ -297,7 +297,7 @@ class DiffusionLM(nn.Module):
         positions = self.position_ids(attention_mask, noisy_ids)
         real = torch.ones_like(noisy_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         if noisy_blocks is None:
-            order, kept, noisy_real = None, noisy_ids, real
+            order, kept, noisy_real, noisy_positions = None, noisy_ids, real, positions
             pattern = block_diffusion_training_mask(ids, causal_context=self.config.block_context == "causal")
         else:
             member = (ids.unsqueeze(-1) == noisy_blocks.to(ids.device).unsqueeze(-2)).any(-1)  # [B, L]
@@ -307,16 +307,15 @@ class DiffusionLM(nn.Module):
             noisy_real = member.gather(1, order) & real.gather(1, order)
             pattern = block_diffusion_training_mask(ids, causal_context=self.config.block_context == "causal",
                                                     noisy_ids=ids.gather(1, order))
-            positions = positions.gather(1, order)
+            noisy_positions = positions.gather(1, order)
         kept_len = kept.shape[1]
         padding = None if attention_mask is None and order is None else torch.cat([noisy_real, real], dim=1)
         eager = self.model.config._attn_implementation == "eager"
         mask4d = to_4d(pattern, padding, batch_size=batch, dtype=torch.float32 if eager else None)
-        clean_positions = self.position_ids(attention_mask, clean_ids)
         keep_noisy = self._keeps_logits and not with_clean  # project only the noisy copy when that is all we need
         kwargs = {"logits_to_keep": torch.arange(kept_len, device=noisy_ids.device)} if keep_noisy else {}
         out = self.model(input_ids=torch.cat([kept, clean_ids], dim=1), attention_mask=mask4d,
-                         position_ids=torch.cat([positions, clean_positions], dim=1), use_cache=False, **kwargs)
+                         position_ids=torch.cat([noisy_positions, positions], dim=1), use_cache=False, **kwargs)
         raw = out.logits[:, :kept_len]
         if order is not None:  # back to the row's positions; the positions not noised stay zero
             full = raw.new_zeros(batch, length, raw.shape[-1])
