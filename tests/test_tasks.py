@@ -291,6 +291,14 @@ def test_data_task_names_mirror_the_generators():
     assert DATA_TASK_NAMES == tuple(GENERATORS)
 
 
+def test_data_make_choices_mirror_the_library():
+    from difflm.cli.choices import GSM_SUMS_NAMES, SPLIT_NAMES
+    from difflm.tasks.gsm import SUMS
+    from difflm.tasks.splits import SPLITS
+
+    assert SPLIT_NAMES == tuple(SPLITS) and GSM_SUMS_NAMES == tuple(SUMS)
+
+
 def test_difflm_data_make_writes_the_same_file_twice(tmp_path, capsys):
     a, b = tmp_path / "a.jsonl", tmp_path / "sub" / "b.jsonl"
     for out in (a, b):

@@ -19,3 +19,7 @@ TASK_NAMES = ("perplexity", "last-word", "multiple-choice", "infilling", "lambad
 
 # difflm.tasks.GENERATORS: the synthetic tasks `difflm data make` writes
 DATA_TASK_NAMES = ("gsm", "sudoku", "countdown")
+
+# difflm.tasks.splits.SPLITS and difflm.tasks.gsm.SUMS: `difflm data make --split` / `--sums`
+SPLIT_NAMES = ("train", "validation", "test")
+GSM_SUMS_NAMES = ("whole", "pairwise")

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from .choices import DATA_TASK_NAMES
-
-SPLIT_NAMES = ("train", "validation", "test")  # difflm.tasks.splits.SPLITS
+from .choices import DATA_TASK_NAMES, GSM_SUMS_NAMES, SPLIT_NAMES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     make.add_argument("--numbers", metavar="LOW-HIGH",
                       help="gsm: range of the numbers in a problem (default: 2-20); countdown: range of the given "
                       "numbers (default: 1-50)")
-    make.add_argument("--sums", choices=("whole", "pairwise"),
+    make.add_argument("--sums", choices=GSM_SUMS_NAMES,
                       help="gsm: a total of several terms in one sum (whole, default) or one term at a time (pairwise); "
                       "the reasoning only, the problems are the same")
     make.add_argument("--count", metavar="K or LOW-HIGH", help="countdown: how many numbers are given (default: 3-4)")
