@@ -44,6 +44,7 @@ from difflm.bundled import resolve_model  # noqa: E402
 from difflm.evaluation import DiffusionEvalLM, EvalSettings, load_eval_lm, mean_stderr  # noqa: E402
 from difflm.evaluation.data import gsm8k_final_answer  # noqa: E402
 from difflm.evaluation.metrics import extract_answer, numbers_match  # noqa: E402
+from difflm.evaluation.stats import paired_comparison  # noqa: E402
 from difflm.evaluation.sudoku import SudokuExample, SudokuTask  # noqa: E402
 from difflm.evaluation.text_tasks import GSM8KTask  # noqa: E402
 from difflm.sampling import generate, stop_token_ids  # noqa: E402
@@ -70,30 +71,37 @@ CLOCK: dict[str, Any] = {"name": "wall", "now": time.perf_counter}
 
 
 # -- models ----------------------------------------------------------------------------------------
+def stand_in_config(config: str) -> tuple[Any, bool]:
+    """The config `difflm train configs/CONFIG.yaml` builds its model from, without an init (a preset
+    continuing another run takes that run's architecture and tokenizer), and whether it is a DLM."""
+    from difflm.training.config import load_train_config
+    from difflm.training.sft import sft_diffusion_settings
+
+    cfg = load_train_config(ROOT / "configs" / f"{config}.yaml")
+    if cfg.init:  # a preset continuing another run (sft-gsm-dlm adapts sft-gsm-ar): that run's model
+        stage = load_train_config(ROOT / "configs" / f"{Path(cfg.init).parent.name}.yaml")
+        cfg = dataclasses.replace(cfg, init=None, architecture=stage.architecture, tokenizer=stage.tokenizer)
+    # The stand-in config of SFTTrainer._build_model, with the DLM settings SFT trains it under.
+    dlm = cfg.sft["loss"] == "diffusion"
+    diffusion = sft_diffusion_settings(cfg.diffusion, cfg.diffusion.get("block_size")) if dlm else {}
+    return dataclasses.replace(cfg, objective="diffusion" if dlm else "ar", init=None, sft={}, lora=None,
+                               diffusion=diffusion, noised_blocks=None), dlm  # noised_blocks: SFT only
+
+
 def random_models(directory: Path) -> dict[str, Path]:
     """Random-weight stand-ins built as `difflm train` builds the four SFT configs (architecture, task
     tokenizer, DLM conventions) and saved as training saves them: a pipeline check only."""
     from transformers import AutoTokenizer
 
-    from difflm.training.config import load_train_config
-    from difflm.training.sft import sft_diffusion_settings
     from difflm.training.trainer import build_model
 
     out = {}
     for role, config in CONFIGS.items():
-        cfg = load_train_config(ROOT / "configs" / f"{config}.yaml")
-        if cfg.init:  # a preset continuing another run (sft-gsm-dlm adapts sft-gsm-ar): that run's model
-            stage = load_train_config(ROOT / "configs" / f"{Path(cfg.init).parent.name}.yaml")
-            cfg = dataclasses.replace(cfg, init=None, architecture=stage.architecture, tokenizer=stage.tokenizer)
-        tok_dir = ROOT / cfg.tokenizer
+        stand_in, dlm = stand_in_config(config)
+        tok_dir = ROOT / stand_in.tokenizer
         if not (tok_dir / "tokenizer.json").is_file():
             sys.exit(f"no task tokenizer at {tok_dir}; make it first:\n  {TOKENIZER_HINT[role.split('-')[0]]}")
         tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-        # The stand-in config of SFTTrainer._build_model, with the DLM settings SFT trains it under.
-        dlm = cfg.sft["loss"] == "diffusion"
-        diffusion = sft_diffusion_settings(cfg.diffusion, cfg.diffusion.get("block_size")) if dlm else {}
-        stand_in = dataclasses.replace(cfg, objective="diffusion" if dlm else "ar", init=None, sft={}, lora=None,
-                                       diffusion=diffusion)
         model = build_model(stand_in, tokenizer)
         out[role] = directory / role
         if dlm:
@@ -252,7 +260,13 @@ def bench_gsm(args, paths: dict[str, Path], progress: Progress) -> dict:
         em = mean_stderr(correct)
         rows.append({**method, "em": 100 * em.value, "em_stderr": 100 * em.stderr,
                      "tokens": tokens, "calls": calls, "seconds": seconds, "tokens_per_call": tokens / calls,
-                     "tokens_per_second": tokens / seconds, "examples": examples})
+                     "tokens_per_second": tokens / seconds, "examples": examples,
+                     "outcomes": "".join("1" if c else "0" for c in correct)})  # per problem, for paired tests
+    ar = next(r for r in rows if r["kind"] == "ar")
+    for row in rows:  # the same problems: a paired test tells apart what two standard errors cannot
+        if row is not ar:
+            paired = paired_comparison([c == "1" for c in row["outcomes"]], [c == "1" for c in ar["outcomes"]])
+            row["vs_ar"] = {"only_this": paired.only_a, "only_ar": paired.only_b, "p_value": paired.p_value}
     capped = sum(b < CANVAS for _, b, _ in items)
     return {"n": len(items), "canvas": CANVAS, "block_length": block_size or BLOCK, "block_model": block_size is not None,
             "context": context, "capped": capped,
@@ -286,6 +300,11 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+def _paired(row: dict) -> str:
+    v = row.get("vs_ar")
+    return "-" if v is None else f"{v['only_this']} / {v['only_ar']}, p {v['p_value']:.2f}"
+
+
 def markdown(result: dict) -> str:
     out = [SECTION, "", f"Machine: {result['machine']}, torch {result['torch']}; {result['threads']} thread(s), speed in "
            f"{'CPU time of the process' if result['clock'] == 'cpu' else 'wall time'}.", ""]
@@ -305,10 +324,14 @@ def markdown(result: dict) -> str:
                 f"({g['capped']} prompts get what the {g['context']}-token context leaves), DLM blocks of {g['block_length']} "
                 f"{'(a block diffusion model: its training grid, exact block KV cache) ' if g.get('block_model') else ''}"
                 "with stop at EOS; tokens = the response up to and including EOS.", "",
-                "| method | EM % | tokens/call | tokens/s | x AR | model calls |", "|---|---:|---:|---:|---:|---:|"]
+                "| method | EM % | tokens/call | tokens/s | x AR | model calls | right where AR is wrong / wrong where AR is right, p |",
+                "|---|---:|---:|---:|---:|---:|---|"]
         out += [f"| {r['method']} | {r['em']:.1f} ± {r['em_stderr']:.1f} | {r['tokens_per_call']:.2f} | {r['tokens_per_second']:.0f} | "
-                f"{r['tokens_per_second'] / ar['tokens_per_second']:.2f} | {r['calls']} |" for r in g["rows"]]
+                f"{r['tokens_per_second'] / ar['tokens_per_second']:.2f} | {r['calls']} | {_paired(r)} |" for r in g["rows"]]
         out += ["", *[f"- {line}" for line in g["targets"]], ""]
+        if any("vs_ar" in r for r in g["rows"]):
+            out += ["The last column pairs each method with the AR model on the same problems (exact McNemar test: "
+                    "p is the chance of a split at least this uneven if both were equally accurate).", ""]
     out += [f"![sudoku accuracy by blanks, GSM EM vs tokens per call, tokens/s]({PLOT.name})", ""]
     return "\n".join(out)
 

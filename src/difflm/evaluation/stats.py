@@ -53,3 +53,30 @@ def mean_stderr(values: Sequence[float] | Iterable[float], *, source: str = "exa
     var = sum((x - mean) ** 2 for x in xs) / (n - 1)
     return Estimate(mean, math.sqrt(var / n), n, source)
 
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """Two systems scored on the same examples: how many only ``a`` got right, how many only ``b``
+    did, and the two-sided exact McNemar p-value of "they are equally accurate"."""
+
+    only_a: int
+    only_b: int
+    n: int
+    p_value: float
+
+
+def paired_comparison(a: Sequence[bool], b: Sequence[bool]) -> PairedComparison:
+    """Exact McNemar test on per-example outcomes ``a``, ``b`` (same examples, same order).
+
+    Only the discordant examples carry information: under equal accuracy each is equally likely to
+    favour either system, so the count favouring ``a`` is Binomial(discordant, 1/2). Paired, it
+    detects differences that two separate standard errors hide (both systems find the same items hard)."""
+    if len(a) != len(b):
+        raise ValueError(f"paired outcomes need the same examples: {len(a)} against {len(b)}")
+    only_a = sum(1 for x, y in zip(a, b) if x and not y)
+    only_b = sum(1 for x, y in zip(a, b) if y and not x)
+    k, m = min(only_a, only_b), only_a + only_b
+    # two-sided: twice the smaller tail, capped at 1 (exact, no normal approximation at small counts)
+    tail = sum(math.comb(m, i) for i in range(k + 1)) / 2**m if m else 1.0
+    return PairedComparison(only_a, only_b, len(a), min(1.0, 2 * tail))

@@ -1,0 +1,48 @@
+"""bench/tasks.py's pure parts: the stand-in configs of --random-models, the targets and the table."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+tasks_bench = pytest.importorskip("tasks")
+
+
+@pytest.mark.parametrize("role", sorted(["gsm-dlm", "gsm-ar", "sudoku-dlm", "sudoku-ar"]))
+def test_every_preset_gives_a_stand_in_config(role):
+    """--random-models builds each preset's model without its init: the DLM presets carry SFT-only
+    knobs (noised_blocks) that a plain diffusion config must not inherit."""
+    cfg, dlm = tasks_bench.stand_in_config(tasks_bench.CONFIGS[role])
+    assert dlm == role.endswith("dlm")
+    assert cfg.init is None and cfg.noised_blocks is None and cfg.architecture
+    assert cfg.objective == ("diffusion" if dlm else "ar")
+
+
+def _row(kind, method, em, tps, tpc, strategy=None):
+    return {"kind": kind, "method": method, "strategy": strategy, "em": em, "em_stderr": 0.4,
+            "tokens_per_second": tps, "tokens_per_call": tpc, "calls": 10}
+
+
+def test_gsm_targets_need_the_accuracy_and_the_speed():
+    ar = _row("ar", "AR", 99.0, 700, 1.0)
+    ref = _row("dlm", "DLM one", 98.7, 450, 0.96, strategy="low_confidence")
+    fast_ok = _row("dlm", "DLM 0.99", 98.6, 2150, 6.1, strategy="threshold")
+    fast_bad = _row("dlm", "DLM 0.5", 90.5, 2300, 7.2, strategy="threshold")
+    lines = tasks_bench.gsm_targets([ar, ref, fast_ok, fast_bad])
+    assert lines[0].startswith("PASS") and "6.10 tokens/call" in lines[0]
+    assert lines[1].startswith("PASS") and "DLM 0.99" in lines[1]  # 0.5 is faster but 8.5 points under
+    fast_ok["em"] = 97.9  # one tenth under AR - 1: no method at equal EM
+    assert tasks_bench.gsm_targets([ar, ref, fast_ok, fast_bad])[1].startswith("MISS")
+
+
+def test_gsm_table_shows_the_paired_comparison():
+    ar = _row("ar", "AR", 99.0, 700, 1.0)
+    dlm = {**_row("dlm", "DLM 0.99", 98.6, 2150, 6.1, strategy="threshold"),
+           "vs_ar": {"only_this": 8, "only_ar": 12, "p_value": 0.503}}
+    result = {"machine": "m", "torch": "t", "threads": 1, "clock": "cpu",
+              "gsm": {"command": "c", "when": "d", "n": 1000, "canvas": 128, "capped": 0, "context": 208,
+                      "block_length": 8, "block_model": True, "rows": [ar, dlm], "targets": ["PASS x"]}}
+    text = tasks_bench.markdown(result)
+    assert "| DLM 0.99 | 98.6 ± 0.4 | 6.10 | 2150 | 3.07 | 10 | 8 / 12, p 0.50 |" in text
+    assert "| AR | 99.0 ± 0.4 | 1.00 | 700 | 1.00 | 10 | - |" in text
