@@ -84,30 +84,35 @@ def test_a_later_request_joins_the_running_batch(base):
 
 
 def test_full_queue_answers_429(dlm, monkeypatch):
-    # every model call takes at least 20 ms, so the first request holds the only slot for seconds
-    # however fast or loaded the machine is (without it, it could finish before the third arrives)
-    forward = dlm.model.forward
-
-    def slow_forward(*args, **kwargs):
-        time.sleep(0.02)
-        return forward(*args, **kwargs)
-
-    monkeypatch.setattr(dlm.model, "forward", slow_forward)
     with running_server(dlm, max_batch=1, max_queue=1) as url:
-        api = client(url)
-        # 200 steps: 200 model calls of >= 20 ms, so the slot stays held while the test queues the others
-        stream = api.completions.create(model=MODEL, prompt="ROMEO:", max_tokens=200, seed=1, stream=True,
-                                        extra_body={"steps": 200})
-        next(iter(stream))  # the first request holds the only slot
-        waiting = ThreadPoolExecutor(1).submit(api.completions.create, model=MODEL, prompt="JULIET:", max_tokens=4)
-        deadline = time.time() + 10
-        while metric(url, "difflm_queue_depth") < 1:
-            assert time.time() < deadline
-            time.sleep(0.01)
-        with pytest.raises(openai.RateLimitError) as exc:
-            api.completions.create(model=MODEL, prompt="HAMLET:", max_tokens=4)
-        assert exc.value.status_code == 429 and exc.value.body["code"] == "queue_full"
-        assert "".join(c.choices[0].text for c in stream if c.choices) is not None
+        # The first request's second model call waits until the test has its 429, so the request holds
+        # the only slot however fast or loaded the machine is (timing alone raced on a busy CI machine).
+        forward, calls, release = dlm.model.forward, [], threading.Event()
+
+        def held_forward(*args, **kwargs):
+            calls.append(1)
+            if len(calls) > 1:
+                release.wait(timeout=60)
+            return forward(*args, **kwargs)
+
+        monkeypatch.setattr(dlm.model, "forward", held_forward)
+        api, pool = client(url), ThreadPoolExecutor(2)
+        try:
+            first = pool.submit(api.completions.create, model=MODEL, prompt="ROMEO:", max_tokens=16, seed=1)
+            deadline = time.time() + 30
+            while len(calls) < 2:  # the first request is inside the model, holding the slot
+                assert time.time() < deadline and not first.done()
+                time.sleep(0.01)
+            waiting = pool.submit(api.completions.create, model=MODEL, prompt="JULIET:", max_tokens=4)
+            while metric(url, "difflm_queue_depth") < 1:
+                assert time.time() < deadline
+                time.sleep(0.01)
+            with pytest.raises(openai.RateLimitError) as exc:
+                api.with_options(timeout=10).completions.create(model=MODEL, prompt="HAMLET:", max_tokens=4)
+            assert exc.value.status_code == 429 and exc.value.body["code"] == "queue_full"
+        finally:
+            release.set()
+        assert first.result(timeout=60).choices[0].finish_reason in ("length", "stop")
         assert waiting.result(timeout=60).choices[0].finish_reason in ("length", "stop")
 
 
