@@ -54,7 +54,6 @@ def mean_stderr(values: Sequence[float] | Iterable[float], *, source: str = "exa
     return Estimate(mean, math.sqrt(var / n), n, source)
 
 
-
 @dataclass(frozen=True)
 class PairedComparison:
     """Two systems scored on the same examples: how many only ``a`` got right, how many only ``b``
