@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from difflm.bundled import resolve_model  # noqa: E402
-from difflm.cli.generate import load_dlm  # noqa: E402
+from difflm.formats import load_diffusion_lm  # noqa: E402
 from difflm.multimodal import MultimodalModel, class_of_caption, load_digits_set, split_indices  # noqa: E402
 from difflm.multimodal.datasets import DIGIT_WORDS  # noqa: E402
 from difflm.multimodal.vqvae import reconstruction_mse  # noqa: E402
@@ -113,7 +113,7 @@ def main() -> int:
     torch.set_num_threads(1)
     data = load_digits_set()
     train, test = (data.subset(split_indices(len(data.labels), s)) for s in ("train", "test"))
-    mm = MultimodalModel.wrap(load_dlm(args.dlm), resolve_model(args.dlm))
+    mm = MultimodalModel.wrap(load_diffusion_lm(args.dlm), resolve_model(args.dlm))
     svc = svc_classifier(train.images, train.labels)
     recon = mm.vq.decode(mm.vq.encode(test.images))
     results: dict = {

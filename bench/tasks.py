@@ -71,21 +71,20 @@ CLOCK: dict[str, Any] = {"name": "wall", "now": time.perf_counter}
 
 
 # -- models ----------------------------------------------------------------------------------------
-def stand_in_config(config: str) -> tuple[Any, bool]:
+def stand_in_config(config: str) -> tuple[Any, dict[str, Any] | None]:
     """The config `difflm train configs/CONFIG.yaml` builds its model from, without an init (a preset
-    continuing another run takes that run's architecture and tokenizer), and whether it is a DLM."""
+    continuing another run takes that run's architecture and tokenizer), and the `DiffusionConfig` fields
+    SFT trains its DLM under (None: an AR model)."""
     from difflm.training.config import load_train_config
-    from difflm.training.sft import sft_diffusion_settings
+    from difflm.training.sft_data import sft_diffusion_settings
 
     cfg = load_train_config(ROOT / "configs" / f"{config}.yaml")
     if cfg.init:  # a preset continuing another run (sft-gsm-dlm adapts sft-gsm-ar): that run's model
         stage = load_train_config(ROOT / "configs" / f"{Path(cfg.init).parent.name}.yaml")
         cfg = dataclasses.replace(cfg, init=None, architecture=stage.architecture, tokenizer=stage.tokenizer)
-    # The stand-in config of SFTTrainer._build_model, with the DLM settings SFT trains it under.
-    dlm = cfg.sft["loss"] == "diffusion"
-    diffusion = sft_diffusion_settings(cfg.diffusion, cfg.diffusion.get("block_size")) if dlm else {}
-    return dataclasses.replace(cfg, objective="diffusion" if dlm else "ar", init=None, sft={}, lora=None,
-                               diffusion=diffusion, noised_blocks=None), dlm  # noised_blocks: SFT only
+    if cfg.sft["loss"] != "diffusion":
+        return cfg, None
+    return cfg, sft_diffusion_settings(cfg.diffusion, cfg.diffusion.get("block_size"))
 
 
 def random_models(directory: Path) -> dict[str, Path]:
@@ -93,16 +92,17 @@ def random_models(directory: Path) -> dict[str, Path]:
     tokenizer, DLM conventions) and saved as training saves them: a pipeline check only."""
     from transformers import AutoTokenizer
 
-    from difflm.training.trainer import build_model
+    from difflm.training.models import build_model
 
     out = {}
     for role, config in CONFIGS.items():
-        stand_in, dlm = stand_in_config(config)
+        stand_in, diffusion = stand_in_config(config)
+        dlm = diffusion is not None
         tok_dir = ROOT / stand_in.tokenizer
         if not (tok_dir / "tokenizer.json").is_file():
             sys.exit(f"no task tokenizer at {tok_dir}; make it first:\n  {TOKENIZER_HINT[role.split('-')[0]]}")
         tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-        model = build_model(stand_in, tokenizer)
+        model = build_model(tokenizer, seed=stand_in.seed, architecture=stand_in.architecture, diffusion=diffusion)
         out[role] = directory / role
         if dlm:
             model.tokenizer = tokenizer

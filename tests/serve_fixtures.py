@@ -17,8 +17,8 @@ openai = pytest.importorskip("openai", reason="the server tests use the official
 import torch  # noqa: E402
 import uvicorn  # noqa: E402
 
-from difflm.cli.generate import load_dlm  # noqa: E402
 from difflm.serve import ServerConfig, create_app  # noqa: E402
+from difflm.serve.app import load_model  # noqa: E402
 
 MODEL = "dlm-adapted"
 
@@ -49,7 +49,7 @@ def running_server(model, **settings) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def dlm():
     torch.set_num_threads(1)  # the test machine's two cores are shared
-    return load_dlm(MODEL)
+    return load_model(ServerConfig(model=MODEL))  # the server's own loader (`difflm.formats.load`)
 
 
 def client(base_url: str, api_key: str = "none", **kwargs) -> "openai.OpenAI":

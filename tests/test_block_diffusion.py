@@ -10,6 +10,7 @@ from conftest import tiny_dlm
 from difflm import DiffusionConfig
 from difflm.errors import ConfigError, InputError
 from difflm.losses import draw_noise, masked_diffusion_loss
+from difflm.losses.block import two_copy_logits
 
 MASK = 63
 
@@ -32,7 +33,7 @@ def test_two_copy_forward_equals_the_decoders_view_of_every_block(arch, shift, c
     xt = _noisy(x0)
     xt[:, block - 1::block] = MASK  # every block is being denoised (the decoder's first [MASK] marks it)
     with torch.no_grad():
-        train = model.logits(xt, clean_ids=x0)
+        train = two_copy_logits(model, xt, x0)
         for k in range(4):
             canvas = x0.clone()
             canvas[:, k * block:] = MASK  # later blocks: anything (here all masked)
@@ -49,13 +50,13 @@ def test_nothing_leaks_from_later_blocks_or_from_other_noisy_blocks(context):
     x0 = torch.randint(0, 60, (1, 16), generator=torch.Generator().manual_seed(2))
     xt = _noisy(x0, seed=3)
     with torch.no_grad():
-        base = model.logits(xt, clean_ids=x0)
+        base = two_copy_logits(model, xt, x0)
         later = x0.clone()
         later[:, 12:] = (later[:, 12:] + 1) % 60  # change the clean last block
         other = xt.clone()
         other[:, 4:8] = MASK  # mask all of block 1 in the noisy copy
-        assert torch.allclose(model.logits(xt, clean_ids=later)[:, :12], base[:, :12], atol=1e-6)
-        moved = model.logits(other, clean_ids=x0)
+        assert torch.allclose(two_copy_logits(model, xt, later)[:, :12], base[:, :12], atol=1e-6)
+        moved = two_copy_logits(model, other, x0)
         assert torch.allclose(moved[:, :4], base[:, :4], atol=1e-6) and torch.allclose(moved[:, 8:], base[:, 8:], atol=1e-6)
         assert not torch.allclose(moved[:, 4:8], base[:, 4:8], atol=1e-4)  # but its own block does change
 
@@ -67,7 +68,7 @@ def test_block_size_one_with_shift_is_the_ar_model(context):
     model = tiny_dlm("llama", shift=True, attention="block_causal", block_size=1, block_context=context)
     x0 = torch.randint(0, 60, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        torch.testing.assert_close(model.logits(_noisy(x0), clean_ids=x0), model.logits(x0, attention="causal"),
+        torch.testing.assert_close(two_copy_logits(model, _noisy(x0), x0), model.logits(x0, attention="causal"),
                                    rtol=1e-4, atol=1e-5)
 
 
@@ -100,13 +101,13 @@ def test_context_causal_reads_finished_blocks_as_the_ar_model_does(shift):
     causal = tiny_dlm("llama", shift=shift, attention="block_causal", block_size=4, block_context="causal")
     blocks = tiny_dlm("llama", shift=shift, attention="block_causal", block_size=4)
     with torch.no_grad():
-        noisy, clean = causal.logits(xt, clean_ids=x0, with_clean=True)
-        torch.testing.assert_close(noisy, causal.logits(xt, clean_ids=x0))
+        noisy, clean = two_copy_logits(causal, xt, x0, with_clean=True)
+        torch.testing.assert_close(noisy, two_copy_logits(causal, xt, x0))
         ar = causal.logits(x0, attention="causal")
         torch.testing.assert_close(clean[:, 1:], ar[:, 1:], rtol=1e-4, atol=1e-5)
         # a row without [MASK] is all finished text: the model's plain forward is the AR model's then
         torch.testing.assert_close(causal.logits(x0)[:, 1:], ar[:, 1:], rtol=1e-4, atol=1e-5)
-        _, block_clean = blocks.logits(xt, clean_ids=x0, with_clean=True)
+        _, block_clean = two_copy_logits(blocks, xt, x0, with_clean=True)
         assert not torch.allclose(block_clean[:, 1:], ar[:, 1:], atol=1e-3)  # BD3-LM's clean copy is not AR
         canvas = x0.clone()
         canvas[:, 8:] = MASK  # blocks 0 and 1 finished, block 2 being denoised
@@ -301,8 +302,8 @@ def test_noising_some_blocks_is_the_full_forward_restricted_to_them(shift, conte
     seen = []
     hook = model.model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"].shape[1]), with_kwargs=True)
     with torch.no_grad():
-        full, full_clean = model.logits(xt, clean_ids=x0, with_clean=True)
-        part, part_clean = model.logits(xt, clean_ids=x0, with_clean=True, noisy_blocks=blocks)
+        full, full_clean = two_copy_logits(model, xt, x0, with_clean=True)
+        part, part_clean = two_copy_logits(model, xt, x0, with_clean=True, noisy_blocks=blocks)
     hook.remove()
     assert seen == [48, 24 + 8]
     member = in_blocks(model, x0, blocks)

@@ -75,20 +75,48 @@ def test_lazy_public_names_still_work():
         difflm.nonexistent  # noqa: B018
 
 
-def test_choice_lists_match_the_modules_they_mirror():
-    """The CLI lists these names itself (importing them would import torch); they must stay equal."""
-    from difflm.cli import choices
-    from difflm.formats import FORMATS
-    from difflm.sampling import CACHE_MODES, STRATEGIES
-    from difflm.sampling.options import ATTENTION_OVERRIDES, FILTER_ORDERS
-    from difflm.sampling.strategies import SCHEDULES
+def _library_table(module: str, *names: str):
+    """The first of ``names`` that ``module`` defines (a table may have been renamed, not removed)."""
+    import importlib
 
-    assert choices.STRATEGY_NAMES == tuple(STRATEGIES)
-    assert choices.CACHE_MODE_NAMES == tuple(CACHE_MODES)
-    assert choices.ATTENTION_NAMES == tuple(ATTENTION_OVERRIDES)
-    assert choices.SCHEDULE_NAMES == tuple(SCHEDULES)
-    assert choices.FILTER_ORDER_NAMES == tuple(FILTER_ORDERS)
-    assert choices.FORMAT_NAMES == tuple(FORMATS)
+    found = importlib.import_module(module)
+    return next(getattr(found, name) for name in names if hasattr(found, name))
+
+
+def test_the_cli_choices_are_the_librarys_tables():
+    """The command line offers the names of `difflm.registry` (torch-free); the library resolves the same
+    tables, so no hand-typed copy can drift: every name resolves, and the library knows exactly these."""
+    from difflm import registry
+    from difflm.evaluation.registry import TASK_SPECS
+    from difflm.tasks import GENERATORS
+    from difflm.tasks.gsm import SUMS
+    from difflm.tasks.splits import SPLITS
+
+    tables = {  # registry table -> the library's own table
+        registry.STRATEGIES: _library_table("difflm.sampling", "STRATEGIES"),
+        registry.FORMATS: _library_table("difflm.formats", "FORMATS"),
+        registry.EVAL_TASKS: TASK_SPECS,
+        registry.DATA_TASKS: GENERATORS,
+    }
+    for names, library in tables.items():
+        assert names.names() == tuple(library), names
+        assert all(plugin is not None for _, plugin in names.items()), names  # every entry resolves
+    assert all(registry.EVAL_TASKS.get(name) is TASK_SPECS[name] for name in TASK_SPECS)
+    assert all(registry.DATA_TASKS.get(name) is GENERATORS[name] for name in GENERATORS)
+    assert registry.CACHE_MODES == tuple(_library_table("difflm.sampling", "CACHE_MODES"))
+    assert registry.ATTENTION_OVERRIDES == tuple(_library_table("difflm.sampling.options", "ATTENTION_OVERRIDES"))
+    assert registry.FILTER_ORDERS == tuple(_library_table("difflm.sampling.options", "FILTER_ORDERS"))
+    assert registry.REVEAL_SCHEDULES == tuple(
+        _library_table("difflm.sampling.strategies", "REVEAL_SCHEDULES", "SCHEDULES"))
+    assert registry.DATA_SPLITS == tuple(SPLITS) and registry.GSM_SUMS == tuple(SUMS)
+
+
+def test_the_cli_has_no_hand_typed_choice_list():
+    """cli/choices.py is gone: the commands take their choices from `difflm.registry`."""
+    assert not (CLI_DIR / "choices.py").exists()
+    for path in CLI_DIR.glob("*.py"):
+        modules = {node.module for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.ImportFrom)}
+        assert "choices" not in modules, path
 
 
 def test_every_sampler_option_is_a_flag():
@@ -105,3 +133,11 @@ def test_demo_takes_its_template_code_from_sampling_not_from_another_command():
     modules = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert "sampling.templates" in modules
     assert not {m for m in modules if m and m.split(".")[-1] in ("generate", "cli.generate")}
+
+
+def test_the_cli_imports_no_private_name_of_another_module():
+    for path in CLI_DIR.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                private = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+                assert not private, f"{path.name}:{node.lineno} imports {private} from {node.module}"

@@ -12,7 +12,7 @@ from difflm.continuous.likelihood import importance_times, nll_bound
 from difflm.continuous.model import ContinuousDLM, backbone_config
 from difflm.continuous.objective import continuous_loss, draw_continuous_noise
 from difflm.continuous.sampler import ContinuousSamplerOptions, generate, infill, nearest_embedding
-from difflm.continuous.schedule import NoiseSchedule, standard_normal
+from difflm.continuous.schedule import GaussianSchedule, standard_normal
 from difflm.errors import ConfigError, InputError
 
 ARCH = dict(model_type="llama", hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
@@ -44,7 +44,7 @@ def test_the_forward_process_has_the_schedules_mean_and_variance(name):
 
 @pytest.mark.parametrize("name", ["sqrt", "cosine"])
 def test_schedule_derivatives_and_inverse(name):
-    s = NoiseSchedule(name, 1e-4 if name == "sqrt" else 0.008)
+    s = GaussianSchedule(name, 1e-4 if name == "sqrt" else 0.008)
     t = torch.linspace(0.05, 0.95, 19, dtype=torch.float64)
     h = 1e-3  # the schedule answers in float32
     fd = (s.snr(t + h).double() - s.snr(t - h).double()) / (2 * h)
@@ -135,7 +135,7 @@ class ExactPosterior:
 
     def __init__(self, probs: torch.Tensor, table: torch.Tensor, optimal: bool = True) -> None:
         self.config = ContinuousConfig(vocab_size=len(probs), embed_dim=table.shape[1], self_condition=False)
-        self.schedule = NoiseSchedule("sqrt", 1e-4)
+        self.schedule = GaussianSchedule("sqrt", 1e-4)
         self.device = torch.device("cpu")
         self.log_probs, self.table, self.optimal = probs.log(), table, optimal
 
@@ -177,7 +177,7 @@ def test_the_nll_bound_bounds_the_entropy_of_a_toy_language_and_is_tight_for_the
 
 def test_importance_weights_integrate_the_snr_derivative():
     """E_q[w(t)/q(t)] over the mixture = the integral of -SNR'(t) = SNR(0) - SNR(1)."""
-    s = NoiseSchedule("sqrt", 1e-4)
+    s = GaussianSchedule("sqrt", 1e-4)
     n = 200000
     u = (torch.rand(1, generator=torch.Generator().manual_seed(0)) + torch.arange(n)) / n
     pick = torch.rand(n, generator=torch.Generator().manual_seed(1))

@@ -87,7 +87,8 @@ def test_seq2seq_training_keeps_the_source_clean(tmp_path):
                    "continuous.seq2seq=true", "block_size=64", f"output_dir={tmp_path / 'run'}", "max_steps=2",
                    "eval_every=2", "save_every=2"]
     trainer = Trainer(load_train_config(None, args), show_progress=False)
-    (x, draws, _), = trainer._micro_batches(0)
+    (batch,) = trainer.micro_batches(0)
+    x, draws = batch.x, batch.draws
     _, src, _ = trainer.train_batches.global_batch(0)
     assert torch.equal(draws.clean, src | (torch.arange(x.shape[1]) == 0))
     assert trainer.train()["val_loss"] > 0

@@ -211,14 +211,12 @@ def test_dlm_results_are_reproducible_and_depend_on_the_seed(model_dirs):  # noq
 
 # -- the registry and the bundled sets -------------------------------------------------------------
 def test_task_names_and_bad_specs(tmp_path):
-    from difflm.cli.choices import TASK_NAMES
-    from difflm.evaluation import TASKS
-
-    from difflm.cli.choices import FORMAT_NAMES
+    from difflm.evaluation import TASK_SPECS
     from difflm.formats import FORMATS
+    from difflm.registry import EVAL_TASKS, FORMATS as FORMAT_NAMES
 
-    assert TASK_NAMES == tuple(TASKS)
-    assert FORMAT_NAMES == tuple(FORMATS)
+    assert EVAL_TASKS.names() == tuple(TASK_SPECS)
+    assert FORMAT_NAMES.names() == tuple(FORMATS)
     with pytest.raises(InputError, match="unknown task 'lambda'"):
         parse_tasks("perplexity,lambda")
     with pytest.raises(InputError, match="needs a local data file: --tasks hellaswag=PATH"):

@@ -5,6 +5,9 @@ import pytest
 import torch
 
 from conftest import VOCAB, tiny_dlm
+
+from difflm.losses import masked_diffusion_loss
+from difflm.losses.block import two_copy_logits
 from test_training import TINY, _records, _train, data  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -59,13 +62,11 @@ def test_caches_and_cfg_on_cuda(cache):
 def test_context_causal_block_model_on_cuda():
     """A block diffusion model reading finished blocks causally (NBDiff): its clean copy is the causal LM
     on the GPU too, its AR-guided loss matches the CPU's, and every cache decodes as no cache."""
-    from difflm.losses import masked_diffusion_loss
-
     cpu, gpu = _pair(attention="block_causal", block_size=4, block_context="causal")
     x0 = torch.randint(0, MASK, (2, 16), generator=torch.Generator().manual_seed(0))
     xt = x0.masked_fill(torch.rand(x0.shape, generator=torch.Generator().manual_seed(1)) < 0.5, MASK)
     with torch.no_grad():
-        _, clean = gpu.logits(xt.cuda(), clean_ids=x0.cuda(), with_clean=True)
+        _, clean = two_copy_logits(gpu, xt.cuda(), x0.cuda(), with_clean=True)
         assert torch.allclose(clean[:, 1:].cpu(), cpu.logits(x0, attention="causal")[:, 1:], atol=1e-4)
         noise, t = xt == MASK, torch.full((2,), 0.5)
         losses = [masked_diffusion_loss(m, x0.to(m.device), t=t.to(m.device), noise_mask=noise.to(m.device),

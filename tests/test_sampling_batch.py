@@ -26,6 +26,13 @@ SAMPLED = [
     dict(cache="dual", block_length=4, temperature=1.0),
     dict(cache="prefix", attention="block_causal", strategy="entropy", temperature=1.0, block_length=4),
     dict(cache="block", attention="block_causal", temperature=1.0, block_length=3, stop_at_eos=True),
+    # the step's revisits and sub-blocks (the same `DecodingStep` in `denoise` and `RowBatch`)
+    dict(editing_threshold=0.0, max_edits=2, temperature=1.0, block_length=4),
+    dict(remask=0.5, max_edits=1, temperature=1.0, block_length=4, steps=12),
+    dict(sub_block_length=2, block_length=4, temperature=1.0),
+    dict(sub_block_length=3, strategy="random", temperature=1.0, steps=5, stop_at_eos=True),
+    dict(remask=0.4, editing_threshold=0.2, cache="dual", block_length=4, steps=10, temperature=1.0),
+    dict(sub_block_length=2, cache="block", attention="block_causal", block_length=4, temperature=1.0),
 ]
 
 
@@ -140,3 +147,18 @@ def test_row_errors_are_input_errors(model):
         Row(model, [1, 2] + [MASK] * 8, SamplerOptions(steps=1, block_length=4))
     with pytest.raises(InputError, match="no masked position"):
         Row(model, [1, 2, 3], SamplerOptions())
+
+
+@pytest.mark.parametrize("cache", ["none", "dual"])
+def test_rows_whose_block_fills_early_give_what_they_give_alone(model, cache):
+    """With remasking, a row whose block is full before its budget is spent (threshold 0.001 commits
+    every candidate) ends the block at the first step that remasks nothing (alone), or waits for the
+    cohort's other rows without being remasked again (cached): either way each row gives exactly what
+    it gives alone."""
+    opts = SamplerOptions(strategy="threshold", threshold=0.001, remask=0.2, cache=cache, block_length=4, steps=12,
+                          temperature=1.0)
+    rows = [Row(model, p + [MASK] * 8, opts, generator=gens(20 + i)[0]) for i, p in enumerate(PROMPTS)]
+    for i, row in enumerate(run_rows(model, rows)):
+        single = alone(model, PROMPTS[i], 20 + i, 8, options=opts)
+        assert row.canvas.tolist() == single.sequences[0][-row.canvas.shape[0]:].tolist()
+        assert MASK not in row.new_tokens

@@ -4,7 +4,7 @@ and its filter order (top-p before top-k), the default for models of family "dre
 import pytest
 import torch
 
-import difflm.sampling.sampler as sampler_module
+import difflm.sampling.step as sampler_module
 from difflm.sampling import SamplerOptions, StepContext, dream_commit_count, generate, get_strategy, top_k_filter, top_p_filter
 from difflm.sampling.tokens import truncated_distribution
 from conftest import tiny_dlm

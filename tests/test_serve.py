@@ -61,6 +61,23 @@ def test_extra_body_decoding_options(api, dlm):
                                                   cfg_scale=0.5, alg_temp=0.2, strategy="maskgit_plus")
 
 
+@pytest.mark.parametrize("extra", [
+    {"editing_threshold": 0.0, "max_edits": 2, "block_length": 4},
+    {"remask": 0.5, "max_edits": 1, "steps": 18, "block_length": 6},
+    {"sub_block_length": 2, "block_length": 6},
+    {"remask": 0.3, "editing_threshold": 0.5, "cache": "dual", "block_length": 4, "steps": 10},
+], ids=["editing", "remask", "sub-blocks", "revisits-cached"])
+def test_editing_remasking_and_sub_blocks_are_the_samplers_answer(api, dlm, extra):
+    """The server runs the sampler's own step: token editing, remasking and sub-blocks give the
+    library's text for the seed, and the stream (which holds back a block until it can no longer
+    change) adds up to it."""
+    kwargs = dict(model=MODEL, prompt="And God said", max_tokens=12, seed=5, temperature=0.8, extra_body=extra)
+    out = api.completions.create(**kwargs)
+    assert out.choices[0].text == library_text(dlm, "And God said", 12, 5, temperature=0.8, **extra)
+    streamed = "".join(c.choices[0].text for c in api.completions.create(stream=True, **kwargs) if c.choices)
+    assert streamed == out.choices[0].text
+
+
 def test_infilling_with_suffix(api, dlm):
     out = api.completions.create(model=MODEL, prompt="And God said, Let there be", suffix="and there was light.",
                                  max_tokens=4, seed=1, extra_body={"steps": 4})

@@ -78,6 +78,9 @@ def test_decoding_options_are_validated(base):
              ({"steps": 2, "block_length": 2}, "steps", "invalid_value"), ({"cache": "huge"}, "cache", "invalid_value"),
              ({"threshold": 1.5, "strategy": "threshold"}, "threshold", "invalid_value"),
              ({"threshold": 0.5}, "threshold", "invalid_value"), ({"top_k": -1}, "top_k", "invalid_value"),
+             ({"remask": 1.5}, "remask", "invalid_value"), ({"max_edits": 0}, "max_edits", "invalid_value"),
+             ({"editing_threshold": 1.0}, "editing_threshold", "invalid_value"),
+             ({"sub_block_length": 0}, "sub_block_length", "invalid_value"),
              ({"logprobs": 3}, "logprobs", "unsupported_parameter"), ({"echo": True}, "echo", "unsupported_parameter")]
     for extra, param, code in cases:
         with pytest.raises(openai.BadRequestError) as exc:

@@ -6,6 +6,7 @@ one line naming the file and line."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -25,7 +26,8 @@ from difflm.tasks import make_examples, write_jsonl
 from difflm.tasks.model_task import read_model_task
 from difflm.tasks.tokenizer import save_task_tokenizer, sft_file_texts, train_task_tokenizer
 from difflm.training import Trainer, load_train_config
-from difflm.training.sft import SFTTrainer, ar_response_loss
+from difflm.losses.ar import ar_response_loss
+from difflm.training.objectives.sft import SFTBatch, SFTObjective
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 TINY = ["architecture.model_type=llama", "architecture.hidden_size=32", "architecture.intermediate_size=64",
@@ -57,6 +59,17 @@ def _records(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+def _fields(batch: SFTBatch) -> tuple:
+    """(x, noise, t, src, lengths, scale, blocks) of a micro-batch."""
+    return tuple(getattr(batch, f.name) for f in dataclasses.fields(batch))
+
+
+def _loss(trainer, x, noise, t, src, lengths, scale=None, blocks=None, *, step=None):
+    """The objective's loss of these rows through the model: with ``scale`` its share of the global
+    batch's mean, else its own mean; the training options (focal loss, AR guidance) only with ``step``."""
+    return trainer.objective.batch_loss(trainer.model, SFTBatch(x, noise, t, src, lengths, scale, blocks), step=step)
+
+
 def _losses(out: Path) -> list[float]:
     return [r["train_loss"] for r in _records(out) if "train_loss" in r]
 
@@ -65,32 +78,32 @@ def _losses(out: Path) -> list[float]:
 def test_dlm_sft_never_noises_the_prompt_and_the_tail_is_an_ordinary_target(tmp_path, data):
     trainer = Trainer(load_train_config(None, _args(data, "sudoku", 200) + [f"output_dir={tmp_path}", "max_steps=2",
                                                              "sft.pad_with=pad"]), show_progress=False)
-    assert isinstance(trainer, SFTTrainer) and trainer.dlm.config.attention == "bidirectional"
+    assert isinstance(trainer.objective, SFTObjective) and trainer.model.config.attention == "bidirectional"
     rows = trainer.train_batches.data
     n = int(rows.lengths[0])
     assert rows.ids[0, n - 1] == trainer.tokenizer.eos_token_id and (rows.ids[0, n:] == trainer.tokenizer.pad_token_id).all()
     tail_noised = 0
     for step in range(20):
-        for x, noise, t, src, lengths, *_ in trainer._micro_batches(step):
+        for x, noise, t, src, lengths, *_ in map(_fields, trainer.micro_batches(step)):
             assert not (noise & src).any()  # the prompt is never noised
             positions = torch.arange(x.shape[1])[None, :]
             # everything after the prompt - response, EOS and the whole pad tail - may be noised
-            assert torch.equal(maskable_positions(trainer.dlm, x, src_mask=src), ~src)
+            assert torch.equal(maskable_positions(trainer.model, x, src_mask=src), ~src)
             tail_noised += int((noise & (positions >= lengths[:, None])).sum())
     assert tail_noised > 0
     # A noise mask on the tail alone: those pad tokens are targets (the loss sees them and depends on them)
     x, src, lengths = trainer.train_batches.global_batch(0)
     tail = torch.arange(x.shape[1])[None, :] >= lengths[:, None]
     t = torch.full((x.shape[0],), 0.5)
-    loss = trainer._loss(trainer.model, x, tail, t, src, lengths)
+    loss = _loss(trainer, x, tail, t, src, lengths)
     assert loss > 0
     other = x.masked_fill(tail, trainer.tokenizer.eos_token_id)
-    assert not torch.isclose(loss, trainer._loss(trainer.model, other, tail, t, src, lengths))
+    assert not torch.isclose(loss, _loss(trainer, other, tail, t, src, lengths))
     # ... and it is the library's loss with the prompt as src and no attention mask (pads are attended)
-    reference = masked_diffusion_loss(trainer.dlm, x, t=t, noise_mask=tail, src_mask=src)
+    reference = masked_diffusion_loss(trainer.model, x, t=t, noise_mask=tail, src_mask=src)
     assert torch.allclose(loss, reference.loss) and reference.num_masked == int(tail.sum())
     with pytest.raises(Exception, match="src_mask"):
-        trainer._loss(trainer.model, x, src & (torch.arange(x.shape[1]) > 0), t, src, lengths)
+        _loss(trainer, x, src & (torch.arange(x.shape[1]) > 0), t, src, lengths)
 
 
 def test_block_diffusion_sft_denoises_each_block_from_the_clean_blocks_before_it(tmp_path, data):
@@ -102,10 +115,10 @@ def test_block_diffusion_sft_denoises_each_block_from_the_clean_blocks_before_it
 
     args = _args(data, "gsm", 256) + ["max_steps=3", "eval_every=3", "save_every=3", "diffusion.block_size=4"]
     trainer = Trainer(load_train_config(None, args + [f"output_dir={tmp_path / 'run'}"]), show_progress=False)
-    dlm = trainer.dlm
+    dlm = trainer.model
     assert (dlm.config.attention, dlm.config.block_size) == ("block_causal", 4)
     for step in range(5):
-        for x, noise, t, src, lengths, *_ in trainer._micro_batches(step):
+        for x, noise, t, src, lengths, *_ in map(_fields, trainer.micro_batches(step)):
             assert not (noise & src).any() and t.shape == x.shape
             groups = dlm.block_groups(x)
             first_of_block = torch.zeros_like(t).scatter_reduce(1, groups, t, reduce="amax", include_self=False)
@@ -116,11 +129,11 @@ def test_block_diffusion_sft_denoises_each_block_from_the_clean_blocks_before_it
     noise = (groups == k) & ~src & (torch.arange(x.shape[1]) % 2 == 0)
     t = torch.full(x.shape, 0.5)
     with torch.no_grad():
-        loss = trainer._loss(trainer.model, x, noise, t, src, lengths)
+        loss = _loss(trainer, x, noise, t, src, lengths)
         later = torch.where(groups > k, (x + 5) % 100 + 10, x)  # every later block rewritten
-        assert torch.equal(loss, trainer._loss(trainer.model, later, noise, t, src, lengths))
+        assert torch.equal(loss, _loss(trainer, later, noise, t, src, lengths))
         earlier = torch.where((groups == k - 1) & ~src, (x + 5) % 100 + 10, x)
-        assert not torch.equal(loss, trainer._loss(trainer.model, earlier, noise, t, src, lengths))
+        assert not torch.equal(loss, _loss(trainer, earlier, noise, t, src, lengths))
     trainer.train()
     model = DiffusionLM.from_pretrained(tmp_path / "run" / "model")
     assert (model.config.attention, model.config.block_size) == ("block_causal", 4)
@@ -130,7 +143,7 @@ def test_block_diffusion_sft_denoises_each_block_from_the_clean_blocks_before_it
     assert not (out.sequences == model.config.mask_token_id).any() and 3 <= out.steps <= 12  # blocks, tokens
     continued = Trainer(load_train_config(None, _args(data, "gsm", 256) + [
         f"output_dir={tmp_path / 'more'}", "max_steps=1", f"init={tmp_path / 'run' / 'model'}"]), show_progress=False)
-    assert (continued.dlm.config.attention, continued.dlm.config.block_size) == ("block_causal", 4)
+    assert (continued.model.config.attention, continued.model.config.block_size) == ("block_causal", 4)
 
 
 def test_the_block_size_of_an_init_is_read_from_any_layout(tmp_path):
@@ -139,7 +152,7 @@ def test_the_block_size_of_an_init_is_read_from_any_layout(tmp_path):
     from published_layouts import write_sdar
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from difflm.training.sft import init_block_size
+    from difflm.training.sft_data import init_block_size
 
     write_sdar(tmp_path / "sdar")
     assert init_block_size(tmp_path / "sdar") == 4
@@ -156,13 +169,13 @@ def test_token_reweighting_trains_on_the_focal_loss_and_validates_on_the_elbo(tm
     plain = Trainer(load_train_config(None, args), show_progress=False)
     focal = Trainer(load_train_config(None, args + ["token_reweighting.gamma=2"]), show_progress=False)
     assert focal.cfg.token_reweighting == {"alpha": 1.0, "gamma": 2}
-    x, noise, t, src, lengths, scale, _ = focal._micro_batches(0)[0]
+    x, noise, t, src, lengths, scale, _ = _fields(focal.micro_batches(0)[0])
     with torch.no_grad():
-        ce = plain._loss(plain.model, x, noise, t, src, lengths, scale, step=0)
-        weighted = focal._loss(focal.model, x, noise, t, src, lengths, scale, step=0)
+        ce = _loss(plain, x, noise, t, src, lengths, scale, step=0)
+        weighted = _loss(focal, x, noise, t, src, lengths, scale, step=0)
         assert weighted < ce  # every weight (1 - p) ** 2 is below 1
         # validation (no step) is the ELBO either way, and so is the validation loss of a run
-        assert torch.equal(focal._loss(focal.model, x, noise, t, src, lengths), plain._loss(plain.model, x, noise, t, src, lengths))
+        assert torch.equal(_loss(focal, x, noise, t, src, lengths), _loss(plain, x, noise, t, src, lengths))
     assert focal.evaluate() == plain.evaluate()
 
 
@@ -177,12 +190,12 @@ def test_context_causal_block_sft_trains_with_the_ar_guidance_and_keeps_its_cont
     plain = Trainer(load_train_config(None, args + [f"output_dir={tmp_path / 'plain'}"]), show_progress=False)
     guided = Trainer(load_train_config(None, args + [f"output_dir={tmp_path / 'run'}", "ar_loss_weight=1"]),
                      show_progress=False)
-    assert guided.dlm.config.block_context == "causal"
-    x, noise, t, src, lengths, scale, _ = guided._micro_batches(0)[0]
+    assert guided.model.config.block_context == "causal"
+    x, noise, t, src, lengths, scale, _ = _fields(guided.micro_batches(0)[0])
     with torch.no_grad():
-        diffusion = plain._loss(plain.model, x, noise, t, src, lengths, scale, step=0)
-        assert guided._loss(guided.model, x, noise, t, src, lengths, scale, step=0) > diffusion
-        assert torch.equal(guided._loss(guided.model, x, noise, t, src, lengths), plain._loss(plain.model, x, noise, t, src, lengths))
+        diffusion = _loss(plain, x, noise, t, src, lengths, scale, step=0)
+        assert _loss(guided, x, noise, t, src, lengths, scale, step=0) > diffusion
+        assert torch.equal(_loss(guided, x, noise, t, src, lengths), _loss(plain, x, noise, t, src, lengths))
     guided.train()
     model = DiffusionLM.from_pretrained(tmp_path / "run" / "model")
     assert (model.config.block_size, model.config.block_context) == (4, "causal")
@@ -191,7 +204,7 @@ def test_context_causal_block_sft_trains_with_the_ar_guidance_and_keeps_its_cont
     assert outs[0] == outs[1]
     continued = Trainer(load_train_config(None, _args(data, "gsm", 256) + [
         f"output_dir={tmp_path / 'more'}", "max_steps=1", f"init={tmp_path / 'run' / 'model'}"]), show_progress=False)
-    assert (continued.dlm.config.block_size, continued.dlm.config.block_context) == (4, "causal")
+    assert (continued.model.config.block_size, continued.model.config.block_context) == (4, "causal")
 
 
 def test_noised_blocks_noise_only_the_drawn_blocks_and_shorten_the_forward(tmp_path, data):
@@ -206,17 +219,17 @@ def test_noised_blocks_noise_only_the_drawn_blocks_and_shorten_the_forward(tmp_p
                                       "keep_checkpoints=3", f"output_dir={tmp_path / 'run'}"]
     trainer = Trainer(load_train_config(None, args), show_progress=False)
     for step in range(3):
-        (x, noise, t, src, lengths, scale, blocks), = trainer._micro_batches(step)
-        inside = in_blocks(trainer.dlm, x, blocks)
+        (x, noise, t, src, lengths, scale, blocks), = map(_fields, trainer.micro_batches(step))
+        inside = in_blocks(trainer.model, x, blocks)
         assert blocks.shape == (x.shape[0], 3) and (blocks >= 0).all()
         assert not (noise & ~inside).any() and not (noise & src).any() and noise.any()
         assert ((inside & ~src).sum(1) > 0).all() and not (inside & src).all(1).any()
-        last = trainer.dlm.block_groups(x).gather(1, lengths.view(-1, 1) - 1)  # the block of each answer's EOS
+        last = trainer.model.block_groups(x).gather(1, lengths.view(-1, 1) - 1)  # the block of each answer's EOS
         assert (blocks <= last + 1).all()  # nothing past the first block of the tail
     seen = []
-    hook = trainer.dlm.model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"].shape), with_kwargs=True)
+    hook = trainer.model.model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"].shape), with_kwargs=True)
     with torch.no_grad():
-        trainer._loss(trainer.model, x, noise, t, src, lengths, scale, blocks, step=0)
+        _loss(trainer, x, noise, t, src, lengths, scale, blocks, step=0)
     hook.remove()
     assert seen == [(x.shape[0], 256 + 3 * 4)]
     trainer.train()
@@ -232,7 +245,7 @@ def test_noised_blocks_noise_only_the_drawn_blocks_and_shorten_the_forward(tmp_p
 def test_ar_sft_scores_the_response_and_its_eos_only(tmp_path, data):
     trainer = Trainer(load_train_config(None, _args(data, "gsm", 256) + [f"output_dir={tmp_path}", "max_steps=1",
                                                                         "sft.loss=ar"]), show_progress=False)
-    assert trainer.dlm is None
+    assert not isinstance(trainer.model, DiffusionLM)
     x, src, lengths = trainer.train_batches.global_batch(0)
     total, count = ar_response_loss(trainer.model, x, src, lengths)
     prompt_lens = src.sum(1)
@@ -344,7 +357,7 @@ def test_presets_train_reload_and_evaluate(tmp_path, data, preset, capsys):
 
 # -- LoRA -----------------------------------------------------------------------------------------
 def test_lora_adapters_reload_to_identical_logits_and_merge_to_the_same(tmp_path, data):
-    from difflm.training.lora import load_adapter
+    from difflm.formats.adapter import load_adapter
 
     Trainer(load_train_config(None, _args(data) + [f"output_dir={tmp_path / 'base'}", "max_steps=2"]),
             show_progress=False).train()
@@ -376,7 +389,7 @@ def test_lora_adapters_reload_to_identical_logits_and_merge_to_the_same(tmp_path
 
 
 def test_lora_on_an_ar_model(tmp_path, data, capsys):
-    from difflm.training.lora import load_adapter
+    from difflm.formats.adapter import load_adapter
 
     ar = _args(data, "gsm", 256) + ["sft.loss=ar"]
     Trainer(load_train_config(None, ar + [f"output_dir={tmp_path / 'base'}", "max_steps=2"]), show_progress=False).train()
@@ -447,7 +460,7 @@ def test_bad_sft_input_is_one_clear_line(tmp_path, data, capsys):
         (["diffusion.block_context=causal"], "block_context 'causal' belongs to a block diffusion model"),
         (["objective=diffusion", "sft.loss=ar"], "sft settings need objective sft"),
         (["noised_blocks=0"], "noised_blocks must be an integer >= 1"),
-        (["objective=diffusion", "noised_blocks=2"], "noised_blocks is supported with objective sft only"),
+        (["objective=diffusion", "noised_blocks=2"], "noised_blocks settings need objective sft"),
         (["sft.loss=ar", "noised_blocks=2"], "noised_blocks needs sft.loss diffusion"),
         (["noised_blocks=2"], "noised_blocks needs a block diffusion model: set diffusion.block_size"),
     ]

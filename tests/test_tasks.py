@@ -286,17 +286,18 @@ def test_sft_layouts_and_chat_template(tokenizer):
 
 # -- the command ---------------------------------------------------------------------------------
 def test_data_task_names_mirror_the_generators():
-    from difflm.cli.choices import DATA_TASK_NAMES
+    from difflm.registry import DATA_TASKS
 
-    assert DATA_TASK_NAMES == tuple(GENERATORS)
+    assert DATA_TASKS.names() == tuple(GENERATORS)
+    assert all(DATA_TASKS.get(name) is GENERATORS[name] for name in GENERATORS)
 
 
 def test_data_make_choices_mirror_the_library():
-    from difflm.cli.choices import GSM_SUMS_NAMES, SPLIT_NAMES
+    from difflm.registry import DATA_SPLITS, GSM_SUMS
     from difflm.tasks.gsm import SUMS
     from difflm.tasks.splits import SPLITS
 
-    assert SPLIT_NAMES == tuple(SPLITS) and GSM_SUMS_NAMES == tuple(SUMS)
+    assert DATA_SPLITS == tuple(SPLITS) and GSM_SUMS == tuple(SUMS)
 
 
 def test_difflm_data_make_writes_the_same_file_twice(tmp_path, capsys):

@@ -11,12 +11,14 @@ tasks_bench = pytest.importorskip("tasks")
 
 @pytest.mark.parametrize("role", sorted(["gsm-dlm", "gsm-ar", "sudoku-dlm", "sudoku-ar"]))
 def test_every_preset_gives_a_stand_in_config(role):
-    """--random-models builds each preset's model without its init: the DLM presets carry SFT-only
-    knobs (noised_blocks) that a plain diffusion config must not inherit."""
-    cfg, dlm = tasks_bench.stand_in_config(tasks_bench.CONFIGS[role])
-    assert dlm == role.endswith("dlm")
-    assert cfg.init is None and cfg.noised_blocks is None and cfg.architecture
-    assert cfg.objective == ("diffusion" if dlm else "ar")
+    """--random-models builds each preset's model without its init, under the DLM settings SFT trains
+    it with (full attention, or block-causal with the preset's block size)."""
+    cfg, diffusion = tasks_bench.stand_in_config(tasks_bench.CONFIGS[role])
+    assert (diffusion is not None) == role.endswith("dlm")
+    assert cfg.init is None and cfg.architecture
+    if diffusion is not None:
+        assert diffusion["anneal_steps"] == 1
+        assert diffusion["attention"] == ("block_causal" if cfg.diffusion.get("block_size") else "bidirectional")
 
 
 def _row(kind, method, em, tps, tpc, strategy=None):

@@ -177,22 +177,23 @@ def test_trainer_loss_is_the_losses_module_loss(tmp_path, data):
     """One loss path: the trainer's step loss is `masked_diffusion_loss` under the step's noise and
     annealing draw, through the (wrapped) model."""
     from difflm.losses import draw_noise, masked_diffusion_loss
-    from difflm.training.trainer import _step_generator
+    from difflm.training.seeding import step_generator
 
     cfg = load_train_config(None, TINY + data + ["objective=diffusion", f"output_dir={tmp_path}", "max_steps=1",
                                                  "diffusion.attention=annealed", "diffusion.anneal_steps=4"])
     trainer = Trainer(cfg, show_progress=False)
     x = trainer.train_batches.global_batch(0)
-    ((xm, noise, t),) = trainer._micro_batches(0)
-    expected_noise, expected_t = draw_noise(trainer.dlm, x, antithetic=True, generator=_step_generator(cfg.seed, 0, 0))
+    (batch,) = trainer.micro_batches(0)
+    xm, noise, t = batch.x, batch.noise, batch.t
+    expected_noise, expected_t = draw_noise(trainer.model, x, antithetic=True, generator=step_generator(cfg.seed, 0, 0))
     assert torch.equal(noise, expected_noise) and torch.equal(t, expected_t)
     with torch.no_grad():
-        got = trainer._loss(trainer.wrapped, xm, noise, t, step=1, mask_generator=_step_generator(cfg.seed, 1, 1))
-        want = masked_diffusion_loss(trainer.dlm, xm, t=t, noise_mask=noise, step=1, generator=_step_generator(cfg.seed, 1, 1))
+        got = trainer.objective.loss(trainer.wrapped, batch, step=1, generator=step_generator(cfg.seed, 1, 1))
+        want = masked_diffusion_loss(trainer.model, xm, t=t, noise_mask=noise, step=1, generator=step_generator(cfg.seed, 1, 1))
     assert got.item() == want.loss.item()
     # the annealing draw is part of it: another draw gives another loss
     with torch.no_grad():
-        other = masked_diffusion_loss(trainer.dlm, xm, t=t, noise_mask=noise, step=1, generator=_step_generator(cfg.seed, 2, 1))
+        other = masked_diffusion_loss(trainer.model, xm, t=t, noise_mask=noise, step=1, generator=step_generator(cfg.seed, 2, 1))
     assert other.loss.item() != want.loss.item()
 
 
@@ -259,11 +260,12 @@ def test_complementary_masks_make_every_maskable_token_a_target_once(tmp_path, d
     cfg = load_train_config(None, TINY + data + ["objective=diffusion", f"output_dir={tmp_path}", "max_steps=1",
                                                  "complementary_masks=true"])
     trainer = Trainer(cfg, show_progress=False)
-    ((x, noise, t),) = trainer._micro_batches(0)
+    (batch,) = trainer.micro_batches(0)
+    x, noise, t = batch.x, batch.noise, batch.t
     half = len(x) // 2
     assert len(x) == 2 * cfg.batch_size and torch.equal(x[:half], x[half:])
     from difflm.losses import maskable_positions
 
-    allowed = maskable_positions(trainer.dlm, x[:half])
+    allowed = maskable_positions(trainer.model, x[:half])
     assert torch.equal(noise[:half] ^ noise[half:], allowed) and not (noise[:half] & noise[half:]).any()
-    torch.testing.assert_close(t[half:], (1 - t[:half]).clamp_min(trainer.dlm.config.eps))
+    torch.testing.assert_close(t[half:], (1 - t[:half]).clamp_min(trainer.model.config.eps))

@@ -36,7 +36,7 @@ def read_json_config(path: Path) -> Any:
         raise ConfigError(f"{path} cannot be read: {exc}") from None
 ATTENTION_MODES = ("causal", "bidirectional", "annealed", "block_causal")
 BLOCK_CONTEXTS = ("block", "causal")
-SCHEDULES = ("linear", "cosine", "loglinear")
+NOISE_SCHEDULES = ("linear", "cosine", "loglinear")  # alpha(t) of the forward process (difflm.noise)
 LOSS_NORMALIZATIONS = ("tokens", "masked")
 
 
@@ -115,8 +115,8 @@ class DiffusionConfig:
             raise ConfigError(f"block_context {self.block_context!r} belongs to a block diffusion model (block_size)")
         if isinstance(self.anneal_steps, bool) or not isinstance(self.anneal_steps, int) or self.anneal_steps < 1:
             raise ConfigError(f"anneal_steps must be an integer >= 1, got {self.anneal_steps!r}")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if self.schedule not in NOISE_SCHEDULES:
+            raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(NOISE_SCHEDULES)}")
         if self.loss_normalization not in LOSS_NORMALIZATIONS:
             raise ConfigError(
                 f"unknown loss_normalization {self.loss_normalization!r}; choose one of {', '.join(LOSS_NORMALIZATIONS)}"

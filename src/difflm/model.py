@@ -15,7 +15,7 @@ import inspect
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
@@ -23,16 +23,17 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from .atomic import atomic_directory
 from .attention import (
-    anneal_ratio, attention_pattern, block_causal_attention_mask, block_diffusion_training_mask,
-    context_causal_attention_mask, to_4d,
+    anneal_ratio, attention_pattern, block_causal_attention_mask, context_causal_attention_mask, to_4d,
 )
 from .config import DiffusionConfig
 from .errors import ConfigError, InputError, ModelLoadError
+from .formats import load_checkpoint, load_tokenizer, require_model_dir
+from .formats.mask_token import resolve_mask_token, special_ids
+from .registry import DECODING
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-NEW_MASK_TOKEN = "<|mask|>"
 _MASKABLE_IMPLEMENTATIONS = ("sdpa", "eager")
 
 
@@ -216,11 +217,11 @@ class DiffusionLM(nn.Module):
         step: int | None = None,
         generator: torch.Generator | None = None,
         groups: torch.Tensor | None = None,
-        clean_ids: torch.Tensor | None = None,
-        with_clean: bool = False,
-        noisy_blocks: torch.Tensor | None = None,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    ) -> torch.Tensor:
         """Aligned logits: ``logits[:, i]`` is the prediction for token ``i``.
+
+        (Block diffusion *training* runs a two-copy forward over [x_t | x_0] instead:
+        `difflm.losses.block.two_copy_logits`.)
 
         Args:
             input_ids: LongTensor [B, L].
@@ -234,12 +235,6 @@ class DiffusionLM(nn.Module):
             generator: RNG for the annealing draw (any device: see `difflm.rng`).
             groups: LongTensor [B, L], decoding groups for "block_causal" (default for a block
                 diffusion model: its block grid, `block_groups`).
-            clean_ids: LongTensor [B, L], the clean tokens of ``input_ids`` (= x_t): block
-                diffusion training (BD3-LM). One forward over [x_t | x_0] in which every block of
-                x_t is denoised seeing only the clean blocks before it (see `two_copy_logits`).
-            with_clean: with ``clean_ids``, also return the clean copy's aligned logits.
-            noisy_blocks: with ``clean_ids``, LongTensor [B, K]: denoise only these blocks of each row
-                (-1 = none); the other positions of the result are zero (see `two_copy_logits`).
         Returns:
             FloatTensor [B, L, V]. With ``shift`` the backbone's prediction made at i-1 is moved to
             i; position 0 has no prediction of its own and holds a copy of position 1's (Dream's
@@ -248,81 +243,18 @@ class DiffusionLM(nn.Module):
         if input_ids.dim() != 2:
             raise InputError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
         self._check_length(input_ids.shape[1])
-        if clean_ids is not None:
-            return self.two_copy_logits(input_ids, clean_ids, attention_mask, groups=groups, with_clean=with_clean,
-                                        noisy_blocks=noisy_blocks)
         mask4d = self.attention_mask_4d(input_ids, attention_mask, attention=attention, step=step,
                                         generator=generator, groups=groups)
         position_ids = None if attention_mask is None else self.position_ids(attention_mask, input_ids)
         raw = self.model(input_ids=input_ids, attention_mask=mask4d, position_ids=position_ids, use_cache=False).logits
-        return self._aligned(raw)
+        return self.aligned(raw)
 
-    def _aligned(self, raw: torch.Tensor) -> torch.Tensor:
+    def aligned(self, raw: torch.Tensor) -> torch.Tensor:
         """The backbone's logits [B, L, V] as aligned logits: with shift, the prediction made at i - 1
         moves to i, and position 0 keeps a copy of position 1's (it has none of its own)."""
         if self.config.shift:
             return torch.cat([raw[:, :1], raw[:, :-1]], dim=1)
         return raw
-
-    def two_copy_logits(
-        self,
-        noisy_ids: torch.Tensor,
-        clean_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        *,
-        groups: torch.Tensor | None = None,
-        with_clean: bool = False,
-        noisy_blocks: torch.Tensor | None = None,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Block diffusion training forward (BD3-LM's vectorised [x_t | x_0]): aligned logits
-        [B, L, V] for ``noisy_ids`` [B, L] where the prediction of a token of block k sees the
-        noisy tokens of block k and the clean tokens (``clean_ids``) of the blocks before it -
-        what a block-by-block decoder sees. Costs one forward over 2L positions. With
-        ``with_clean`` also the aligned logits [B, L, V] of the clean copy: under
-        ``block_context="causal"`` the clean copy runs causally, so these are the next-token
-        predictions of the model read as an AR model (NBDiff's auxiliary AR loss, for free).
-
-        With shift, the position before a block predicts its first token and so belongs to that
-        block's attention group (`block_attention_ids`); its own token is the last of the previous
-        block, which the decoder has committed by then: it is fed clean there.
-
-        ``noisy_blocks`` (LongTensor [B, K], block numbers of `block_groups`, -1 = none): the noisy
-        copy holds only the positions that predict the tokens of these blocks, so a step costs
-        L + K * block_size positions instead of 2L; the logits of the other positions are zero."""
-        if groups is None:
-            groups = self.block_groups(clean_ids, attention_mask)
-        ids = self.block_attention_ids(groups)
-        batch, length = noisy_ids.shape
-        noisy_ids = torch.where(ids != groups, clean_ids, noisy_ids)
-        positions = self.position_ids(attention_mask, noisy_ids)
-        real = torch.ones_like(noisy_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-        if noisy_blocks is None:
-            order, kept, noisy_real, noisy_positions = None, noisy_ids, real, positions
-            pattern = block_diffusion_training_mask(ids, causal_context=self.config.block_context == "causal")
-        else:
-            member = (ids.unsqueeze(-1) == noisy_blocks.to(ids.device).unsqueeze(-2)).any(-1)  # [B, L]
-            # the members first, in position order (a stable sort): [B, N], N = the most members of a row
-            order = torch.sort((~member).long(), dim=1, stable=True).indices[:, : max(1, int(member.sum(-1).max()))]
-            kept = noisy_ids.gather(1, order)
-            noisy_real = member.gather(1, order) & real.gather(1, order)
-            pattern = block_diffusion_training_mask(ids, causal_context=self.config.block_context == "causal",
-                                                    noisy_ids=ids.gather(1, order))
-            noisy_positions = positions.gather(1, order)
-        kept_len = kept.shape[1]
-        padding = None if attention_mask is None and order is None else torch.cat([noisy_real, real], dim=1)
-        eager = self.model.config._attn_implementation == "eager"
-        mask4d = to_4d(pattern, padding, batch_size=batch, dtype=torch.float32 if eager else None)
-        keep_noisy = self._keeps_logits and not with_clean  # project only the noisy copy when that is all we need
-        kwargs = {"logits_to_keep": torch.arange(kept_len, device=noisy_ids.device)} if keep_noisy else {}
-        out = self.model(input_ids=torch.cat([kept, clean_ids], dim=1), attention_mask=mask4d,
-                         position_ids=torch.cat([noisy_positions, positions], dim=1), use_cache=False, **kwargs)
-        raw = out.logits[:, :kept_len]
-        if order is not None:  # back to the row's positions; the positions not noised stay zero
-            full = raw.new_zeros(batch, length, raw.shape[-1])
-            raw = full.scatter(1, order.unsqueeze(-1).expand_as(raw), raw * noisy_real.unsqueeze(-1))
-        if with_clean:
-            return self._aligned(raw), self._aligned(out.logits[:, kept_len:])
-        return self._aligned(raw)
 
     def logits_at(
         self,
@@ -348,35 +280,36 @@ class DiffusionLM(nn.Module):
             (FloatTensor [N, V] in row-major order of ``targets``, the backbone's cache or None).
         """
         keep = self.prediction_sources(targets)
-        kwargs = {"logits_to_keep": keep} if self._keeps_logits else {}
+        kwargs = {"logits_to_keep": keep} if self.keeps_logits else {}
         out = self.model(
             input_ids=input_ids, attention_mask=attention_mask_4d, position_ids=position_ids,
             past_key_values=past_key_values, use_cache=use_cache, **kwargs,
         )
-        logits = out.logits if self._keeps_logits else out.logits[keep]
+        logits = out.logits if self.keeps_logits else out.logits[keep]
         return logits.reshape(-1, logits.shape[-1]).float(), (out.past_key_values if use_cache else None)
 
     @cached_property
-    def _keeps_logits(self) -> bool:
+    def keeps_logits(self) -> bool:
         """Whether the backbone's forward takes ``logits_to_keep`` (project only some positions)."""
         return "logits_to_keep" in inspect.signature(self.model.forward).parameters
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
-        """Same as `logits` (so accelerate/DDP can wrap the module)."""
-        return self.logits(input_ids, attention_mask, **kwargs)
+    def forward(self, input_ids: torch.Tensor, *args: Any, run: Callable[..., Any] | None = None, **kwargs: Any) -> Any:
+        """Same as `logits` (so accelerate/DDP/FSDP can wrap the module). ``run``: another forward of this
+        model, called as ``run(self, input_ids, *args, **kwargs)`` inside the module's call, so that a
+        DDP/FSDP wrapper's hooks run around it as around `logits` (the two-copy forward of block
+        diffusion training, `difflm.losses.block.two_copy_logits`, goes this way)."""
+        if run is not None:
+            return run(self, input_ids, *args, **kwargs)
+        return self.logits(input_ids, *args, **kwargs)
 
-    # -- sampling (delegates to difflm.sampling) -----------------------------------------------
+    # -- sampling: the sampler sits above the model, which reaches it through `registry.DECODING` ------
     def generate(self, prompt_ids: Any, **kwargs: Any) -> torch.Tensor:
         """See `difflm.sampling.generate`."""
-        from .sampling import generate
-
-        return generate(self, prompt_ids, **kwargs)
+        return DECODING.get("generate")(self, prompt_ids, **kwargs)
 
     def infill(self, prefix_ids: Any, suffix_ids: Any, **kwargs: Any) -> torch.Tensor:
         """See `difflm.sampling.infill`."""
-        from .sampling import infill
-
-        return infill(self, prefix_ids, suffix_ids, **kwargs)
+        return DECODING.get("infill")(self, prefix_ids, suffix_ids, **kwargs)
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
@@ -404,8 +337,6 @@ class DiffusionLM(nn.Module):
             config: other `DiffusionConfig` fields; ``attention`` defaults to "annealed".
         """
         if isinstance(model_or_path, (str, os.PathLike)):
-            from .formats import load_tokenizer, require_model_dir
-
             path = require_model_dir(model_or_path)
             try:
                 model = AutoModelForCausalLM.from_pretrained(
@@ -416,9 +347,9 @@ class DiffusionLM(nn.Module):
             tokenizer = tokenizer or load_tokenizer(path)
         else:
             model = model_or_path
-        mask_id = _resolve_mask_token(model, tokenizer, mask_token)
+        mask_id = resolve_mask_token(model, tokenizer, mask_token)
         config.setdefault("attention", "annealed")
-        for name, value in _special_ids(model, tokenizer).items():
+        for name, value in special_ids(model, tokenizer).items():
             config.setdefault(name, value)
         return cls(model, DiffusionConfig(mask_token_id=mask_id, shift=shift, **config), tokenizer)
 
@@ -440,10 +371,9 @@ class DiffusionLM(nn.Module):
         (a plain LLaMA: only with ``format="diffullama"``); a plain transformers causal LM when
         ``mask_token_id`` is given in ``overrides``. ``format`` skips detection. ``overrides`` are
         `DiffusionConfig` fields that replace the detected ones. Weights are loaded shard by shard
-        onto a model built on the meta device.
+        onto a model built on the meta device. (`difflm.formats.load` loads any model directory - an AR
+        model, a family's model - and says what it found.)
         """
-        from .formats import load_checkpoint
-
         return load_checkpoint(cls, path, format=format, dtype=dtype, attn_implementation=attn_implementation, **overrides)
 
     def save_pretrained(self, path: str | os.PathLike, *, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
@@ -457,64 +387,3 @@ class DiffusionLM(nn.Module):
                 self.tokenizer.save_pretrained(tmp)
             self.config.save(tmp)
         return Path(path)
-
-
-def _special_ids(model: PreTrainedModel, tokenizer: "PreTrainedTokenizerBase | None") -> dict[str, int]:
-    """pad/bos/eos ids from the tokenizer, else the model config; ids outside the vocabulary
-    (stale config defaults such as GPT-2's 50256 on a smaller model) are ignored."""
-    rows = model.get_input_embeddings().weight.shape[0]
-    ids = {}
-    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
-        value = getattr(tokenizer, name, None) if tokenizer is not None else None
-        if value is None:
-            value = getattr(model.config, name, None)
-        if isinstance(value, list):  # some configs list several EOS ids
-            value = value[0] if value else None
-        if isinstance(value, int) and 0 <= value < rows:
-            ids[name] = value
-    return ids
-
-
-def _resolve_mask_token(model: PreTrainedModel, tokenizer: "PreTrainedTokenizerBase | None", mask_token: int | str | None) -> int:
-    rows = model.get_input_embeddings().weight.shape[0]
-    if isinstance(mask_token, bool):
-        raise ConfigError("mask_token must be a token id, a token string or None")
-    if isinstance(mask_token, int):
-        if not 0 <= mask_token < rows:
-            raise ConfigError(
-                f"mask token id {mask_token} is outside the vocabulary (size {rows}); "
-                "pass an existing id, or mask_token=None to add a new [MASK] token"
-            )
-        return mask_token
-    if isinstance(mask_token, str) and tokenizer is None:
-        raise ConfigError(f"mask_token={mask_token!r} is a string but there is no tokenizer; pass a token id instead")
-    if tokenizer is not None:
-        if mask_token is None and tokenizer.mask_token_id is not None:
-            return int(tokenizer.mask_token_id)
-        if isinstance(mask_token, str):
-            existing = tokenizer.convert_tokens_to_ids(mask_token)
-            if existing is not None and existing != tokenizer.unk_token_id:
-                return int(existing)
-        tokenizer.add_special_tokens({"mask_token": mask_token or NEW_MASK_TOKEN})
-        new_id = int(tokenizer.mask_token_id)
-    else:
-        new_id = rows
-    _add_embedding_row(model, new_id)
-    return new_id
-
-
-@torch.no_grad()
-def _add_embedding_row(model: PreTrainedModel, new_id: int) -> None:
-    """Make row ``new_id`` exist and set it (input and output side) to the mean of the old rows:
-    a neutral start for a token the backbone never saw."""
-    old_rows = model.get_input_embeddings().weight.shape[0]
-    if new_id >= old_rows:
-        model.resize_token_embeddings(new_id + 1, mean_resizing=False)
-    limit = min(old_rows, new_id) or old_rows
-    emb = model.get_input_embeddings().weight
-    emb[new_id] = emb[:limit].float().mean(0).to(emb.dtype)
-    head = model.get_output_embeddings()
-    if head is not None and head.weight.data_ptr() != emb.data_ptr():
-        head.weight[new_id] = head.weight[:limit].float().mean(0).to(head.weight.dtype)
-        if getattr(head, "bias", None) is not None:
-            head.bias[new_id] = head.bias[:limit].mean()

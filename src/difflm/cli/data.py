@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from .choices import DATA_TASK_NAMES, GSM_SUMS_NAMES, SPLIT_NAMES
+from ..registry import DATA_SPLITS, DATA_TASKS, GSM_SUMS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,10 +23,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "sudoku: {puzzle: 81 chars, 0 = blank, solution: 81 digits} (difflm eval --tasks sudoku=FILE); "
         "countdown: {numbers, target, solution: 'x op y = z' lines} (difflm eval --tasks countdown=FILE).",
     )
-    make.add_argument("task", choices=DATA_TASK_NAMES, help="the task: " + ", ".join(DATA_TASK_NAMES))
+    make.add_argument("task", choices=DATA_TASKS.names(), help="the task: " + ", ".join(DATA_TASKS.names()))
     make.add_argument("--n", type=int, required=True, help="number of examples")
     make.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
-    make.add_argument("--split", choices=SPLIT_NAMES, default="train",
+    make.add_argument("--split", choices=DATA_SPLITS, default="train",
                       help="which split to draw from (default: %(default)s); train/validation/test are disjoint")
     make.add_argument("--out", required=True, help="JSONL file to write (replaced atomically)")
     make.add_argument("--steps", metavar="K or LOW-HIGH",
@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     make.add_argument("--numbers", metavar="LOW-HIGH",
                       help="gsm: range of the numbers in a problem (default: 2-20); countdown: range of the given "
                       "numbers (default: 1-50)")
-    make.add_argument("--sums", choices=GSM_SUMS_NAMES,
+    make.add_argument("--sums", choices=GSM_SUMS,
                       help="gsm: a total of several terms in one sum (whole, default) or one term at a time (pairwise); "
                       "the reasoning only, the problems are the same")
     make.add_argument("--count", metavar="K or LOW-HIGH", help="countdown: how many numbers are given (default: 3-4)")
@@ -117,7 +117,7 @@ def run_make(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from ..training.sft import describe_sft_file
+    from ..training.sft_data import describe_sft_file
 
     print(describe_sft_file(args.file, tokenizer=args.tokenizer, block_size=args.block_size, show=args.show))
     return 0

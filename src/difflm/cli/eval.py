@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from .choices import CACHE_MODE_NAMES, FORMAT_NAMES, STRATEGY_NAMES, TASK_NAMES
+from ..registry import (CACHE_MODES as CACHE_MODE_NAMES, EVAL_TASKS as TASK_NAMES, FORMATS as FORMAT_NAMES,
+                        STRATEGIES as STRATEGY_NAMES)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import InputError
     from ..evaluation import EvalSettings, load_eval_lm, parse_tasks, print_report, run_evaluation, write_report
-    from ..evaluation.lm import check_format, scoring_summary
+    from ..evaluation.loading import check_format, scoring_summary
 
     if args.threads is not None:
         if args.threads < 1:

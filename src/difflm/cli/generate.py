@@ -7,6 +7,10 @@
 Every option of `difflm.sampling.SamplerOptions` is a flag; the flags become one `SamplerOptions`,
 validated before the model loads. ``--json`` prints one JSON object per line; ``--show-steps``
 shows the denoising live (`difflm.visualize.DenoisingView`).
+
+The commands name no model family and no task: a family beyond the masked core (continuous, multimodal)
+adds its flags and takes the run through `difflm.registry.FAMILIES` (`difflm.cli.family`, docs/plugins.md);
+a task model (its task.json) brings its length, strategy and answer check (`difflm.tasks.model_task.DEFAULTS`).
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
+from ..bundled import DEFAULT_DLM
 from ..errors import InputError, ModelLoadError
-from .choices import ATTENTION_NAMES, CACHE_MODE_NAMES, FILTER_ORDER_NAMES, SCHEDULE_NAMES, STRATEGY_NAMES
+from ..registry import ATTENTION_OVERRIDES, CACHE_MODES, FILTER_ORDERS, REVEAL_SCHEDULES, STRATEGIES
+from .family import MASKED_FLAGS_KEY, GenerationJob, add_family_arguments, claiming_family, masked_flags_given
 
 if TYPE_CHECKING:
     from ..sampling import Generation, SamplerOptions
-
+    from ..tasks.model_task import TaskDefaults
 
 
 def register(subparsers: Any) -> None:
@@ -35,14 +41,7 @@ def register(subparsers: Any) -> None:
     generate_parser.add_argument("prompt", nargs="+", help="prompt text (several prompts run as one left-padded batch)")
     generate_parser.add_argument("--length", type=int, help="new tokens per prompt (default 64; a task model: what "
                                  "its answers need)")
-    generate_parser.add_argument("--chat", action="store_true", help="wrap each prompt in the checkpoint's chat "
-                                 "template; print the reply up to the end of the turn")
-    # multimodal models (difflm.multimodal.cli)
-    generate_parser.add_argument("--image-out", metavar="PATH", help="multimodal models: draw an image of each PROMPT "
-                                 "and write it as a PNG (several prompts: PATH-1.png, ...); --length does not apply")
-    generate_parser.add_argument("--image", metavar="PATH", help="multimodal models: a grayscale PNG to describe; "
-                                 "PROMPT is the question (\"\" for none) and --length caps the answer")
-    _add_sampling_arguments(generate_parser)
+    _add_sampling_arguments(generate_parser, "generate")
     generate_parser.set_defaults(func=run_generate)
 
     infill_parser = subparsers.add_parser(
@@ -55,54 +54,72 @@ def register(subparsers: Any) -> None:
     infill_parser.add_argument("--prefix", help="text before the gap (instead of a template)")
     infill_parser.add_argument("--suffix", default="", help="text after the gap (a separating space is added)")
     infill_parser.add_argument("--length", type=int, help="tokens to fill between --prefix and --suffix")
-    _add_sampling_arguments(infill_parser)
+    _add_sampling_arguments(infill_parser, "infill")
     infill_parser.set_defaults(func=run_infill)
 
 
-def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..bundled import DEFAULT_DLM
+def _add_sampling_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    add_core_arguments(parser, command)
+    add_family_arguments(parser, command)  # each registered family's own group (difflm.cli.family)
 
+
+def add_core_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    """The flags of ``command`` ("generate" or "infill") that are not a family's: those every family shares,
+    then the masked sampler's, in their own group."""
     parser.add_argument("--model", default=DEFAULT_DLM, help=f"model directory or bundled model name (default {DEFAULT_DLM})")
     parser.add_argument("--steps", type=int, help="denoising steps = model calls at most (default: one per token)")
-    parser.add_argument("--strategy", metavar="NAME",
-                        help=f"which positions to commit: {', '.join(STRATEGY_NAMES)} (default low_confidence; a task model: its task's, e.g. topk_margin for sudoku)")
-    parser.add_argument("--block-length", type=int, help="semi-autoregressive block size (default: one block)")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1] (default 1 = off)")
-    parser.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (default 0 = off)")
-    parser.add_argument("--gumbel", action="store_true", help="draw tokens by float64 Gumbel-max (LLaDA)")
-    parser.add_argument("--threshold", type=float, help="confidence threshold in (0, 1] of --strategy threshold (default 0.9)")
-    parser.add_argument("--alg-temp", type=float, default=0.0, help="> 0 samples positions instead of the top scores (Dream)")
     parser.add_argument("--cfg-scale", type=float, default=0.0, help="classifier-free guidance scale >= 0 (default 0 = off)")
-    parser.add_argument("--cache", choices=CACHE_MODE_NAMES, default="none", help="block-wise KV cache (default none)")
-    parser.add_argument("--attention", choices=ATTENTION_NAMES,
-                        help="override the model's attention (block_causal makes the caches exact)")
-    parser.add_argument("--schedule", choices=SCHEDULE_NAMES,
-                        help="tokens committed per step: equal shares (LLaDA) or Dream's time grid "
-                        "(default: the model family's convention)")
-    parser.add_argument("--filter-order", choices=FILTER_ORDER_NAMES,
-                        help="order of the top-k and top-p filters (default: the model family's convention)")
-    parser.add_argument("--sub-block-length", type=int, metavar="N",
-                        help="decode each block in sub-blocks of N tokens (Fast-dLLM v2; with --cache block the "
-                        "rest of the block is read from a cache made at each sub-block's first step)")
-    parser.add_argument("--editing-threshold", type=float, metavar="P",
-                        help="token editing (LLaDA 2.1): replace a committed token of the current block when the "
-                        "model's top prediction there differs and is above P (default off)")
-    parser.add_argument("--remask", type=float, default=0.0, metavar="P",
-                        help="ReMDM-style remasking: mask each committed token of the block again with probability P "
-                        "at every step but the block's last (default 0 = off)")
-    parser.add_argument("--max-edits", type=int, default=2, help="edits or remasks per position at most (default 2)")
-    parser.add_argument("--stop-at-eos", action="store_true", help="stop a row once a finished block holds EOS")
-    parser.add_argument("--suppress-eos", action="store_true", help="commit EOS only when nothing else is left")
-    parser.add_argument("--eta", type=float, default=0.0,
-                        help="continuous DLMs: 0 = DDIM (default), 1 = DDPM ancestral sampling")
-    parser.add_argument("--clamp", action="store_true",
-                        help="continuous DLMs: snap each step's x0 estimate to the nearest embedding (Diffusion-LM)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N, mps, ... (default cpu)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per prompt")
     parser.add_argument("--show-steps", action="store_true", help="show the denoising step by step in the terminal")
     parser.add_argument("--delay", type=float, default=0.0, help="with --show-steps: seconds to pause per step")
+    _add_masked_arguments(parser, command)
+
+
+def _add_masked_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    """The masked sampler's flags, in their own group; the group is what tells a family which flags are not
+    its own (`difflm.cli.family.masked_flags_given`)."""
+    group = parser.add_argument_group("masked diffusion sampler", "how a masked DLM decodes (a model family of "
+                                      "its own, below, may refuse these)")
+    strategies = ", ".join(STRATEGIES.names())
+    actions = [
+        group.add_argument("--strategy", metavar="NAME", help=f"which positions to commit: {strategies} (default "
+                           "low_confidence; a task model: its task's, e.g. topk_margin for sudoku)"),
+        group.add_argument("--block-length", type=int, help="semi-autoregressive block size (default: one block)"),
+        group.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)"),
+        group.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1] (default 1 = off)"),
+        group.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (default 0 = off)"),
+        group.add_argument("--gumbel", action="store_true", help="draw tokens by float64 Gumbel-max (LLaDA)"),
+        group.add_argument("--threshold", type=float,
+                           help="confidence threshold in (0, 1] of --strategy threshold (default 0.9)"),
+        group.add_argument("--alg-temp", type=float, default=0.0,
+                           help="> 0 samples positions instead of the top scores (Dream)"),
+        group.add_argument("--cache", choices=CACHE_MODES, default="none", help="block-wise KV cache (default none)"),
+        group.add_argument("--attention", choices=ATTENTION_OVERRIDES,
+                           help="override the model's attention (block_causal makes the caches exact)"),
+        group.add_argument("--schedule", choices=REVEAL_SCHEDULES,
+                           help="tokens committed per step: equal shares (LLaDA) or Dream's time grid "
+                           "(default: the model family's convention)"),
+        group.add_argument("--filter-order", choices=FILTER_ORDERS,
+                           help="order of the top-k and top-p filters (default: the model family's convention)"),
+        group.add_argument("--sub-block-length", type=int, metavar="N",
+                           help="decode each block in sub-blocks of N tokens (Fast-dLLM v2; with --cache block the "
+                           "rest of the block is read from a cache made at each sub-block's first step)"),
+        group.add_argument("--editing-threshold", type=float, metavar="P",
+                           help="token editing (LLaDA 2.1): replace a committed token of the current block when the "
+                           "model's top prediction there differs and is above P (default off)"),
+        group.add_argument("--remask", type=float, default=0.0, metavar="P",
+                           help="ReMDM-style remasking: mask each committed token of the block again with probability "
+                           "P at every step but the block's last (default 0 = off)"),
+        group.add_argument("--max-edits", type=int, default=2, help="edits or remasks per position at most (default 2)"),
+        group.add_argument("--stop-at-eos", action="store_true", help="stop a row once a finished block holds EOS"),
+        group.add_argument("--suppress-eos", action="store_true", help="commit EOS only when nothing else is left"),
+    ]
+    if command == "generate":
+        actions.append(group.add_argument("--chat", action="store_true", help="wrap each prompt in the checkpoint's "
+                                          "chat template; print the reply up to the end of the turn"))
+    parser.set_defaults(**{MASKED_FLAGS_KEY: tuple((a.option_strings[0], a.dest, a.default) for a in actions)})
 
 
 def sampler_options(args: argparse.Namespace) -> SamplerOptions:
@@ -149,35 +166,35 @@ def _check_run_args(args: argparse.Namespace) -> None:
         raise InputError(f"--delay must be a number of seconds >= 0, got {args.delay}")
 
 
-def load_dlm(name_or_path: str, device: str = "cpu"):
-    """A `DiffusionLM` from a bundled model name or a directory, with its tokenizer."""
-    from ..bundled import MODELS, resolve_model
-    from ..model import DiffusionLM
+def load_dlm(name_or_path: str, device: str = "cpu") -> Any:
+    """The masked `DiffusionLM` of a bundled model name or a directory, on ``device``, with its tokenizer
+    (`difflm.formats.load_diffusion_lm`); `ModelLoadError` for anything else."""
+    from ..formats import load_diffusion_lm
 
-    path = resolve_model(name_or_path)
-    if name_or_path in MODELS and not path.is_dir():
-        raise ModelLoadError(f"bundled model {name_or_path!r} is not built yet ({path} is missing); pass --model DIR")
-    model = DiffusionLM.from_pretrained(path).to(device).eval()
-    if model.tokenizer is None:
-        raise ModelLoadError(f"{path} has no tokenizer; text prompts need one (save the tokenizer next to the weights)")
-    return model
+    return load_diffusion_lm(name_or_path, device=device)
 
 
-def _model_task(name_or_path: str) -> str | None:
-    """The task a fine-tuned model was trained on (its task.json), or None."""
+def _model_task(name_or_path: str) -> tuple[str, TaskDefaults] | None:
+    """The task a fine-tuned model was trained on (its task.json) with how generate runs such a model
+    (`difflm.tasks.model_task.DEFAULTS`: its length, strategy, EOS rule and answer check), or None."""
     from ..bundled import resolve_model
-    from ..tasks.model_task import read_model_task
+    from ..tasks.model_task import DEFAULTS, read_model_task
 
     path = resolve_model(name_or_path)
-    return read_model_task(path) if path.is_dir() else None
+    task = read_model_task(path) if path.is_dir() else None
+    return None if task is None else (task, DEFAULTS[task])
+
+
+def _job(args: argparse.Namespace, options: SamplerOptions, labels: list[str], templates: Any) -> GenerationJob:
+    return GenerationJob(options=options, masked_flags=masked_flags_given(args), labels=labels, templates=templates,
+                         load_model=lambda: load_dlm(args.model, args.device))
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    task = None if args.chat or args.image or args.image_out else _model_task(args.model)
-    if task is not None:  # a task model (dlm-sudoku, dlm-gsm): the task's input, length and decoding order
-        from ..tasks.model_task import DEFAULTS
-
-        defaults = DEFAULTS[task]
+    family = claiming_family(args)
+    found = None if family is not None or args.chat else _model_task(args.model)
+    task, defaults = found if found is not None else (None, None)
+    if defaults is not None:  # a task model (dlm-sudoku, dlm-gsm): the task's input, length and decoding order
         args.length = defaults.length if args.length is None else args.length
         args.strategy = args.strategy or defaults.strategy
         args.stop_at_eos = args.stop_at_eos or defaults.stop_at_eos
@@ -188,34 +205,28 @@ def run_generate(args: argparse.Namespace) -> int:
     _check_run_args(args)
     options = sampler_options(args)
     check_device(args.device)
-    if args.image or args.image_out:  # a multimodal model: image -> text or text -> image
-        from ..multimodal.cli import check_image_args, run_image
-
-        image = check_image_args(args)
-        return run_image(args, options, load_dlm(args.model, args.device), image)
-    from ..continuous import cli as continuous
-
-    if continuous.continuous_model_dir(args.model) is not None:  # an embedding-space DLM: its own sampler
-        from ..sampling.templates import continuation_ids
-
-        return continuous.run(args, lambda tok: [continuation_ids(p, tok, -1, args.length) for p in args.prompt],
-                              args.prompt)
     prompts = args.prompt
     if task is not None:
         from ..tasks.model_task import task_prompt
 
         prompts = [task_prompt(task, p) for p in args.prompt]  # bad input fails before the model loads
+
+    def templates(tokenizer: Any, placeholder: int) -> list[list[int]]:
+        from ..sampling.templates import continuation_ids
+
+        return [continuation_ids(prompt, tokenizer, placeholder, args.length) for prompt in prompts]
+
+    if family is not None:  # a model family of its own (registry.FAMILIES): its runner
+        return family.run(args, _job(args, options, args.prompt, templates))
     model = load_dlm(args.model, args.device)
     mask_id = model.config.mask_token_id
     if args.chat:
         from ..chat import chat_prompt_ids
 
-        templates = [chat_prompt_ids(model, prompt) + [mask_id] * args.length for prompt in args.prompt]
+        rows = [chat_prompt_ids(model, prompt) + [mask_id] * args.length for prompt in args.prompt]
     else:
-        from ..sampling.templates import continuation_ids
-
-        templates = [continuation_ids(prompt, model.tokenizer, mask_id, args.length) for prompt in prompts]
-    return _sample_and_print(args, options, model, templates, args.prompt, task=task)
+        rows = templates(model.tokenizer, mask_id)
+    return _sample_and_print(args, options, model, rows, args.prompt, task=defaults)
 
 
 def run_infill(args: argparse.Namespace) -> int:
@@ -232,17 +243,20 @@ def run_infill(args: argparse.Namespace) -> int:
     _check_run_args(args)
     options = sampler_options(args)
     check_device(args.device)
-    from ..continuous import cli as continuous
+    labels = [args.template or ""]
 
-    if continuous.continuous_model_dir(args.model) is not None:  # an embedding-space DLM: its own sampler
-        return continuous.run(args, lambda tok: [encode_template(tok, parts, -1)], [args.template or ""])
+    def templates(tokenizer: Any, placeholder: int) -> list[list[int]]:
+        return [encode_template(tokenizer, parts, placeholder)]
+
+    family = claiming_family(args)
+    if family is not None:  # a model family of its own (registry.FAMILIES): its runner
+        return family.run(args, _job(args, options, labels, templates))
     model = load_dlm(args.model, args.device)
-    template = encode_template(model.tokenizer, parts, model.config.mask_token_id)
-    return _sample_and_print(args, options, model, [template], [args.template or ""])
+    return _sample_and_print(args, options, model, templates(model.tokenizer, model.config.mask_token_id), labels)
 
 
 def _sample_and_print(args: argparse.Namespace, options: SamplerOptions, model, templates: list[list[int]],
-                      labels: list[str], task: str | None = None) -> int:
+                      labels: list[str], task: TaskDefaults | None = None) -> int:
     import torch
 
     from ..sampling import fill
@@ -269,11 +283,7 @@ def _sample_and_print(args: argparse.Namespace, options: SamplerOptions, model, 
         # a task model's answer alone (the prompt is the task's scaffolding, not the user's words)
         answer_only = chat or task is not None
         text = tokenizer.decode(result.new_tokens[b] if answer_only else visible_ids(result, b), skip_special_tokens=True)
-        verdict = None
-        if task == "sudoku":
-            from ..tasks.model_task import sudoku_verdict
-
-            verdict = sudoku_verdict(label, text)
+        verdict = task.verdict(label, text) if task is not None and task.verdict is not None else None
         if args.json:
             print(json.dumps({
                 "prompt": label, "text": text, "generated": tokenizer.decode(result.new_tokens[b], skip_special_tokens=True),

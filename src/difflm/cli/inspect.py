@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from ..errors import InputError
-from .choices import FORMAT_NAMES
+from ..registry import FORMATS as FORMAT_NAMES
 
 
 
@@ -48,16 +48,31 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..formats import describe_checkpoint, detect
+    from ..formats import describe_checkpoint, detect, read_adapter
+    from ..io import CHECKPOINT, directory_kind
+    from ..registry import MODEL_KINDS
 
-    found = detect(args.dir, args.format)  # printed first: a refusal below still says what was seen
+    directory, overrides, extra = args.dir, config_overrides(args), {}
+    kind = CHECKPOINT if args.format is not None else directory_kind(args.dir)
+    if kind == "adapter":  # a LoRA adapter directory: say so, then show its base with the trained conventions
+        meta, directory = read_adapter(args.dir)
+        overrides = {**(meta.get("diffusion") or {}), **overrides}
+        extra = {"kind": kind, "adapter": meta}
+        if not args.json:
+            print(f"{'adapter':<13} {args.dir}  (LoRA rank {(meta.get('lora') or {}).get('r')}, "
+                  f"{meta.get('loss')} loss; merged into its base when loaded)")
+    elif kind != CHECKPOINT:
+        marker = MODEL_KINDS.entry(kind).meta.get("marker")
+        raise InputError(f"{args.dir} holds a {kind} model ({marker}), not a transformers checkpoint; "
+                         "difflm inspect reads checkpoints only - load it with difflm generate or difflm eval")
+    found = detect(directory, args.format)  # printed first: a refusal below still says what was seen
     if not args.json:
         print(f"{'path':<13} {found.checkpoint.path}")
         print(f"{'format':<13} {found.format}  ({found.reason})")
-    info = describe_checkpoint(args.dir, format=args.format, **config_overrides(args))
+    info = describe_checkpoint(directory, format=args.format, **overrides)
     check_mask_token_id(info["config"].mask_token_id, info["vocab_size"])
     if args.json:
-        print(json.dumps({**info, "config": info["config"].to_dict()}, indent=2, default=str))
+        print(json.dumps({**extra, **info, "config": info["config"].to_dict()}, indent=2, default=str))
         return 0
     cfg = info["config"]
     rows = [

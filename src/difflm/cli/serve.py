@@ -84,13 +84,13 @@ def run_serve(args: argparse.Namespace) -> int:
         raise InputError("difflm serve needs the 'serve' extra: pip install 'difflm[serve]'") from None
     import torch
 
-    from ..serve.app import create_app
-    from .generate import check_device, load_dlm
+    from ..serve.app import create_app, load_model
+    from .generate import check_device
 
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     check_device(config.device)
-    model = load_dlm(config.model, config.device)
+    model = load_model(config)
     sock = listen(config.host, config.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host

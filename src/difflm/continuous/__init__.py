@@ -3,12 +3,14 @@
 | module          | concept                                                                  |
 |-----------------|--------------------------------------------------------------------------|
 | `config`        | `ContinuousConfig` (continuous_config.json, the directory marker)        |
-| `schedule`      | noise schedules (sqrt, cosine), SNR, seeded Gaussian draws               |
+| `schedule`      | `GaussianSchedule` (sqrt, cosine), SNR, seeded Gaussian draws            |
 | `model`         | `ContinuousDLM`: embeddings, time conditioning, bidirectional backbone   |
 | `objective`     | the training draws (t, noise, clean positions, self-conditioning) and loss |
 | `likelihood`    | the variational bound on -log p in nats (VDM / Plaid)                    |
 | `sampler`       | DDPM / DDIM, clamping, classifier-free guidance, infilling               |
-| `trainer`       | ``objective: continuous`` in the shared training loop                    |
+| `training`      | `ContinuousObjective`: ``objective: continuous`` (registry.OBJECTIVES)   |
+| `plugin`        | the family's command-line plug-in (registry.FAMILIES), torch-free        |
+| `cli`           | its generation runner (`difflm generate` / `infill` on a continuous model) |
 | `evaluation`    | `ContinuousEvalLM` for `difflm eval`                                     |
 | `seq2seq`       | verse-to-next-verse data, BLEU, distinct-n, MBR decoding (DiffuSeq)      |
 
@@ -18,13 +20,11 @@ imported on first use.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from ..registry import lazy_attributes
 from .config import CONFIG_NAME, ContinuousConfig, is_continuous_model
 
 LAZY = {
-    "ContinuousDLM": ".model", "NoiseSchedule": ".schedule", "ContinuousSamplerOptions": ".sampler",
+    "ContinuousDLM": ".model", "GaussianSchedule": ".schedule", "ContinuousSamplerOptions": ".sampler",
     "sample": ".sampler", "generate": ".sampler", "infill": ".sampler", "nll_bound": ".likelihood",
     "continuous_loss": ".objective", "ContinuousEvalLM": ".evaluation",
 }
@@ -32,9 +32,4 @@ LAZY = {
 __all__ = ["CONFIG_NAME", "ContinuousConfig", "is_continuous_model", *LAZY]
 
 
-def __getattr__(name: str) -> Any:
-    if name in LAZY:
-        value = getattr(importlib.import_module(LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, LAZY)

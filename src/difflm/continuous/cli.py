@@ -1,9 +1,10 @@
-"""`difflm generate` / `difflm infill` for a continuous DLM: the commands call `run` when ``--model``
-is a continuous model directory (it holds continuous_config.json).
+"""`difflm generate` / `difflm infill` for a continuous DLM: the runner of the continuous family's
+plug-in (`difflm.continuous.plugin`), called once ``--model`` is a continuous model directory (it
+holds continuous_config.json).
 
 The flags that mean the same for both families are used as they are (``--length``, ``--steps``,
 ``--cfg-scale``, ``--seed``, ``--device``, ``--json``, ``--show-steps``); ``--eta`` (0 = DDIM,
-1 = DDPM) and ``--clamp`` are the continuous sampler's own. A flag of the masked sampler with a
+1 = DDPM) and ``--clamp`` are the continuous sampler's own. A flag of the masked sampler's group with a
 non-default value is refused: nothing is silently ignored.
 """
 
@@ -15,42 +16,27 @@ import sys
 import time
 from typing import Any
 
+import torch
+
+from .. import rng
+from ..bundled import resolve_model
 from ..errors import InputError, ModelLoadError
-
-# masked-sampler flags and their defaults: a continuous model has no use for them
-MASKED_ONLY = {"strategy": None, "block_length": None, "temperature": 0.0, "top_p": 1.0, "top_k": 0,
-               "gumbel": False, "threshold": None, "alg_temp": 0.0, "cache": "none", "attention": None,
-               "schedule": None, "filter_order": None, "sub_block_length": None, "editing_threshold": None,
-               "remask": 0.0, "stop_at_eos": False, "suppress_eos": False, "chat": False}
+from .model import ContinuousDLM
+from .sampler import UNKNOWN, ContinuousSamplerOptions, fill_templates
 
 
-def continuous_model_dir(name_or_path: str) -> Any:
-    """The directory of ``name_or_path`` if it is a continuous DLM, else None."""
-    from ..bundled import resolve_model
-    from .config import is_continuous_model
-
-    path = resolve_model(name_or_path)
-    return path if is_continuous_model(path) else None
-
-
-def run(args: argparse.Namespace, templates_of: Any, labels: list[str]) -> int:
-    """Sample and print for a continuous model. ``templates_of(tokenizer)`` gives the token templates
-    (`difflm.continuous.sampler.UNKNOWN` at the positions to generate)."""
-    import torch
-
-    from .. import rng
-    from .model import ContinuousDLM
-    from .sampler import ContinuousSamplerOptions, fill_templates
-
-    given = [f"--{k.replace('_', '-')}" for k, default in MASKED_ONLY.items() if getattr(args, k, default) != default]
-    if given:
-        raise InputError(f"{', '.join(given)}: not an option of a continuous DLM's sampler (it takes --steps, "
-                         "--eta, --clamp, --cfg-scale)")
-    path = continuous_model_dir(args.model)
+def run(args: argparse.Namespace, job: Any) -> int:
+    """Sample and print for a continuous model. ``job`` is the command's `difflm.cli.family.GenerationJob`:
+    its ``templates(tokenizer, UNKNOWN)`` are the token templates, its ``masked_flags`` the masked
+    sampler's flags the command line set (refused)."""
+    if job.masked_flags:
+        raise InputError(f"{', '.join(job.masked_flags)}: not an option of a continuous DLM's sampler (it takes "
+                         "--steps, --eta, --clamp, --cfg-scale)")
+    path = resolve_model(args.model)
     model = ContinuousDLM.from_pretrained(path, device=args.device)
     if model.tokenizer is None:
         raise ModelLoadError(f"{path} has no tokenizer; text prompts need one")
-    templates = templates_of(model.tokenizer)
+    templates = job.templates(model.tokenizer, UNKNOWN)
     longest = max(len(t) for t in templates)
     if model.max_length is not None and longest > model.max_length:
         raise InputError(f"{longest} tokens exceed the model's context of {model.max_length}; shorten the prompt")
@@ -68,7 +54,7 @@ def run(args: argparse.Namespace, templates_of: Any, labels: list[str]) -> int:
     rows, generated = fill_templates(model, templates, options=options, generator=rng.seeded_generator(args.seed),
                                      callback=callback)
     seconds = time.perf_counter() - start
-    for b, label in enumerate(labels):
+    for b, label in enumerate(job.labels):
         width = len(templates[b])
         row = rows[b, rows.shape[1] - width :].tolist()
         new = rows[b][generated[b]].tolist()

@@ -12,9 +12,10 @@ from typing import Any
 
 from ..config import read_json_config, write_json_config
 from ..errors import ConfigError
+from ..io import has_marker
 
-CONFIG_NAME = "continuous_config.json"
-SCHEDULES = ("sqrt", "cosine")
+CONFIG_NAME = "continuous_config.json"  # also the marker of the "continuous" kind of difflm.registry.MODEL_KINDS
+GAUSSIAN_SCHEDULES = ("sqrt", "cosine")  # alpha_bar(t) of the Gaussian forward process (schedule.py)
 TIME_SAMPLING = ("uniform", "mixture")
 TRAINING_ONLY = ("seq2seq",)  # keys of a run's `continuous:` that configure the run, not the model
 
@@ -65,8 +66,8 @@ class ContinuousConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 2 or value % 2:
                 raise ConfigError(f"continuous.{name} must be an even integer >= 2, got {value!r}")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"continuous.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.schedule not in GAUSSIAN_SCHEDULES:
+            raise ConfigError(f"continuous.schedule must be one of {', '.join(GAUSSIAN_SCHEDULES)}, got {self.schedule!r}")
         if self.time_sampling not in TIME_SAMPLING:
             raise ConfigError(f"continuous.time_sampling must be one of {', '.join(TIME_SAMPLING)}, "
                               f"got {self.time_sampling!r}")
@@ -120,8 +121,9 @@ class ContinuousConfig:
 
 
 def is_continuous_model(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a continuous DLM directory (it holds ``continuous_config.json``)."""
-    return (Path(path) / CONFIG_NAME).is_file()
+    """Whether ``path`` is a continuous DLM directory (it holds ``continuous_config.json``, the marker of
+    its kind in `difflm.registry.MODEL_KINDS`)."""
+    return has_marker(path, "continuous")
 
 
 def check_train_settings(cfg: Any) -> None:

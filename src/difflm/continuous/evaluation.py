@@ -17,8 +17,9 @@ from ..errors import ModelLoadError
 from ..evaluation.likelihood import NLLEstimate, ScoreRequest, check_requests, item_seed
 from ..evaluation.lm import DiffusionEvalLM, EvalLM, EvalSettings, Layout
 from ..evaluation.progress import progress_bar
+from ..formats import LoadedModel
 from .likelihood import nll_bound
-from .model import ContinuousDLM
+from .model import load_continuous
 from .sampler import ContinuousSamplerOptions, generate, infill
 
 
@@ -79,11 +80,17 @@ class ContinuousEvalLM(DiffusionEvalLM):
                 "parameters": self.model.num_parameters}
 
 
+def continuous_eval_lm(loaded: LoadedModel, settings: EvalSettings | None = None, *,
+                       name: str = "model") -> ContinuousEvalLM:
+    """The evaluation adapter of the "continuous" kind of `difflm.registry.MODEL_KINDS` (``meta["eval"]``):
+    ``difflm eval`` reaches it for a directory holding continuous_config.json."""
+    if loaded.tokenizer is None:
+        raise ModelLoadError(f"{loaded.path} has no tokenizer; save one next to the weights to evaluate it")
+    layout = Layout(loaded.format, loaded.given, loaded.reason, loaded.model_type)
+    return ContinuousEvalLM(loaded.model, loaded.tokenizer, settings, name=name, layout=layout)
+
+
 def load_continuous_eval_lm(path: Any, settings: EvalSettings | None = None, *, name: str = "model",
                             dtype: torch.dtype = torch.float32, device: str | None = None) -> ContinuousEvalLM:
-    """A continuous DLM directory as an `EvalLM` (``difflm eval`` dispatches here on continuous_config.json)."""
-    model = ContinuousDLM.from_pretrained(path, dtype=dtype, device=device or "cpu")
-    if model.tokenizer is None:
-        raise ModelLoadError(f"{path} has no tokenizer; save one next to the weights to evaluate it")
-    layout = Layout("continuous", False, "continuous_config.json (a continuous DLM)", "continuous")
-    return ContinuousEvalLM(model, model.tokenizer, settings, name=name, layout=layout)
+    """A continuous DLM directory as an `EvalLM` (what `difflm.evaluation.load_eval_lm` gives for one)."""
+    return continuous_eval_lm(load_continuous(path, dtype=dtype).to(device), settings, name=name)

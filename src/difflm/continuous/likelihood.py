@@ -25,7 +25,7 @@ import torch
 
 from ..noise import sample_t
 from .. import rng
-from .schedule import NoiseSchedule, standard_normal
+from .schedule import GaussianSchedule, standard_normal
 
 LOG_SNR_MIN = -12.0
 
@@ -44,12 +44,12 @@ class BoundTerms:
         return self.prior + self.recon + self.diffusion
 
 
-def _log_snr_range(schedule: NoiseSchedule) -> tuple[float, float]:
+def _log_snr_range(schedule: GaussianSchedule) -> tuple[float, float]:
     hi = float(torch.log(schedule.snr(torch.zeros(1))).item())
     return LOG_SNR_MIN, hi
 
 
-def importance_times(u: torch.Tensor, pick: torch.Tensor, schedule: NoiseSchedule) -> tuple[torch.Tensor, torch.Tensor]:
+def importance_times(u: torch.Tensor, pick: torch.Tensor, schedule: GaussianSchedule) -> tuple[torch.Tensor, torch.Tensor]:
     """(t [B], weight [B] = -SNR'(t) / q(t)) from uniforms ``u`` [B] (stratify them) and ``pick`` [B]: each t
     comes from U(0, 1) when pick < 1/2, else from log-SNR uniform on [LOG_SNR_MIN, log SNR(0)]; q is the
     density of the even mixture."""

@@ -26,8 +26,10 @@ from transformers import AutoConfig, AutoModel, PretrainedConfig
 from ..atomic import atomic_directory
 from ..attention import bidirectional_attention_mask, to_4d
 from ..errors import ConfigError, InputError, ModelLoadError
+from ..formats import LoadedModel, load_tokenizer
+from ..formats.loading import DTYPES
 from .config import CONFIG_NAME, ContinuousConfig
-from .schedule import NoiseSchedule
+from .schedule import GaussianSchedule
 
 WEIGHTS_NAME = "model.safetensors"
 
@@ -65,7 +67,7 @@ class ContinuousDLM(nn.Module):
         if config.vocab_size < 2:
             raise ConfigError(f"a continuous DLM needs vocab_size >= 2, got {config.vocab_size}")
         self.config, self.tokenizer = config, tokenizer
-        self.schedule = NoiseSchedule(config.schedule, config.offset)
+        self.schedule = GaussianSchedule(config.schedule, config.offset)
         hidden, d = backbone_cfg.hidden_size, config.embed_dim
         self.embedding = nn.Parameter(torch.randn(config.vocab_size, d))
         self.in_proj = nn.Linear(2 * d if config.self_condition else d, hidden)
@@ -192,11 +194,25 @@ class ContinuousDLM(nn.Module):
         bcfg._attn_implementation = "sdpa"
         tokenizer = None
         if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file():
-            from ..formats import load_tokenizer
-
             tokenizer = load_tokenizer(path)
         model = cls(bcfg, config, tokenizer)
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ModelLoadError(f"{path}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
         return model.to(device=device, dtype=dtype).eval()
+
+
+def load_continuous(path: str | os.PathLike, *, format: str | None = None, dtype: torch.dtype | str | None = None,
+                    **overrides: Any) -> LoadedModel:
+    """The "continuous" kind of `difflm.registry.MODEL_KINDS` (`difflm.formats.load` of a directory holding
+    continuous_config.json): the `ContinuousDLM` and its tokenizer, in float32 unless ``dtype`` says."""
+    if overrides:
+        raise ConfigError(f"{path} is a continuous DLM: it takes no DiffusionConfig settings "
+                          f"({', '.join(sorted(overrides))})")
+    if isinstance(dtype, str):
+        if dtype.lower() not in {**DTYPES, "auto": None}:
+            raise ConfigError(f"unknown dtype {dtype!r}; choose one of auto, float32, bfloat16, float16")
+        dtype = DTYPES.get(dtype.lower())
+    model = ContinuousDLM.from_pretrained(path, dtype=dtype or torch.float32)
+    return LoadedModel("continuous", model, model.tokenizer, Path(path), "continuous",
+                       f"{CONFIG_NAME} (a continuous DLM)", model_type="continuous")

@@ -20,7 +20,7 @@ from .. import rng
 from ..noise import sample_t
 from .config import ContinuousConfig
 from .likelihood import importance_times
-from .schedule import NoiseSchedule, standard_normal
+from .schedule import GaussianSchedule, standard_normal
 
 
 @dataclass
@@ -59,7 +59,7 @@ def draw_continuous_noise(x: torch.Tensor, config: ContinuousConfig, *, antithet
     t = sample_t(b, antithetic=antithetic, eps=0.0, generator=generator)
     if config.time_sampling == "mixture":
         pick = rng.uniform((b,), generator=generator)
-        t = importance_times(t, pick, NoiseSchedule(config.schedule, config.offset))[0]
+        t = importance_times(t, pick, GaussianSchedule(config.schedule, config.offset))[0]
     noise = standard_normal((b, length, config.embed_dim), generator=generator)
     clean = conditioning_mask(b, length, config, generator=generator)
     if src is not None:

@@ -20,16 +20,18 @@ import torch
 
 from .. import rng
 from ..errors import ConfigError
+from .config import GAUSSIAN_SCHEDULES
 
 COSINE_FLOOR = 1e-4
 _EPS = 1e-12
 
 
-class NoiseSchedule:
-    """alpha_bar(t) and the SNR of one schedule; every method takes t as a FloatTensor of any shape."""
+class GaussianSchedule:
+    """alpha_bar(t) and the SNR of one schedule of the Gaussian forward process (not to be confused with
+    `difflm.noise`'s masking schedules alpha(t)); every method takes t as a FloatTensor of any shape."""
 
     def __init__(self, name: str, offset: float) -> None:
-        if name not in ("sqrt", "cosine"):
+        if name not in GAUSSIAN_SCHEDULES:
             raise ConfigError(f"unknown continuous schedule {name!r}; choose sqrt or cosine")
         self.name, self.s = name, float(offset)
 

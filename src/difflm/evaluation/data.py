@@ -21,15 +21,13 @@ Nothing is downloaded: point a loader at the JSONL (or CSV) file you have. A mal
 from __future__ import annotations
 
 import csv
-import gzip
-import json
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from ..errors import InputError
+from ..io import open_text, read_jsonl, require_file  # read_jsonl: the one JSONL reader (also imported from here)
 
 
 @dataclass(frozen=True)
@@ -66,34 +64,6 @@ class QAExample:
 
     question: str
     answer: str
-
-
-# -- reading ------------------------------------------------------------------------------------
-def _open_text(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
-
-
-def _require_file(path: str | os.PathLike) -> Path:
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: no such file; pass the path of a local copy of the data")
-    return p
-
-
-def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, object) for every non-blank line of a JSONL (or .jsonl.gz) file."""
-    p = _require_file(path)
-    with _open_text(p) as handle:
-        for lineno, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{p}:{lineno}: not valid JSON ({exc.msg}); fix or remove the line") from None
-            if not isinstance(obj, dict):
-                raise InputError(f"{p}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
 
 
 def _loader(fields: tuple[str, ...], build: Callable[[dict[str, Any]], Any]) -> Callable[[str | os.PathLike], list[Any]]:
@@ -191,7 +161,7 @@ _load_rocstories_jsonl = _loader((), _rocstories)
 def load_rocstories(path: str | os.PathLike) -> list[InfillExample]:
     """ROCStories as JSONL, or the original CSV (columns sentence1..sentence5, or the Story Cloze layout
     InputSentence1..4 + the right ending): the third sentence is the one to fill in."""
-    p = _require_file(path)
+    p = require_file(path)
     if p.suffix != ".csv":
         return _load_rocstories_jsonl(p)
     out = []
@@ -213,10 +183,10 @@ def load_rocstories(path: str | os.PathLike) -> list[InfillExample]:
 
 def load_texts(path: str | os.PathLike) -> list[str]:
     """Documents to score: a plain text file is one document; JSONL gives one per {"text"} line."""
-    p = _require_file(path)
+    p = require_file(path)
     if p.name.endswith((".jsonl", ".jsonl.gz")):
         return [str(o["text"]) for o in _loader(("text",), lambda o: o)(p)]
-    with _open_text(p) as handle:
+    with open_text(p) as handle:
         text = handle.read()
     if not text.strip():
         raise InputError(f"{p}: the file is empty")

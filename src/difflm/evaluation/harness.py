@@ -41,7 +41,8 @@ except ImportError:  # pragma: no cover - depends on the environment
     raise InputError("the lm-eval adapter needs lm-evaluation-harness: pip install 'difflm[eval]'") from None
 
 from .likelihood import ScoreRequest
-from .lm import EvalSettings, grouped, load_eval_lm, scoring_summary
+from .lm import EvalSettings, grouped
+from .loading import load_eval_lm, scoring_summary
 from .text_tasks import window_requests
 from .task_base import fit_context
 

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from .. import rng
 from ..errors import InputError
+from ..losses.block import two_copy_logits
 from ..noise import get_schedule, sample_t
 from .progress import progress_bar
 from .stats import mean_stderr
@@ -178,7 +179,7 @@ def _score_rows(model, requests: Sequence[ScoreRequest], rows: list[_Row], *, ba
             xt = x0.masked_fill(masked, cfg.mask_token_id)
             padding = attn if not bool(attn.all()) else None
             # a block diffusion model scores every block next to the clean blocks before it
-            logits = model.logits(xt, padding, clean_ids=x0) if cfg.block_size else model.logits(xt, padding)
+            logits = two_copy_logits(model, xt, x0, padding) if cfg.block_size else model.logits(xt, padding)
             ce = F.cross_entropy(logits[masked].float(), x0[masked], reduction="none").double().cpu()
             sums = torch.zeros(len(chunk), dtype=torch.float64, device="cpu").index_add_(0, masked.nonzero()[:, 0].cpu(),
                                                                            ce * weights[masked.cpu()])

@@ -2,103 +2,29 @@
 
 Tasks only ever call `EvalLM`: ``nll`` (exact for an AR model, the Monte Carlo ELBO bound for a DLM),
 ``generate`` (greedy continuation), ``fill`` (infilling; an AR model sees only the prefix, as in the
-DiffuLLaMA paper's AR baselines) and ``greedy_matches``. `load_eval_lm` picks the right class from the
-checkpoint layout (detected, or given as ``format``): the ``causal-lm`` layout (a plain transformers
-causal LM) is an AR model, every other layout a DLM. DiffuLLaMA's published files *are* a plain LLaMA,
-so it is detected as ``causal-lm`` (and scored as AR) unless ``format="diffullama"`` says otherwise;
-`scoring_summary` is the one line that tells the user which layout and which score were used.
+DiffuLLaMA paper's AR baselines) and ``greedy_matches``. `AREvalLM` wraps a transformers causal LM,
+`DiffusionEvalLM` a `DiffusionLM`; a family's models bring their own subclass. Which one a directory
+becomes is decided in `difflm.evaluation.loading` (`load_eval_lm`) from what `difflm.formats.load` found.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from abc import ABC, abstractmethod
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Hashable, Sequence, TypeVar
+from typing import Any, Callable, Hashable, Sequence, TypeVar
 
 import torch
 
-from .. import rng
-from ..errors import InputError, ModelLoadError
-from .likelihood import ESTIMATORS, NLLEstimate, ScoreRequest, ar_nll, elbo_nll, reference_score
+from .. import rng, sampling
+from ..errors import ModelLoadError
+from ..sampling import SamplerOptions
+from .likelihood import NLLEstimate, ScoreRequest, ar_nll, elbo_nll, reference_score
+from .settings import EvalSettings
 
-if TYPE_CHECKING:
-    from ..sampling import SamplerOptions
-
-
-@dataclass
-class EvalSettings:
-    """How models are scored and decoded. Everything that changes a number is in here (and in the JSON).
-
-    n_samples: Monte Carlo samples (= forward passes) per scored sequence of a DLM.
-    estimator: "count" (LLaDA's l-sampling) or "time" (t-sampling), see `difflm.evaluation.likelihood`.
-    stratified: stratify l (or t) across the samples of one sequence.
-    common_random_numbers: the options of a multiple-choice question share their random draws, so
-        that their comparison is less noisy than each option's own error.
-    seed: base seed of every random draw.
-    batch_size: sequences per forward pass.
-    reference_steps: T of DiffuGPT's unweighted multiple-choice score (0 = do not compute it).
-    steps: denoising steps per generation (None = one per generated token, the reference protocol).
-    block_length, strategy: sampler options (semi-autoregressive blocks, commit strategy).
-    threshold: confidence threshold in (0, 1] of strategy "threshold" (None = the sampler's 0.9).
-    cache: the sampler's block-wise KV cache: "none", "prefix", "dual" (or "block").
-    stop_at_eos: stop a generated row once a finished block holds EOS/pad (variable-length answers,
-        e.g. GSM8K); applies to open-ended generation, not to infilling (its length is given).
-    The DLM sampler options (steps .. stop_at_eos) are validated here, before any model loads; an AR
-    model ignores them.
-    max_new_tokens: generation budget of open-ended tasks (GSM8K, HumanEval).
-    limit: evaluate only the first ``limit`` examples of each task.
-    """
-
-    n_samples: int = 32
-    estimator: str = "count"
-    stratified: bool = True
-    common_random_numbers: bool = True
-    seed: int = 0
-    batch_size: int = 16
-    reference_steps: int = 0
-    steps: int | None = None
-    block_length: int | None = None
-    strategy: str = "low_confidence"
-    threshold: float | None = None
-    cache: str = "none"
-    stop_at_eos: bool = False
-    max_new_tokens: int = 256
-    limit: int | None = None
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        def positive(name: str, value: Any, minimum: int = 1) -> None:
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-        positive("n_samples", self.n_samples)
-        positive("batch_size", self.batch_size)
-        positive("reference_steps", self.reference_steps, 0)
-        positive("max_new_tokens", self.max_new_tokens)
-        for name in ("steps", "block_length", "limit"):
-            if getattr(self, name) is not None:
-                positive(name, getattr(self, name))
-        if self.estimator not in ESTIMATORS:
-            raise InputError(f"unknown estimator {self.estimator!r}; choose one of {', '.join(ESTIMATORS)}")
-        if self.threshold is not None and (isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float))):
-            raise InputError(f"threshold must be a number in (0, 1], got {self.threshold!r}")
-        if not isinstance(self.stop_at_eos, bool):
-            raise InputError(f"stop_at_eos must be true or false, got {self.stop_at_eos!r}")
-        self.sampler_options()  # strategy, threshold and cache: fail now, not after the model loaded
-
-    def sampler_options(self) -> SamplerOptions:
-        """The DLM sampler's options of these settings (validated: `InputError` on a bad value)."""
-        from ..sampling import SamplerOptions
-
-        return SamplerOptions(steps=self.steps, strategy=self.strategy, block_length=self.block_length,
-                              threshold=self.threshold, cache=self.cache, stop_at_eos=self.stop_at_eos)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "progress"}
+__all__ = ["AREvalLM", "DiffusionEvalLM", "EvalLM", "EvalSettings", "GenerationStats", "Layout", "cut_at_eos",
+           "grouped"]
 
 
 T = TypeVar("T")
@@ -110,19 +36,6 @@ def grouped(items: Sequence[T], key: Callable[[T], Hashable]) -> list[tuple[Hash
     for i, item in enumerate(items):
         groups[key(item)].append(i)
     return list(groups.items())
-
-
-AR_FORMAT = "causal-lm"  # the one layout scored as an AR model (exact NLL); every other one is a DLM
-
-
-def check_format(format: str | None) -> str | None:
-    """``format`` if it names a checkpoint layout (`difflm.formats.FORMATS`) or is None; else `InputError`."""
-    from ..formats import FORMATS
-
-    if format is not None and format not in FORMATS:
-        raise InputError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)} "
-                         f"({AR_FORMAT}: a plain causal LM, scored as an AR model; the others: scored as DLMs)")
-    return format
 
 
 @dataclass(frozen=True)
@@ -212,7 +125,8 @@ class EvalLM(ABC):
         return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def _cut_at_eos(ids: list[int], eos: int | None) -> list[int]:
+def cut_at_eos(ids: list[int], eos: int | None) -> list[int]:
+    """``ids`` up to (without) the first ``eos``."""
     return ids[: ids.index(eos)] if eos is not None and eos in ids else ids
 
 
@@ -286,7 +200,7 @@ class AREvalLM(EvalLM):
                 input_ids=x.to(device), attention_mask=attn.to(device), max_new_tokens=max_new_tokens, do_sample=False,
                 pad_token_id=self.pad_token_id, eos_token_id=self.eos_token_id,
             )
-            out.extend(_cut_at_eos(row[width:].tolist(), self.eos_token_id) for row in gen)
+            out.extend(cut_at_eos(row[width:].tolist(), self.eos_token_id) for row in gen)
         return out
 
     def fill(self, prefixes: Sequence[Sequence[int]], suffixes: Sequence[Sequence[int]], length: int) -> list[list[int]]:
@@ -339,17 +253,14 @@ class DiffusionEvalLM(EvalLM):
     def generate_batch(self, prompts: list[list[int]], max_new_tokens: int) -> tuple[list[list[int]], int | None]:
         """One batch of prompts: each row's new tokens (with ``stop_at_eos`` cut where the sampler cut
         them) and the model calls the batch took (None where the sampler does not count them)."""
-        from ..sampling import generate
-
-        result = generate(self.model, prompts, max_new_tokens=max_new_tokens, options=self.sampler_options,
+        # through the module: a test (or a profiler) may wrap difflm.sampling.generate
+        result = sampling.generate(self.model, prompts, max_new_tokens=max_new_tokens, options=self.sampler_options,
                           generator=self.sampler_generator(), return_dict=True)
         return result.new_tokens, result.steps
 
     def infill_rows(self, prefixes: list[list[int]], suffixes: list[list[int]], length: int) -> torch.Tensor:
         """The sampler's canvas [B, W] of one batch: rows [pad | prefix | middle | suffix]."""
-        from ..sampling import infill
-
-        return infill(self.model, prefixes, suffixes, middle_length=length, options=self.infill_options,
+        return sampling.infill(self.model, prefixes, suffixes, middle_length=length, options=self.infill_options,
                       generator=self.sampler_generator())
 
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
@@ -358,7 +269,7 @@ class DiffusionEvalLM(EvalLM):
         out: list[list[int]] = []
         for batch in self._batches([list(p) for p in prompts]):
             rows, steps = self.generate_batch(batch, max_new_tokens)
-            rows = [_cut_at_eos(list(row), self.eos_token_id) for row in rows]
+            rows = [cut_at_eos(list(row), self.eos_token_id) for row in rows]
             if steps is not None:
                 self.generation_stats.add(rows, steps)
             out.extend(rows)
@@ -389,87 +300,3 @@ class DiffusionEvalLM(EvalLM):
         if self.generation_stats.sequences:  # what generation cost so far (the report: over all its tasks)
             out["generation"] = self.generation_stats.to_dict()
         return out
-
-
-_STOCK_WEIGHTS = ("difflm", "diffullama", AR_FORMAT)  # layouts whose weights a stock causal LM loads as stored
-
-
-def load_eval_lm(name_or_path: str | os.PathLike, settings: EvalSettings | None = None, *, format: str | None = None,
-                 dtype: torch.dtype | str = torch.float32, device: str | None = None) -> EvalLM:
-    """Load a model for evaluation: a bundled name (``ar-base``, ``dlm-adapted``, ...) or a directory.
-
-    ``format`` (a name of `difflm.formats.FORMATS`, as for `DiffusionLM.from_pretrained`) gives the
-    checkpoint layout instead of detecting it. The ``causal-lm`` layout becomes an `AREvalLM` (exact
-    NLL); every other layout a `DiffusionEvalLM` (ELBO). A plain LLaMA directory is detected as
-    ``causal-lm``: DiffuLLaMA needs ``format="diffullama"``. The result's ``layout`` records the
-    choice; `scoring_summary` says it in one line. Weights are cast to ``dtype`` (float32 by default:
-    scores should not depend on the storage precision).
-    """
-    from ..bundled import resolve_model
-    from ..formats import detect, load_tokenizer
-
-    check_format(format)
-    path = Path(resolve_model(name_or_path))
-    if not path.exists():
-        raise ModelLoadError(f"no model at {path}; pass a model directory or a bundled name (ar-base, dlm-adapted, dlm-scratch)")
-    from ..continuous.config import is_continuous_model
-
-    if format is None and is_continuous_model(path):  # an embedding-space DLM (difflm.continuous)
-        from ..continuous.evaluation import load_continuous_eval_lm
-
-        return load_continuous_eval_lm(path, settings, name=str(name_or_path), dtype=dtype, device=device)
-    if format is None and (path / "difflm_adapter.json").is_file():  # a LoRA adapter (difflm.training.lora)
-        from ..training.lora import load_adapter_for_eval
-
-        adapted = load_adapter_for_eval(path, settings, name=str(name_or_path), dtype=dtype)
-        if device is not None:
-            adapted.model.to(device)
-        return adapted
-    found = detect(path, format)
-    layout = Layout(found.format, format is not None, found.reason if format is None else "given by the caller",
-                    found.checkpoint.model_type)
-    if found.format == AR_FORMAT:
-        from transformers import AutoModelForCausalLM
-
-        if format is not None:  # forced: refuse layouts whose weights a stock class would not find (random init)
-            try:
-                stored = detect(path).format
-            except ModelLoadError:
-                stored = AR_FORMAT
-            if stored not in _STOCK_WEIGHTS:
-                raise ModelLoadError(f"{path} is in the {stored} layout, whose weights a stock causal LM cannot load; "
-                                     f"it can only be evaluated as a DLM (format {stored})")
-        try:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-        except (OSError, ValueError, KeyError, RuntimeError) as exc:
-            raise ModelLoadError(f"could not load a causal LM from {path}: {exc}") from None
-        lm: EvalLM = AREvalLM(model, load_tokenizer(path), settings, name=str(name_or_path), layout=layout)
-    else:
-        from ..model import DiffusionLM
-
-        dlm = DiffusionLM.from_pretrained(path, format=found.format, dtype=dtype)
-        lm = DiffusionEvalLM(dlm, dlm.tokenizer, settings, name=str(name_or_path), layout=layout)
-    if device is not None:
-        lm.model.to(device)
-    return lm
-
-
-def scoring_summary(lm: EvalLM, option: str = "--format") -> str:
-    """One line for stderr: which layout ``lm`` was loaded as (given or detected, and why) and how it is
-    scored. ``option`` is how the user gives a layout (``--format`` on difflm's command line,
-    ``format`` in lm-eval's model arguments)."""
-
-    def given(fmt: str) -> str:
-        return f"{option} {fmt}" if option.startswith("-") else f"{option}={fmt}"
-
-    layout = lm.layout
-    if layout is None:
-        where = f"layout unknown ({type(lm).__name__} built directly)"
-    elif layout.given:
-        where = f"layout {layout.format} (given by {option})"
-    else:
-        where = f"layout {layout.format} (detected: {layout.reason})"
-    line = f"difflm: model {lm.name}: {where}, scored by {lm.scoring}"
-    if layout is not None and not layout.given and layout.format == AR_FORMAT and layout.model_type == "llama":
-        line += f"; if it is a DiffuLLaMA checkpoint, pass {given('diffullama')}"
-    return line

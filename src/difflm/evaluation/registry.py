@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from ..bundled import BUNDLED_DIR
 from ..errors import InputError
+from ..registry import EVAL_TASKS
 from . import countdown, data, humaneval, sudoku, text_tasks
 from .task_base import Task
 
@@ -34,7 +35,8 @@ class TaskSpec:
     help: str
 
 
-TASKS: dict[str, TaskSpec] = {
+# every name of `difflm.registry.EVAL_TASKS` (what `difflm eval --tasks` offers), with how to build it
+TASK_SPECS: dict[str, TaskSpec] = {
     "perplexity": TaskSpec(text_tasks.PerplexityTask, data.load_texts, TASKS_DIR / "perplexity.jsonl",
                            "likelihood of held-out passages (or =FILE: a .txt or {text} JSONL)"),
     "last-word": TaskSpec(text_tasks.LastWordTask, data.load_last_word, TASKS_DIR / "last-word.jsonl",
@@ -59,13 +61,15 @@ TASKS: dict[str, TaskSpec] = {
     "countdown": TaskSpec(countdown.CountdownTask, countdown.load_countdown, None,
                           "Countdown JSONL (numbers, target, solution; `difflm data make countdown`), solved by the rules"),
 }
+if tuple(TASK_SPECS) != EVAL_TASKS.names():  # the command line offers the registry's names: one table, in step
+    raise RuntimeError(f"difflm.registry.EVAL_TASKS {EVAL_TASKS.names()} and TASK_SPECS {tuple(TASK_SPECS)} differ")
 
 
 def build_task(name: str, path: str | os.PathLike | None = None) -> Task:
     """The task ``name`` on its default data, or on the file ``path``."""
-    if name not in TASKS:
-        raise InputError(f"unknown task {name!r}; available: {', '.join(TASKS)}")
-    spec = TASKS[name]
+    if name not in EVAL_TASKS:
+        raise InputError(f"unknown task {name!r}; available: {', '.join(EVAL_TASKS)}")
+    spec = EVAL_TASKS.get(name)
     if path is None:
         if spec.default is None:
             raise InputError(f"task {name} needs a local data file: --tasks {name}=PATH ({spec.help})")
@@ -83,7 +87,7 @@ def parse_tasks(spec: str | list[str]) -> list[Task]:
     items = spec.split(",") if isinstance(spec, str) else list(spec)
     items = [i.strip() for i in items if i.strip()]
     if not items:
-        raise InputError(f"no tasks given; available: {', '.join(TASKS)}")
+        raise InputError(f"no tasks given; available: {', '.join(EVAL_TASKS)}")
     tasks = []
     for item in items:
         name, sep, path = item.partition("=")

@@ -14,8 +14,13 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
+import transformers
 from rich.console import Console
 from rich.table import Table
+
+from .. import __version__
+from ..atomic import atomic_write_text
 
 from .lm import EvalLM
 from .task_base import Task
@@ -24,11 +29,6 @@ REPORT_VERSION = 1
 
 
 def _versions() -> dict[str, str]:
-    import torch
-    import transformers
-
-    from .. import __version__
-
     return {"difflm": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
 
 
@@ -60,8 +60,6 @@ def json_safe(obj: Any) -> Any:
 
 
 def write_report(report: dict[str, Any], path: str | os.PathLike) -> Path:
-    from ..atomic import atomic_write_text
-
     return atomic_write_text(path, json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
 
 

@@ -17,13 +17,25 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
 from ..atomic import atomic_write_text
+from ..bundled import TOKENIZER_DIR, resolve_model
 from ..errors import InputError
+from ..evaluation.data import gsm8k_final_answer
+from ..formats import inspect_checkpoint, load_tokenizer
+from ..tasks import make_examples, write_jsonl
+from ..training.sft_data import encode_sft_file
 from .plan import ARMS, BASE_SIZE, FULL, QUICK, SIZE_ARMS, Budget, Job, plan_jobs, write_plan
+from .report import write_results
+from .runner import run_jobs
 
 BASE_MODEL = "ar-base"
 DATA_SEED = 0
@@ -38,11 +50,6 @@ def budget_for(quick: bool = False, seeds: tuple[int, ...] | None = None) -> Bud
 def prepare_data(b: Budget, data: Path) -> dict[str, int]:
     """Write the gsm splits (if not there yet) and measure them with the bundled tokenizer: the SFT
     block that fits every example and the generation budget that fits every answer."""
-    from ..bundled import TOKENIZER_DIR
-    from ..formats import load_tokenizer
-    from ..tasks import make_examples, write_jsonl
-    from ..training.sft import encode_sft_file
-
     knobs = {"steps": b.gsm_steps, "numbers": b.gsm_numbers}
     for split, n in (("train", b.n_train), ("validation", b.n_validation), ("test", b.n_test)):
         path = data / f"{split}.jsonl"
@@ -84,8 +91,6 @@ def _check_settings(out: Path, settings: dict[str, Any]) -> None:
 
 def build_plan(out: Path, b: Budget, arms: tuple[str, ...] = tuple(ARMS)) -> tuple[list[Job], dict[str, Any]]:
     """The experiment's jobs and settings (the data written and measured first)."""
-    from ..bundled import resolve_model
-
     base = resolve_model(BASE_MODEL)
     measured = prepare_data(b, out / "data")
     settings = {"budget": b.to_dict(), "arms": list(arms), "base": BASE_MODEL, **measured}
@@ -116,8 +121,6 @@ def _spread(values: list[float]) -> dict[str, Any]:
 
 def _parameters(model: Path) -> int | None:
     """Parameters of a saved model (tied weights stored once), from its safetensors headers."""
-    from ..formats.checkpoint import inspect_checkpoint
-
     if not (model / "config.json").is_file():
         return None
     return sum(math.prod(t.shape) for t in inspect_checkpoint(model).tensors.values())
@@ -143,10 +146,6 @@ def chain_result(out: Path, size: str, arm: str, seed: int) -> dict[str, Any] | 
 def chance_exact_match(data: Path) -> dict[str, Any]:
     """What guessing scores on the test split, with no model: the expected exact match (%) of drawing
     an answer from the training answers' frequencies, and of always giving the commonest one."""
-    from collections import Counter
-
-    from ..evaluation.data import gsm8k_final_answer
-
     def answers(split: str) -> list[str]:
         lines = (data / f"{split}.jsonl").read_text().splitlines()
         return [gsm8k_final_answer(json.loads(line)["answer"]) for line in lines if line.strip()]
@@ -184,8 +183,6 @@ def collect(out: Path, b: Budget) -> dict[str, Any]:
 
 
 def _bundled_pretrain_tokens() -> int | None:
-    from ..bundled import resolve_model
-
     path = resolve_model(BASE_MODEL) / "training_summary.json"
     return json.loads(path.read_text()).get("tokens") if path.is_file() else None
 
@@ -194,14 +191,6 @@ def run_ablations(out: Path, *, quick: bool = False, seeds: tuple[int, ...] | No
                   arms: tuple[str, ...] | None = None, workers: int = 2, progress: bool = True) -> dict[str, Any]:
     """Run (or continue) the experiment in ``out`` - every arm, or only ``arms`` - and return the
     results, also written to ``out/results.json`` with the curves plot ``out/curves.png``."""
-    import time
-
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from .report import write_results
-    from .runner import run_jobs
-
     b = budget_for(quick, seeds)
     jobs, settings = build_plan(out, b, tuple(ARMS) if arms is None else tuple(arms))
     _check_settings(out, settings)
@@ -243,8 +232,6 @@ def run_ablations(out: Path, *, quick: bool = False, seeds: tuple[int, ...] | No
 
 
 def _log_session(out: Path, started: float, jobs_run: int, workers: int) -> None:
-    import time
-
     path = out / "sessions.json"
     sessions = json.loads(path.read_text()) if path.is_file() else []
     sessions.append({"ended": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": round(time.perf_counter() - started, 1),

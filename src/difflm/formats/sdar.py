@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from transformers import Qwen2Tokenizer
+
 from ..errors import ModelLoadError
 from .checkpoint import Checkpoint
 from .conventions import diffusion_config, published_tokens
@@ -21,6 +23,7 @@ from .loading import LoadPlan, stock_config
 MASK_ID, EOS_ID, IM_END_ID = 151669, 151643, 151645
 IM_END_TOKEN = "<|im_end|>"
 BLOCK_SIZE = 4  # what every published SDAR checkpoint was trained and is decoded with
+TOKENIZER_FALLBACK = Qwen2Tokenizer  # its tokenizer class is custom code over a Qwen2-style BPE (as Dream's)
 
 
 def detect(ckpt: Checkpoint) -> str | None:

@@ -7,15 +7,26 @@ image codes, so one model and one sampler do image -> text and text -> image (do
 - `prepare`: `difflm data images`: train the image tokenizer, extend the tokenizer, write the SFT data.
 - `generation`: `MultimodalModel` - both directions through `difflm.sampling.fill`.
 - `imageio`: PNG in/out and the terminal view of an image being denoised.
+- `plugin`: the family's command-line plug-in (`difflm.registry.FAMILIES`).
+
+Importing this package loads no torch (`difflm generate --help` imports `plugin`); the names below are
+imported on first use.
 """
 
-from .datasets import ImageSet, class_of_caption, load_digits_set, load_folder_set, split_indices
-from .generation import MultimodalModel
-from .vocab import BOI, EOI, ImageVocab, add_image_tokens, image_text
-from .vqvae import ImageTokenizerConfig, VQVAE, has_image_tokenizer, load_image_tokenizer, train_vqvae
+from __future__ import annotations
 
-__all__ = [
-    "BOI", "EOI", "ImageSet", "ImageTokenizerConfig", "ImageVocab", "MultimodalModel", "VQVAE", "add_image_tokens",
-    "class_of_caption", "has_image_tokenizer", "image_text", "load_digits_set", "load_folder_set",
-    "load_image_tokenizer", "split_indices", "train_vqvae",
-]
+from ..registry import lazy_attributes
+
+LAZY = {
+    "ImageSet": ".datasets", "class_of_caption": ".datasets", "load_digits_set": ".datasets",
+    "load_folder_set": ".datasets", "split_indices": ".datasets",
+    "MultimodalModel": ".generation",
+    "BOI": ".vocab", "EOI": ".vocab", "ImageVocab": ".vocab", "add_image_tokens": ".vocab", "image_text": ".vocab",
+    "ImageTokenizerConfig": ".vqvae", "VQVAE": ".vqvae", "has_image_tokenizer": ".vqvae",
+    "load_image_tokenizer": ".vqvae", "train_vqvae": ".vqvae",
+}
+
+__all__ = sorted(LAZY)
+
+
+__getattr__ = lazy_attributes(__name__, LAZY)

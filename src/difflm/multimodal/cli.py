@@ -3,8 +3,8 @@
     difflm generate --model dlm-digits "draw a handwritten seven" --image-out seven.png --show-steps
     difflm generate --model dlm-digits --image seven.png "what digit is this?"
 
-The two flags are defined in `difflm.cli.generate` (building the parser must not import torch);
-`check_image_args` runs before the model loads (a text-only model, a PNG of the wrong size or mode:
+The runner of the multimodal family's plug-in (`difflm.multimodal.plugin`, which defines the two flags:
+building the parser must not import torch); `check_image_args` runs before the model loads (a text-only model, a PNG of the wrong size or mode:
 one line, exit status 2); `run_image` samples with the command's `SamplerOptions`.
 """
 
@@ -14,21 +14,23 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..bundled import resolve_model
 from ..errors import InputError
+from ..visualize import DenoisingView
+from .generation import MultimodalModel
+from .imageio import ImageDenoisingView, read_png, write_png
+from .vqvae import CONFIG_NAME, has_image_tokenizer
 
 
 def check_image_args(args: argparse.Namespace) -> torch.Tensor | None:
     """Before the model loads: the image flags make sense for ``args.model``. Returns the ``--image``
     as FloatTensor [H, W] in [0, 1] (None without one)."""
-    from ..bundled import resolve_model
-    from .imageio import read_png
-    from .vqvae import CONFIG_NAME, has_image_tokenizer
-
     if args.image and args.image_out:
         raise InputError("give --image (image -> text) or --image-out (text -> image), not both")
     if args.chat:
@@ -54,24 +56,15 @@ def image_out_paths(path: str, count: int) -> list[Path]:
 
 def run_image(args: argparse.Namespace, options: Any, dlm: Any, image: torch.Tensor | None) -> int:
     """Sample images (``--image-out``) or captions (``--image``) and print or write them."""
-    import time
-
-    from ..bundled import resolve_model
-    from .generation import MultimodalModel
-
     model = MultimodalModel.wrap(dlm, resolve_model(args.model))
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
     start = time.perf_counter()
     if image is None:
-        from .imageio import ImageDenoisingView
-
         with _view(args, lambda: ImageDenoisingView(dlm.tokenizer, model.span_image, delay=args.delay,
                                                     title="difflm generate: text -> image")) as view:
             images, codes = model.text_to_image(args.prompt, options=options, generator=generator, callback=view)
         for prompt, path, picture, row in zip(args.prompt, image_out_paths(args.image_out, len(args.prompt)),
                                               images, codes):
-            from .imageio import write_png
-
             write_png(picture, path)
             record = {"prompt": prompt, "image": str(path), "codes": row.tolist()}
             print(json.dumps({**record, "seconds": round(time.perf_counter() - start, 4),
@@ -84,8 +77,6 @@ def run_image(args: argparse.Namespace, options: Any, dlm: Any, image: torch.Ten
         if room < 1:
             raise InputError(f"the question {question!r} leaves no room for an answer in the model's context "
                              f"of {context} tokens")
-        from ..visualize import DenoisingView
-
         with _view(args, lambda: DenoisingView(dlm.tokenizer, title="difflm generate: image -> text",
                                                delay=args.delay)) as view:
             texts += model.image_to_text(image[None], question, length=min(args.length, room), options=options,

@@ -24,6 +24,7 @@ import torch
 
 from .. import rng
 from ..errors import InputError
+from .imageio import read_png
 from .vocab import image_to_text_pair, text_to_image_pair
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -72,8 +73,6 @@ def load_digits_set() -> ImageSet:
 
 def load_folder_set(directory: str | Path) -> ImageSet:
     """Grayscale PNGs in ``directory/<class name>/*.png``, all of one even size (pixel 255 = full ink)."""
-    from .imageio import read_png
-
     root = Path(directory)
     classes = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
     if len(classes) < 2:

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import torch
 
 from ..errors import InputError
-from ..sampling import SamplerOptions, fill, trim_at_stop
+from ..sampling import SamplerOptions, fill, stop_token_ids, trim_at_stop
 from .vocab import ImageVocab, image_to_text_prompt
 from .vqvae import VQVAE, has_image_tokenizer, load_image_tokenizer
 
@@ -111,8 +111,6 @@ class MultimodalModel:
     def image_to_text(self, images: torch.Tensor, question: str = "", *, length: int = 12,
                       options: SamplerOptions | None = None, generator: Any = None, callback: Any = None) -> list[str]:
         """The generated caption of each image [B, H, W] in [0, 1] (cut at the first EOS/pad)."""
-        from ..sampling import stop_token_ids
-
         templates = [self.image_to_text_template(image, question, length) for image in images]
         result = fill(self.dlm, templates, options=options, generator=generator, callback=callback,
                       return_dict=True, logits_processor=self.only_text())

@@ -19,8 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoTokenizer
 
+from ..bundled import TOKENIZER_DIR
 from ..errors import InputError
+from ..tasks import write_jsonl
 from .datasets import ImageSet, sft_records, split_indices
 from .vocab import add_image_tokens
 from .vqvae import CONFIG_NAME, WEIGHTS_NAME, ImageTokenizerConfig, reconstruction_mse, train_vqvae
@@ -32,11 +35,6 @@ def prepare_image_sft(images: ImageSet, out: str | Path, *, codebook_size: int =
                       per_image: int = 2, seed: int = 0, tokenizer: str | Path | None = None) -> dict[str, Any]:
     """Train the image tokenizer on the train split of ``images``, extend the text tokenizer and
     write the SFT files into ``out`` (layout in the module doc). Returns the report it writes."""
-    from transformers import AutoTokenizer
-
-    from ..bundled import TOKENIZER_DIR
-    from ..tasks import write_jsonl
-
     if codebook_size < 2:
         raise InputError(f"--codebook must be >= 2, got {codebook_size}")
     if vq_steps < 1 or per_image < 1:

@@ -1,23 +1,26 @@
 """Continuous batching: independent rows that join and leave a batch between denoising steps.
 
 `denoise` runs a fixed batch through one loop. A server has requests that arrive and finish at
-any time, so here every `Row` carries its own state - template, step budget, blocks, commit
-schedule, random stream - and `RowBatch.step` pads the rows present into one canvas, runs one
-model call (a `Denoiser`) for all their candidates and commits with `commit_step`, the step body
-of `denoise`. A row run alone gives exactly what `denoise` gives for it; since each row draws from
-its own generator (`difflm.rng.RowGenerators`), it gives the same in any batch (up to the float
-rounding of a batched forward).
+any time, so here every `Row` carries its own state - template, `BlockSchedule` (its blocks, step
+budget, commit counts, revisits), random stream - and `RowBatch.step` pads the rows present into
+one canvas, runs one model call (a `Denoiser`) for all their candidates and then the same
+`DecodingStep` that `denoise` runs. Every sampler option therefore works here too: strategies,
+schedules, CFG, EOS, caches, sub-blocks, token editing and remasking. A row run alone gives
+exactly what `denoise` gives for it; since each row draws from its own generator
+(`difflm.rng.RowGenerators`), it gives the same in any batch (up to the float rounding of a
+batched forward).
 
-Rows of one batch share one model call and one strategy call, so every option that those apply
+Rows of one batch share one model call and one step, so every option that those apply
 batch-wide must agree: `batch_key` (all options but ``steps``, ``block_length`` and
 ``stop_at_eos``, which are per row). Rows with other options go to another `RowBatch`.
 
 The KV cache holds keys for one canvas layout across the steps of a block, which rows that join
-or sit at other blocks would break. A cached batch (``cache`` "prefix" or "dual") is therefore a
-*cohort*: built from rows with the same layout (`Row.layout`: the generated positions counted from
-the end of the row, the step budget and the block length), closed once it has stepped, run in lock
-step block by block as `denoise` runs a batch (a row whose block is done waits for the others), and
-it sheds finished rows only when a block starts and the cache is rebuilt anyway.
+or sit at other blocks would break. A cached batch (``cache`` "prefix", "dual" or "block") is
+therefore a *cohort*: built from rows with the same layout (`Row.layout`: the generated positions
+counted from the end of the row, the step budget and the block length), closed once it has
+stepped, run in lock step block by block as `denoise` runs a batch (one budget per block; a row
+whose block is finished waits for the others), and it sheds finished rows only when a block starts
+and the cache is rebuilt anyway.
 """
 
 from __future__ import annotations
@@ -29,11 +32,10 @@ import torch
 
 from .. import rng
 from ..errors import InputError
-from .canvas import decoding_blocks, template_canvas
+from .canvas import template_canvas
 from .denoiser import Denoiser
 from .options import SamplerOptions
-from .sampler import SamplerStep, commit_step, stop_token_ids
-from .strategies import commit_schedule, dream_commit_count
+from .step import BlockSchedule, DecodingStep, SamplerStep, StepInput, stop_token_ids
 
 
 def batch_key(options: SamplerOptions) -> SamplerOptions:
@@ -60,31 +62,31 @@ class Row:
                  generator: torch.Generator | None = None, callback: Callable[[SamplerStep], None] | None = None,
                  tag: Any = None) -> None:
         self.options = SamplerOptions.merge(options).for_family(getattr(model.config, "family", None))
-        if self.options.editing_threshold is not None or self.options.remask > 0 or self.options.sub_block_length:
-            raise InputError("token editing, remasking and sub-blocks run in `denoise` only, not in a continuous batch")
         canvas, _, generate_mask = template_canvas(model, [list(template)])
-        self.canvas, self.generate_mask = canvas[0], generate_mask[0]
-        n = int(self.generate_mask.sum())
-        self.total_steps = self.options.steps or n
-        blocks, groups = decoding_blocks(model, canvas, generate_mask, None, self.options.block_length)
-        self.blocks = [b[0] for b in blocks]
-        if self.total_steps < len(self.blocks):
-            raise InputError(f"steps ({self.total_steps}) must be at least the number of blocks ({len(self.blocks)})")
-        if (self.options.stop_at_eos or self.options.suppress_eos) and not stop_token_ids(model):
-            raise InputError("stop_at_eos/suppress_eos need an eos_token_id or pad_token_id in the model's config")
-        self.groups = groups[0]
+        self.schedule, groups = BlockSchedule.plan(model, canvas, generate_mask, None, self.options)
+        self.canvas, self.generate_mask, self.groups = canvas[0], generate_mask[0], groups[0]
+        self.mask_id = model.config.mask_token_id
         if generator is None:
             generator = torch.Generator()
             generator.seed()
         self.generator, self.callback, self.tag = generator, callback, tag
         self.key = batch_key(self.options)
-        self.block = 0  # index of the current block
-        self.step = 0  # steps run in the current block
-        self.block_steps: int | None = None  # None until the block starts
-        self.counts: list[int] | None = None  # commits per step of the block ("equal" schedule)
         self.calls = 0  # model calls this row took part in
-        self.done = False  # every block finished (or stopped at EOS)
         self.cancelled = False
+
+    @property
+    def done(self) -> bool:
+        """Every block finished (or the row stopped at EOS)."""
+        return self.schedule.done
+
+    @property
+    def block(self) -> int:
+        """Index of the current block (sub-block)."""
+        return self.schedule.unit
+
+    @property
+    def total_steps(self) -> int:
+        return self.schedule.total_steps
 
     @property
     def layout(self) -> tuple:
@@ -99,11 +101,17 @@ class Row:
         """The generated positions' tokens in order (mask id where still masked)."""
         return self.canvas[self.generate_mask].tolist()
 
-    def candidates(self, mask_id: int) -> torch.Tensor:
-        """BoolTensor [L]: still-masked positions of the current block (none once done)."""
-        if self.done or self.cancelled:
-            return torch.zeros_like(self.generate_mask)
-        return self.blocks[self.block] & (self.canvas == mask_id)
+    @property
+    def settled_tokens(self) -> list[int]:
+        """`new_tokens` with the mask id wherever a token may still change: with token editing or
+        remasking, the tokens of the current block are final only once the block ends."""
+        if self.schedule.edits is None or self.done:
+            return self.new_tokens
+        return self.canvas.masked_fill(self.schedule.block[0], self.mask_id)[self.generate_mask].tolist()
+
+    def end_block(self) -> None:
+        """The current block is finished: stop at EOS (``stop_at_eos``) or move to the next one."""
+        self.canvas = self.schedule.end_unit(self.canvas[None])[0]
 
 
 class RowBatch:
@@ -118,15 +126,15 @@ class RowBatch:
     def __init__(self, model: Any, options: SamplerOptions) -> None:
         self.model = model
         self.key = batch_key(SamplerOptions.merge(options).for_family(getattr(model.config, "family", None)))
-        key = self.key
-        self.lockstep = key.cache != "none"
+        self.lockstep = self.key.cache != "none"
         self.rows: list[Row] = []
         self.mask_id = model.config.mask_token_id
-        self.stop_ids = torch.tensor(stop_token_ids(model), dtype=torch.long, device=model.device)
+        stop_ids = torch.tensor(stop_token_ids(model), dtype=torch.long, device=model.device)
+        self.decode = DecodingStep(self.key, mask_id=self.mask_id, stop_ids=stop_ids)
         cfg = model.config
         self.pad_id = next((i for i in (cfg.pad_token_id, cfg.eos_token_id) if i is not None), 0)
-        self.fill_id = next((i for i in (cfg.eos_token_id, cfg.pad_token_id) if i is not None), None)
         self._members: list[Row] | None = None  # lockstep: the rows of the current block's forward
+        self._waiting: set[int] = set()  # lockstep: ids of members whose block has nothing left
         self._denoiser: Denoiser | None = None
         self._stepped = False
 
@@ -160,116 +168,111 @@ class RowBatch:
         """
         self._stepped = True
         if self.lockstep:
-            members = self._lockstep_members()
+            members, inputs = self._lockstep_members()
         else:
-            members = [r for r in self.rows if self._ready(r)]
+            ready = [(r, self._ready(r)) for r in self.rows]
             self.rows = [r for r in self.rows if not (r.done or r.cancelled)]
-        active = [self._candidates(r) for r in members]
-        if not any(bool(c.any()) for c in active):
+            members, inputs = [r for r, i in ready if i is not None], [i for _, i in ready if i is not None]
+        if not members:
             return []
         canvas, attention_mask, generate_mask, groups, pads = self._pad(members)
-        candidates = self._pad_rows(active, False, pads)
-        if not self.lockstep:
+        batch = StepInput(
+            self._pad_rows([i.canvas[0] for i in inputs], self.pad_id, pads),
+            self._pad_rows([i.candidates[0] for i in inputs], False, pads),
+            self._pad_rows([i.to_edit[0] for i in inputs], False, pads),
+            None if inputs[0].edits is None else self._pad_rows([i.edits[0] for i in inputs], 0, pads),
+        )
+        if not self.lockstep:  # rows at any block: a fresh forward over this step's rows
             self._denoiser = Denoiser(self.model, canvas, attention_mask, generate_mask, groups=groups,
                                       attention=self.key.attention, cfg_scale=self.key.cfg_scale, cache="none")
-        logits = self._denoiser(canvas, candidates)
-        steps = torch.tensor([r.step for r in members])
-        block_steps = torch.tensor([r.block_steps or 1 for r in members])
-        num = torch.tensor([self._num_to_commit(r, int(c)) for r, c in zip(members, candidates.sum(-1))],
-                           device=canvas.device)
-        generators = rng.RowGenerators([r.generator for r in members])
-        committed, proposals = commit_step(self.key, logits, canvas, candidates, step=steps, steps=block_steps,
-                                           num_to_commit=num, generator=generators, stop_ids=self.stop_ids,
-                                           mask_id=self.mask_id)
-        canvas = torch.where(committed, proposals, canvas)
-        out = []
+            self._start_block(members, pads)
+        logits = self._denoiser(batch.canvas, batch.positions)
+        schedules = [r.schedule for r in members]
+        out = self.decode(
+            logits, batch, step=torch.tensor([s.step for s in schedules]),
+            steps=torch.tensor([s.budget for s in schedules]),
+            num_to_commit=torch.cat([s.num_to_commit(i.candidates) for s, i in zip(schedules, inputs)]),
+            generator=rng.RowGenerators([r.generator for r in members]),
+        )
+        events = []
         for b, (row, pad) in enumerate(zip(members, pads)):
-            if not candidates[b].any():
+            if row.cancelled:  # a cohort's cancelled row: computes nothing more
                 continue
-            row.canvas = canvas[b, pad:].clone()
-            row.step += 1
+            row.canvas = out.canvas[b, pad:].clone()
+            row.schedule.advance(None if out.edits is None else out.edits[b:b + 1, pad:].clone())
+            if not batch.positions[b].any():  # a cohort's row with nothing left in this block
+                continue
             row.calls += 1
-            event = SamplerStep(row.calls - 1, row.total_steps, row.block, row.canvas[None], committed[b, pad:][None],
-                                row.generate_mask[None], proposals[b, pad:][None], None, self.mask_id)
+            event = SamplerStep(row.calls - 1, row.total_steps, row.block, row.canvas[None], out.committed[b, pad:][None],
+                                row.generate_mask[None], out.proposals[b, pad:][None], None, self.mask_id)
             if row.callback is not None:
                 row.callback(event)
-            out.append((row, event))
-        return out
+            events.append((row, event))
+        return events
 
     def run(self) -> None:
         """Step until every row is done or cancelled."""
         while self.rows:
             self.step()
 
-    # -- the per-row schedule (what `denoise` does per batch) ----------------------------------
-    def _start_block(self, rows: list[Row]) -> None:
-        """Step budget and commit schedule of the rows' current block (together: a cohort's rows
-        get one budget from the largest block, as `denoise` gives a batch)."""
-        row = rows[0]
-        n_blocks, b = len(row.blocks), row.block
-        budget = row.total_steps // n_blocks + (1 if b < row.total_steps % n_blocks else 0)
-        block_n = torch.stack([(r.blocks[r.block] & (r.canvas == self.mask_id)).sum() for r in rows])
-        if self.key.commit_strategy.fixed_count and self.key.schedule != "dream":
-            budget = max(1, min(budget, int(block_n.max())))
-        counts = None if self.key.schedule == "dream" else commit_schedule(block_n, budget).T.tolist()
-        for i, r in enumerate(rows):
-            r.block_steps, r.step, r.counts = budget, 0, None if counts is None else counts[i]
+    # -- which rows step, at which block (the bookkeeping itself is each row's `BlockSchedule`) -----
+    def _prepare(self, row: Row) -> StepInput:
+        """The row's `DecodingStep.prepare` (remasking, candidates); nothing for a row that is
+        cancelled, done, or past its block's budget."""
+        s = row.schedule
+        if row.cancelled or s.done or not s.running or id(row) in self._waiting:
+            none = torch.zeros_like(row.generate_mask)[None]
+            return StepInput(row.canvas[None], none, none, s.edits)
+        return self.decode.prepare(row.canvas[None], s.block, s.edits, remask=s.may_remask,
+                                   generator=rng.RowGenerators([row.generator]))
 
-    def _end_block(self, row: Row) -> None:
-        """Finish the row's block: stop it at EOS (``stop_at_eos``) or move on to the next block."""
-        if row.options.stop_at_eos and bool((row.generate_mask & torch.isin(row.canvas, self.stop_ids)).any()):
-            row.canvas = row.canvas.masked_fill(row.canvas == self.mask_id, self.fill_id)
-            row.done = True
-            return
-        row.block, row.block_steps = row.block + 1, None
-        row.done = row.block == len(row.blocks)
-
-    def _candidates(self, row: Row) -> torch.Tensor:
-        """BoolTensor [L]: the row's candidates this step (none once its block's budget is spent)."""
-        if row.block_steps is None or row.step >= row.block_steps:
-            return torch.zeros_like(row.generate_mask)
-        return row.candidates(self.mask_id)
-
-    def _ready(self, row: Row) -> bool:
-        """Move an open batch's row to a step with candidates; False once done or cancelled."""
+    def _ready(self, row: Row) -> StepInput | None:
+        """An open batch's row, moved on to a step with candidates (what `denoise` does for a batch
+        of one); None once done or cancelled."""
         while not (row.done or row.cancelled):
-            if row.block_steps is None:
-                self._start_block([row])
-            if self._candidates(row).any():
-                return True
-            self._end_block(row)
-        return False
+            if not row.schedule.started:
+                row.schedule.start(row.canvas[None])
+            inputs = self._prepare(row)
+            if inputs.candidates.any():
+                return inputs
+            row.end_block()
+        return None
 
-    def _lockstep_members(self) -> list[Row]:
+    def _lockstep_members(self) -> tuple[list[Row], list[StepInput]]:
         """A cohort's rows of this step: fixed from a block's start to its end; at a block start
         the finished rows leave and the cache is rebuilt."""
         while True:
             if self._members is not None:
-                if any(bool(self._candidates(r).any()) for r in self._members):
-                    return self._members
+                inputs = [self._prepare(r) for r in self._members]
+                # a row whose block has nothing left waits for the others (alone, its block would end
+                # here): it is not prepared again - no remasking draws - until the next block
+                self._waiting |= {id(r) for r, i in zip(self._members, inputs) if not i.candidates.any()}
+                if len(self._waiting) < len(self._members):
+                    return self._members, inputs
                 for r in self._members:
                     if not (r.done or r.cancelled):
-                        self._end_block(r)
+                        r.end_block()
             self.rows = [r for r in self.rows if not (r.done or r.cancelled)]
             if not self.rows:
                 self._members = self._denoiser = None
-                return []
+                return [], []
             same = self._members is not None and [id(r) for r in self.rows] == [id(r) for r in self._members]
-            self._members = list(self.rows)
-            self._start_block(self._members)
+            self._members, self._waiting = list(self.rows), set()
+            BlockSchedule.start_together([r.schedule for r in self._members], [r.canvas[None] for r in self._members])
             canvas, attention_mask, generate_mask, groups, pads = self._pad(self._members)
             if not same or self._denoiser is None:  # the "block" cache lives across blocks: keep it while it can
                 self._denoiser = Denoiser(self.model, canvas, attention_mask, generate_mask, groups=groups,
                                           attention=self.key.attention, cfg_scale=self.key.cfg_scale,
                                           cache=self.key.cache)
-            self._denoiser.start_block(self._pad_rows([r.blocks[r.block] for r in self._members], False, pads))
+            self._start_block(self._members, pads)
 
-    def _num_to_commit(self, row: Row, candidates: int) -> int:
-        if candidates == 0:
-            return 0
-        if row.counts is None:  # Dream's schedule: a share of what is still masked
-            return int(dream_commit_count(torch.tensor([candidates]), row.step, row.block_steps)[0])
-        return row.counts[row.step]
+    def _start_block(self, rows: list[Row], pads: list[int]) -> None:
+        """Tell the denoiser the rows' current blocks (windows, block-dependent attention)."""
+        block = self._pad_rows([r.schedule.block[0] for r in rows], False, pads)
+        parent = None
+        if self.key.sub_block_length:
+            parent = self._pad_rows([r.schedule.parent[0] for r in rows], False, pads)
+        self._denoiser.start_block(block, within=parent)
 
     # -- padding -------------------------------------------------------------------------------
     def _pad_rows(self, values: list[torch.Tensor], fill: Any, pads: list[int]) -> torch.Tensor:

@@ -38,8 +38,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import InputError
-
-CACHE_MODES = ("none", "prefix", "dual", "block")
+from ..registry import CACHE_MODES
 INCREMENTAL_ATTENTION = ("block_causal", "causal")  # where nothing before a block ever sees it
 
 

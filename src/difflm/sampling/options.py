@@ -12,12 +12,11 @@ from functools import cached_property
 from typing import Any
 
 from ..errors import InputError
-from .denoiser import CACHE_MODES
-from .strategies import SCHEDULES, Strategy, get_strategy
+from ..registry import ATTENTION_OVERRIDES, CACHE_MODES, FILTER_ORDERS, REVEAL_SCHEDULES
+from .strategies import Strategy, get_strategy
 from .tokens import check_sampling_args
 
-ATTENTION_OVERRIDES = ("causal", "bidirectional", "block_causal")
-FILTER_ORDERS = ("top_k_first", "top_p_first")
+__all__ = ["ATTENTION_OVERRIDES", "FAMILY_DEFAULTS", "FILTER_ORDERS", "GENERIC_DEFAULTS", "SamplerOptions"]
 
 # The conventions of a model family (``DiffusionConfig.family``) that apply where an option is None.
 FAMILY_DEFAULTS: dict[str, dict[str, str]] = {
@@ -31,8 +30,8 @@ class SamplerOptions:
     """Options of `denoise` / `generate` / `infill` / `fill`.
 
     steps: model calls at most (default: one per generated token); split evenly across blocks.
-    strategy: a name of `STRATEGIES` ("low_confidence" default) or a `Strategy` instance; kept as
-        given. The resolved instance is ``commit_strategy``.
+    strategy: a name of `difflm.registry.STRATEGIES` ("low_confidence" default) or a `Strategy`
+        instance; kept as given. The resolved instance is ``commit_strategy``.
     block_length: semi-autoregressive block size in generated tokens (default: one block). A
         length that is not a multiple gives a shorter last block.
     temperature, top_p, top_k, gumbel: token sampling (temperature 0 = greedy; gumbel = LLaDA's
@@ -96,8 +95,8 @@ class SamplerOptions:
             raise InputError(f"unknown cache mode {self.cache!r}; choose one of {', '.join(CACHE_MODES)}")
         if self.attention is not None and self.attention not in ATTENTION_OVERRIDES:
             raise InputError(f"unknown attention {self.attention!r}; choose one of {', '.join(ATTENTION_OVERRIDES)}")
-        if self.schedule is not None and self.schedule not in SCHEDULES:
-            raise InputError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if self.schedule is not None and self.schedule not in REVEAL_SCHEDULES:
+            raise InputError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(REVEAL_SCHEDULES)}")
         if self.filter_order is not None and self.filter_order not in FILTER_ORDERS:
             raise InputError(f"unknown filter_order {self.filter_order!r}; choose one of {', '.join(FILTER_ORDERS)}")
         if self.sub_block_length is not None and self.sub_block_length < 1:

@@ -15,9 +15,13 @@ softmax(score / alg_temp), as Dream does); adding one is a matter of writing its
 | `threshold`      | Fast-dLLM | every candidate whose LLaDA confidence exceeds the threshold,    |
 |                  |           | and at least the scheduled count (the most confident ones)       |
 
-How many a fixed-count strategy commits per step is the commit schedule (`SCHEDULES`): "equal"
-(LLaDA's equal share of the block, `commit_schedule`) or "dream" (Dream's time grid,
+How many a fixed-count strategy commits per step is the reveal schedule (`REVEAL_SCHEDULES`):
+"equal" (LLaDA's equal share of the block, `commit_schedule`) or "dream" (Dream's time grid,
 `dream_commit_count`).
+
+The names are `difflm.registry.STRATEGIES` (a torch-free table the command line reads too): a new
+strategy is a `Strategy` subclass and one line there (or ``STRATEGIES.register(name, "pkg.mod:Cls")``),
+and tests/test_strategy_contracts.py runs it through the sampler's invariants.
 """
 
 from __future__ import annotations
@@ -29,8 +33,9 @@ import torch
 
 from .. import rng
 from ..errors import InputError
+from ..registry import REVEAL_SCHEDULES, STRATEGIES
 
-SCHEDULES = ("equal", "dream")
+SCHEDULES = REVEAL_SCHEDULES  # the old name ("schedule" also names the noise schedule); prefer REVEAL_SCHEDULES
 DREAM_EPS = 1e-3  # the end of Dream's time grid linspace(1, eps, steps + 1)
 
 
@@ -55,7 +60,7 @@ class StepContext:
     drawn: LongTensor [N], the drawn tokens of the candidates.
     suppressed: BoolTensor [B, L] or None, candidates that drew a stop token (EOS/pad) while EOS
         suppression is on: committed only when nothing else is left to commit.
-    schedule: the commit schedule of the run ("equal" or "dream", see `SCHEDULES`); `RandomOrder`
+    schedule: the reveal schedule of the run ("equal" or "dream", see `REVEAL_SCHEDULES`); `RandomOrder`
         reveals with the matching probability.
     """
 
@@ -264,28 +269,24 @@ class RandomOrder(Strategy):
         return 1.0 / (steps - step)
 
 
-STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (RandomOrder, LowConfidence, MaskGITPlus, TopKMargin, Entropy, Threshold)
-}
-
-
 def get_strategy(strategy: str | Strategy, *, threshold: float | None = None, alg_temp: float = 0.0) -> Strategy:
-    """A strategy instance from a name (see `STRATEGIES`) or an instance.
+    """A strategy instance from a name of `difflm.registry.STRATEGIES` or an instance.
 
     ``threshold`` belongs to "threshold" only (default 0.9, Fast-dLLM's recommendation);
     ``alg_temp`` to the scoring strategies (not "random").
     """
     if isinstance(strategy, Strategy):
         return strategy
-    if strategy not in STRATEGIES:
+    cls = STRATEGIES.get(strategy, InputError) if isinstance(strategy, str) else None
+    if cls is None:
         raise InputError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     if threshold is not None and strategy != "threshold":
         raise InputError(f"threshold applies to strategy 'threshold' only, not {strategy!r}")
     if alg_temp and strategy == "random":
         raise InputError("alg_temp applies to the scoring strategies, not 'random'")
     if strategy == "threshold":
-        return Threshold(0.9 if threshold is None else threshold, alg_temp)
-    return STRATEGIES[strategy](alg_temp)
+        return cls(0.9 if threshold is None else threshold, alg_temp)
+    return cls(alg_temp)
 
 
 def commit_counts(num_masked: int, steps: int) -> list[int]:

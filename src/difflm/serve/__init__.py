@@ -9,6 +9,7 @@ streamed denoising and a live web page (docs/serving.md).
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from .config import ServerConfig
@@ -16,8 +17,12 @@ from .config import ServerConfig
 __all__ = ["ServerConfig", "create_app"]
 
 
-def create_app(config: ServerConfig, model: Any = None) -> Any:
-    """The FastAPI application (see `difflm.serve.app.create_app`)."""
-    from .app import create_app as build
-
-    return build(config, model)
+def __getattr__(name: str) -> Any:
+    """``create_app`` on first use (PEP 562, as `difflm` itself does): the app needs the optional ``serve``
+    extra (FastAPI) and torch, and `ServerConfig` must stay importable without them - the command line
+    validates its flags with it before anything heavy loads."""
+    if name == "create_app":
+        value = importlib.import_module(".app", __name__).create_app
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,7 +3,8 @@ health and metrics endpoints, and the live web page at ``/``.
 
 Every answer to a bad request is a 4xx with OpenAI's error body; an unexpected failure is a 500
 whose body names no internals (the traceback goes to the server's log). The model runs in the
-`Scheduler`'s thread; handlers only parse, validate, queue and forward what it posts.
+`RequestBatcher`'s thread; handlers only parse, validate, queue and forward what it posts. The model
+is loaded through `difflm.formats.load` (the one loader), never through the command line.
 """
 
 from __future__ import annotations
@@ -16,49 +17,56 @@ import uuid
 from pathlib import Path
 from typing import Any, AsyncIterator
 
+import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
+from .. import formats
 from ..errors import InputError
+from ..sampling import Row
+from .batcher import Choice, Job, RequestBatcher
 from .config import ServerConfig
 from .metrics import Metrics
 from .prompts import chat_rows, check_model, completion_rows, sampler_options
 from .protocol import APIError, ChatRequest, CompletionRequest, parse_body, sampler_error
-from .scheduler import Choice, Job, Scheduler
 from .streaming import ChoiceText, TokenText, sse
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 MAX_BODY_BYTES = 1 << 20
 
 
+def load_model(config: ServerConfig) -> Any:
+    """The `DiffusionLM` that ``config.model`` names (a bundled name or a directory), on ``config.device``;
+    `ModelLoadError` for anything but a masked diffusion LM with a tokenizer (`difflm.formats.load_diffusion_lm`)."""
+    return formats.load_diffusion_lm(config.model, device=config.device)
+
+
 class Server:
-    """What the routes share: config, model, tokenizer, scheduler, metrics."""
+    """What the routes share: config, model, tokenizer, request batcher, metrics."""
 
     def __init__(self, config: ServerConfig, model: Any = None) -> None:
         self.config, self.model = config, model
         self.metrics = Metrics()
         self.text: TokenText | None = None
-        self.scheduler: Scheduler | None = None
+        self.batcher: RequestBatcher | None = None
         self.started = time.time()
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
         if self.model is None:
-            from ..cli.generate import load_dlm
-
-            self.model = load_dlm(self.config.model, self.config.device)
+            self.model = load_model(self.config)
         if self.model.tokenizer is None:
             raise InputError("the model has no tokenizer; the server needs one to read and write text")
         self.text = TokenText(self.model.tokenizer)
-        self.scheduler = Scheduler(self.model, self.text, max_batch=self.config.max_batch,
-                                   max_queue=self.config.max_queue, metrics=self.metrics)
-        self.scheduler.start()
+        self.batcher = RequestBatcher(self.model, self.text, max_batch=self.config.max_batch,
+                                      max_queue=self.config.max_queue, metrics=self.metrics)
+        self.batcher.start()
         try:
             yield
         finally:
-            self.scheduler.stop()
+            self.batcher.stop()
 
     def authorize(self, request: Request) -> None:
         key = self.config.api_key
@@ -72,10 +80,6 @@ class Server:
 
     def make_job(self, request: Any, specs: list, loop: asyncio.AbstractEventLoop) -> Job:
         """A `Job` with one `Row` per spec (400 on a bad option or template)."""
-        import torch
-
-        from ..sampling import Row
-
         options = sampler_options(request)
         choices = []
         for index, spec in enumerate(specs):
@@ -95,7 +99,7 @@ class Server:
 
     async def respond(self, request: Request, body: Any, specs: list, endpoint: str) -> Response:
         job = self.make_job(body, specs, asyncio.get_running_loop())
-        self.scheduler.submit(job)
+        self.batcher.submit(job)
         answer = Answer(self, job, body, endpoint)
         if body.stream:
             return StreamingResponse(answer.stream(), media_type="text/event-stream",
@@ -104,7 +108,7 @@ class Server:
         gone = asyncio.ensure_future(_disconnected(request))
         await asyncio.wait({collect, gone}, return_when=asyncio.FIRST_COMPLETED)
         if not collect.done():  # the client went away: stop denoising its rows
-            self.scheduler.cancel(job)
+            self.batcher.cancel(job)
             collect.cancel()
             return Response(status_code=499)
         gone.cancel()
@@ -131,7 +135,7 @@ class Answer:
         self.first_text: float | None = None
 
     async def messages(self) -> AsyncIterator[tuple]:
-        """The scheduler's messages until every choice ended; an error message ends it too."""
+        """The batcher's messages until every choice ended; an error message ends it too."""
         open_choices = len(self.job.choices)
         while open_choices:
             message = await self.job.queue.get()
@@ -209,7 +213,7 @@ class Answer:
             yield sse("[DONE]")
         finally:  # also when the client disconnected and the response task was cancelled
             if ended < len(self.job.choices):
-                self.server.scheduler.cancel(self.job)
+                self.server.batcher.cancel(self.job)
 
 
 class CountRequests:

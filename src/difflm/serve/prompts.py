@@ -15,7 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..chat import end_of_turn_ids
 from ..errors import InputError
+from ..sampling import SamplerOptions, stop_token_ids
 from .config import ServerConfig
 from .protocol import APIError, ChatRequest, CommonFields, CompletionRequest, sampler_error
 from .streaming import TokenText
@@ -49,10 +51,8 @@ def check_model(request: CommonFields, config: ServerConfig) -> None:
                        "(GET /v1/models)", param="model", code="model_not_found")
 
 
-def sampler_options(request: CommonFields) -> Any:
+def sampler_options(request: CommonFields) -> SamplerOptions:
     """The request's `SamplerOptions` (400 on a bad value)."""
-    from ..sampling import SamplerOptions
-
     try:
         return SamplerOptions.merge(None, **request.sampler_overrides())
     except InputError as exc:
@@ -118,15 +118,10 @@ def chat_rows(request: ChatRequest, model: Any, text: TokenText, config: ServerC
     stops, stop_ids = request.stops(), _stop_ids(model)
     tokenizer = text.tokenizer
     if getattr(tokenizer, "chat_template", None):
-        from ..chat import end_of_turn_ids
-
         try:
-            with text._lock:
-                out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            prompt = text.chat_ids(messages)
         except Exception as exc:  # jinja errors, e.g. a template that rejects a system turn
             raise APIError(400, f"the chat template could not format the messages: {exc}", param="messages") from None
-        ids = out["input_ids"] if hasattr(out, "keys") else out
-        prompt = [int(i) for i in (ids[0] if ids and isinstance(ids[0], list) else ids)]
         stop_ids = list(dict.fromkeys([*end_of_turn_ids(model), *stop_ids]))
     else:
         lines = [m["content"] if m["role"] == "system" else f"{m['role'].upper()}: {m['content']}" for m in messages]
@@ -138,8 +133,6 @@ def chat_rows(request: ChatRequest, model: Any, text: TokenText, config: ServerC
 
 
 def _stop_ids(model: Any) -> list[int]:
-    from ..sampling import stop_token_ids
-
     return stop_token_ids(model)
 
 

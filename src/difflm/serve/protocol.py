@@ -21,7 +21,8 @@ Bool = Annotated[bool, Strict()]
 
 # difflm's decoding options accepted as extra body fields (`SamplerOptions` fields, by name).
 DECODING_FIELDS = ("steps", "strategy", "block_length", "threshold", "cfg_scale", "cache", "alg_temp", "top_k",
-                   "gumbel", "attention", "schedule", "filter_order", "stop_at_eos", "suppress_eos")
+                   "gumbel", "attention", "schedule", "filter_order", "stop_at_eos", "suppress_eos",
+                   "sub_block_length", "editing_threshold", "remask", "max_edits")
 
 
 class APIError(Exception):
@@ -55,6 +56,10 @@ class DecodingFields(BaseModel):
     filter_order: str | None = None
     stop_at_eos: Bool | None = None
     suppress_eos: Bool | None = None
+    sub_block_length: Int | None = None
+    editing_threshold: float | None = None
+    remask: float | None = None
+    max_edits: Int | None = None
     stream_steps: Bool = False  # stream every denoising step (canvas, commits) for visualisers
 
 

@@ -41,6 +41,13 @@ class TokenText:
         with self._lock:
             return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
+    def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        """Token ids of ``messages`` in the tokenizer's chat template, with the generation prompt."""
+        with self._lock:
+            out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        ids = out["input_ids"] if hasattr(out, "keys") else out
+        return [int(i) for i in (ids[0] if ids and isinstance(ids[0], list) else ids)]
+
     def piece(self, token: int) -> str:
         """One token's text as a canvas cell shows it (special tokens by name), cached."""
         if token not in self._pieces:

@@ -19,20 +19,17 @@ import os
 import random
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from ..atomic import atomic_write_text
 from ..errors import InputError
-from .countdown import CountdownSettings, generate_countdown
-from .gsm import GSMSettings, generate_gsm
+from ..registry import DATA_TASKS
+from .generators import TaskGenerator
 from .splits import SPLITS, split_of
-from .sudoku import SudokuSettings, generate_sudoku
 
-# name -> (settings class, generator); cli/choices.py DATA_TASK_NAMES mirrors the names
-GENERATORS: dict[str, tuple[type, Callable[..., tuple[str, dict[str, Any]]]]] = {
-    "gsm": (GSMSettings, generate_gsm),
-    "sudoku": (SudokuSettings, generate_sudoku),
-    "countdown": (CountdownSettings, generate_countdown),
-}
+# name -> TaskGenerator (settings class, generator): `difflm.registry.DATA_TASKS` resolved, the one table
+# the command line offers too (`keyed_examples` reads the registry itself, so a task registered later counts)
+GENERATORS: dict[str, TaskGenerator] = dict(DATA_TASKS.items())
 
 
 def parse_range(text: str | int | tuple[int, int], name: str) -> tuple[int, int]:
@@ -63,13 +60,13 @@ def make_examples(task: str, n: int, *, seed: int = 0, split: str = "train", **k
 def keyed_examples(task: str, n: int, *, seed: int = 0, split: str = "train",
                    **knobs: Any) -> list[tuple[str, dict[str, Any]]]:
     """`make_examples` with each example's key (what the split is decided on, `difflm.tasks.splits`)."""
-    if task not in GENERATORS:
-        raise InputError(f"unknown task {task!r}; choose one of {', '.join(GENERATORS)}")
+    if task not in DATA_TASKS:
+        raise InputError(f"unknown task {task!r}; choose one of {', '.join(DATA_TASKS)}")
     if split not in SPLITS:
         raise InputError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise InputError(f"--n must be an integer >= 1, got {n!r}")
-    settings_class, generate = GENERATORS[task]
+    settings_class, generate = DATA_TASKS.get(task)
     fields = settings_class.__dataclass_fields__
     unknown = sorted(set(knobs) - set(fields))
     if unknown:
@@ -98,9 +95,9 @@ def keyed_examples(task: str, n: int, *, seed: int = 0, split: str = "train",
 
 def write_jsonl(records: list[dict[str, Any]], path: str | os.PathLike) -> Path:
     """Write one JSON object per line, atomically (a temporary file renamed into place)."""
-    from ..atomic import atomic_write_text
-
     return atomic_write_text(path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
 
 
-__all__ = ["GENERATORS", "SPLITS", "keyed_examples", "make_examples", "parse_range", "split_of", "write_jsonl"]
+__all__ = [
+    "GENERATORS", "SPLITS", "TaskGenerator", "keyed_examples", "make_examples", "parse_range", "split_of", "write_jsonl",
+]

@@ -19,6 +19,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from ..errors import InputError
+from .generators import TaskGenerator
 
 MAX_VALUE = 1000  # largest intermediate value (and target) the generator makes
 _STEP = re.compile(r"^\s*(\d+)\s*([-+*/])\s*(\d+)\s*=\s*(\d+)\s*$")
@@ -114,3 +115,7 @@ def generate_countdown(rng: random.Random, settings: CountdownSettings, accept) 
         key = f"{sorted(numbers)}->{target}"
         if accept(key):
             return key, {"numbers": numbers, "target": target, "solution": "\n".join(steps)}
+
+
+# what `difflm data make countdown` runs (difflm.registry.DATA_TASKS)
+GENERATOR = TaskGenerator(CountdownSettings, generate_countdown)

@@ -27,9 +27,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..errors import InputError
+from ..registry import GSM_SUMS
+from .generators import TaskGenerator
 
 MAX_VALUE = 999
-SUMS = ("whole", "pairwise")
+SUMS = GSM_SUMS  # how the reasoning writes a total: `difflm data make gsm --sums` offers the same table
 NAMES = [("Mia", "she"), ("Tom", "he"), ("Ava", "she"), ("Leo", "he"), ("Zoe", "she"), ("Sam", "he"),
          ("Lily", "she"), ("Ben", "he"), ("Emma", "she"), ("Noah", "he"), ("Ruth", "she"), ("Jack", "he"),
          ("Nora", "she"), ("Omar", "he"), ("Ella", "she"), ("Ivan", "he"), ("Grace", "she"), ("Luis", "he"),
@@ -231,3 +233,7 @@ def generate_gsm(rng: random.Random, settings: GSMSettings, accept) -> tuple[str
         if not accept(key):
             continue
         return key, {"question": " ".join(problem.sentences), "answer": "\n".join(problem.lines)}
+
+
+# what `difflm data make gsm` runs (difflm.registry.DATA_TASKS)
+GENERATOR = TaskGenerator(GSMSettings, generate_gsm)

@@ -16,38 +16,20 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from ..errors import InputError
+from ..io import TASK_FILE
 from . import sudoku
 from .formatting import GSM_PROMPT
 
-TASK_FILE = "task.json"
-TASKS = ("gsm", "sudoku", "countdown")
-
-
-@dataclass(frozen=True)
-class TaskDefaults:
-    """How `difflm generate` runs a task model unless told otherwise: new tokens (``length``), the
-    commit strategy, and whether a row stops at its EOS (answers of varying length)."""
-
-    length: int
-    strategy: str
-    stop_at_eos: bool
-
-
-DEFAULTS = {
-    # the grid (81 cells + 8 line breaks) and EOS; easy-first order (Kim et al. 2025)
-    "sudoku": TaskDefaults(90, "topk_margin", False),
-    # the longest answer is 115 tokens with EOS; prompts are at most 90 tokens of the 208-token context
-    "gsm": TaskDefaults(118, "low_confidence", True),
-    "countdown": TaskDefaults(64, "low_confidence", True),
-}
+MODEL_TASKS = ("gsm", "sudoku", "countdown")  # the tasks a fine-tuned model may carry in its task.json
 
 
 def write_model_task(directory: str | os.PathLike, task: str) -> Path:
-    """Record ``task`` (one of `TASKS`) in ``directory``/task.json."""
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; one of {', '.join(TASKS)}")
+    """Record ``task`` (one of `MODEL_TASKS`) in ``directory``/task.json."""
+    if task not in MODEL_TASKS:
+        raise ValueError(f"unknown task {task!r}; one of {', '.join(MODEL_TASKS)}")
     path = Path(directory) / TASK_FILE
     path.write_text(json.dumps({"task": task}) + "\n", "utf-8")
     return path
@@ -62,8 +44,8 @@ def read_model_task(directory: str | os.PathLike) -> str | None:
         task = json.loads(path.read_text("utf-8")).get("task")
     except (json.JSONDecodeError, AttributeError):
         raise InputError(f"{path} is not a task file ({{\"task\": \"sudoku\"}})") from None
-    if task not in TASKS:
-        raise InputError(f"{path}: unknown task {task!r}; one of {', '.join(TASKS)}")
+    if task not in MODEL_TASKS:
+        raise InputError(f"{path}: unknown task {task!r}; one of {', '.join(MODEL_TASKS)}")
     return task
 
 
@@ -101,3 +83,25 @@ def sudoku_verdict(puzzle_text: str, output: str) -> str:
     if not sudoku.keeps_givens(puzzle, grid):
         return "not solved: a given digit was changed"
     return "not solved: a row, column or box repeats a digit"
+
+
+@dataclass(frozen=True)
+class TaskDefaults:
+    """How `difflm generate` runs a task model unless told otherwise: new tokens (``length``), the
+    commit strategy, whether a row stops at its EOS (answers of varying length), and ``verdict``:
+    (the user's input, the model's answer) -> one line on whether the answer is right (None: no check)."""
+
+    length: int
+    strategy: str
+    stop_at_eos: bool
+    verdict: Callable[[str, str], str] | None = None
+
+
+# what the command line needs to know of each task lives here, so it names none of them
+DEFAULTS = {
+    # the grid (81 cells + 8 line breaks) and EOS; easy-first order (Kim et al. 2025)
+    "sudoku": TaskDefaults(90, "topk_margin", False, verdict=sudoku_verdict),
+    # the longest answer is 115 tokens with EOS; prompts are at most 90 tokens of the 208-token context
+    "gsm": TaskDefaults(118, "low_confidence", True),
+    "countdown": TaskDefaults(64, "low_confidence", True),
+}

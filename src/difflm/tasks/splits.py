@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 
-SPLITS = ("train", "validation", "test")
+from ..registry import DATA_SPLITS
+
+SPLITS = DATA_SPLITS  # `difflm data make --split` offers the same table
 # out of 10 buckets of the key's hash: 8 train, 1 validation, 1 test
 _BUCKETS = {"test": (0,), "validation": (1,), "train": tuple(range(2, 10))}
 

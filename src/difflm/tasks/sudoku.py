@@ -26,6 +26,7 @@ import random
 from dataclasses import dataclass
 
 from ..errors import InputError
+from .generators import TaskGenerator
 
 DIGITS = "123456789"
 MAX_UNIQUE_BLANKS = 56  # beyond it, unique puzzles get rare (at 58 most random grids give none)
@@ -236,3 +237,7 @@ def generate_sudoku(rng: random.Random, settings: SudokuSettings, accept) -> tup
             puzzle = make_puzzle(rng, solution, blanks, unique=settings.unique)
             if puzzle is not None:
                 return solution, {"puzzle": puzzle, "solution": solution}
+
+
+# what `difflm data make sudoku` runs (difflm.registry.DATA_TASKS)
+GENERATOR = TaskGenerator(SudokuSettings, generate_sudoku)

@@ -22,6 +22,10 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..errors import InputError
+from ..io import read_jsonl
+from .formatting import layout_of, sft_texts
+
 SPECIAL_TOKENS = ("<|bos|>", "<|eos|>", "<|pad|>", "<|mask|>")  # ids 0..3, as the bundled tokenizer
 MIN_VOCAB = 256 + len(SPECIAL_TOKENS)  # every byte, then the specials
 
@@ -32,8 +36,6 @@ def train_task_tokenizer(texts: Iterable[str], vocab_size: int, *, split_digits:
     trained on ``texts``; special tokens at ids 0..3, BOS prepended by ``tokenizer(text)``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
-
-    from ..errors import InputError
 
     if vocab_size < MIN_VOCAB:
         raise InputError(f"--vocab-size {vocab_size} is too small: a byte-level tokenizer needs at least "
@@ -59,13 +61,9 @@ def train_task_tokenizer(texts: Iterable[str], vocab_size: int, *, split_digits:
 def sft_file_texts(paths: Iterable[str | os.PathLike]) -> list[str]:
     """Prompt + response text of every record of the SFT files ``paths`` (chat records excepted:
     their template needs a tokenizer)."""
-    from ..errors import InputError
-    from ..training.sft import read_sft_records
-    from .formatting import layout_of, sft_texts
-
     texts = []
     for path in paths:
-        for line, record in read_sft_records(path):
+        for line, record in read_jsonl(path):
             where = f"{path}:{line}"
             if layout_of(record) == "chat":
                 raise InputError(f"{where}: chat records need a tokenizer's chat template; train a task tokenizer "

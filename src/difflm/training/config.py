@@ -11,11 +11,7 @@ import yaml
 
 from ..config import DiffusionConfig
 from ..errors import ConfigError
-
-OBJECTIVES = ("ar", "diffusion", "adapt", "block", "sft", "continuous")
-SFT_DEFAULTS = {"loss": "diffusion", "pad_with": "eos"}
-SFT_CHOICES = {"loss": ("diffusion", "ar"), "pad_with": ("eos", "pad")}
-LORA_DEFAULTS = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear", "merge": False}
+from ..registry import OBJECTIVES
 
 
 @dataclass
@@ -26,7 +22,7 @@ class TrainConfig:
         model, BD3-LM: from scratch, or adapted from the AR checkpoint ``init`` keeping its shift;
         needs ``diffusion.block_size``) or "adapt" (continual
         pretraining of the AR checkpoint ``init`` into a DLM with annealing and shift), or "sft"
-        (supervised fine-tuning on prompt/response data, `difflm.training.sft`), or "continuous" (an
+        (supervised fine-tuning on prompt/response data, `difflm.training.objectives.sft`), or "continuous" (an
         embedding-space DLM from scratch, `difflm.continuous`; docs/continuous.md).
     init: AR checkpoint directory (adapt; optional for ar) - or None to build ``architecture``.
     architecture: transformers config fields of a model built from scratch (model_type key).
@@ -118,12 +114,7 @@ class TrainConfig:
     threads: int | None = None
 
     def __post_init__(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise ConfigError(f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
-        if self.objective == "block" and (not isinstance(self.diffusion, dict) or self.diffusion.get("block_size") is None):
-            raise ConfigError("objective 'block' needs diffusion.block_size (e.g. 4, 8, 16 or 32)")
-        if self.objective == "adapt" and not self.init:
-            raise ConfigError("objective 'adapt' needs init: the AR checkpoint to adapt")
+        OBJECTIVES.entry(self.objective)  # an unknown name lists the registered ones
         if not self.init and not self.architecture:
             raise ConfigError("give either init (a checkpoint) or architecture (a model to build from scratch)")
         for name in ("block_size", "batch_size", "grad_accum", "max_steps", "eval_every", "eval_batches",
@@ -149,12 +140,10 @@ class TrainConfig:
         for name in ("antithetic", "complementary_masks"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        self._check_sft()
-        self._check_token_reweighting()  # after _check_sft: is_diffusion reads sft.loss
+        self._check_sections()
+        self.objective_class.check_config(self)  # its own section(s), validated and completed
+        self._check_token_reweighting()  # after the objective's check: is_diffusion may read its section
         self._check_ar_loss_weight()
-        from ..continuous.config import check_train_settings  # torch-free
-
-        check_train_settings(self)
         self.diffusion_config(mask_token_id=0)  # validates the diffusion fields now, before any work
         if self.mixed_precision is False:  # YAML reads a bare `no` as false
             self.mixed_precision = "no"
@@ -169,67 +158,22 @@ class TrainConfig:
             raise ConfigError("train_files and validation_files must each name at least one file")
         self.betas = tuple(self.betas)
 
-    def _check_sft(self) -> None:
-        """Validate and complete ``sft`` and ``lora`` (objective sft only)."""
-        if self.objective != "sft":
-            if self.sft or self.lora is not None:
-                raise ConfigError(f"{'sft' if self.sft else 'lora'} settings need objective sft")
-            if self.noised_blocks is not None:
-                raise ConfigError("noised_blocks is supported with objective sft only")
-            return
-        if not isinstance(self.sft, dict):
-            raise ConfigError(f"sft must be a mapping ({', '.join(SFT_DEFAULTS)}), got {self.sft!r}")
-        unknown = sorted(set(self.sft) - set(SFT_DEFAULTS))
-        if unknown:
-            raise ConfigError(f"unknown sft setting(s) {', '.join(unknown)}; valid: {', '.join(SFT_DEFAULTS)}")
-        self.sft = {**SFT_DEFAULTS, **self.sft}
-        for key, choices in SFT_CHOICES.items():
-            if self.sft[key] not in choices:
-                raise ConfigError(f"sft.{key} must be one of {', '.join(choices)}, got {self.sft[key]!r}")
-        if "bundled" in self.train_files or "bundled" in self.validation_files:
-            raise ConfigError("objective sft needs train_files and validation_files: SFT JSONL files (chat messages, "
-                              "prompt/response or task records, see docs/training.md), not the bundled corpus")
-        if self.complementary_masks:
-            raise ConfigError("complementary_masks is not supported with objective sft")
-        nb = self.noised_blocks
-        if nb is not None and (isinstance(nb, bool) or not isinstance(nb, int) or nb < 1):
-            raise ConfigError(f"noised_blocks must be an integer >= 1 or null, got {nb!r}")
-        if nb is not None and self.sft["loss"] != "diffusion":
-            raise ConfigError("noised_blocks needs sft.loss diffusion (a block diffusion model)")
-        if isinstance(self.diffusion, dict):
-            # full attention, or block diffusion SFT with diffusion.block_size (its attention implied)
-            expected = "block_causal" if self.diffusion.get("block_size") is not None else "bidirectional"
-            if self.diffusion.get("attention", expected) != expected:
-                which = ("block-causal attention (block diffusion, diffusion.block_size)" if expected == "block_causal"
-                         else "full (bidirectional) attention, or block-causal with diffusion.block_size")
-                raise ConfigError(f"objective sft trains with {which}: drop diffusion.attention")
-            if self.diffusion and self.sft["loss"] == "ar":
-                raise ConfigError("sft.loss ar trains an AR model: drop the diffusion settings")
-        if self.lora is None:
-            return
-        if not isinstance(self.lora, dict):
-            raise ConfigError(f"lora must be a mapping ({', '.join(LORA_DEFAULTS)}) or null, got {self.lora!r}")
-        unknown = sorted(set(self.lora) - set(LORA_DEFAULTS))
-        if unknown:
-            raise ConfigError(f"unknown lora setting(s) {', '.join(unknown)}; valid: {', '.join(LORA_DEFAULTS)}")
-        self.lora = {**LORA_DEFAULTS, **self.lora}
-        for key in ("r", "alpha"):
-            value = self.lora[key]
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"lora.{key} must be an integer >= 1, got {value!r}")
-        dropout = self.lora["dropout"]
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-            raise ConfigError(f"lora.dropout must be a number in [0, 1), got {dropout!r}")
-        modules = self.lora["target_modules"]
-        if not (modules == "all-linear" or (isinstance(modules, list) and modules
-                                            and all(isinstance(m, str) and m for m in modules))):
-            raise ConfigError(f"lora.target_modules must be a list of module names or all-linear, got {modules!r}")
-        if not isinstance(self.lora["merge"], bool):
-            raise ConfigError(f"lora.merge must be true or false, got {self.lora['merge']!r}")
-        if not self.init:
-            raise ConfigError("lora needs init: the checkpoint whose weights the adapters adapt")
-        if self.distributed == "fsdp":
-            raise ConfigError("lora with distributed=fsdp is not supported; use DDP (the adapters are small)")
+    @property
+    def objective_class(self) -> Any:
+        """The `difflm.training.objectives.Objective` subclass of ``objective`` (`difflm.registry.OBJECTIVES`)."""
+        return OBJECTIVES.get(self.objective)
+
+    def _check_sections(self) -> None:
+        """Refuse settings of a section another objective owns (its registry entry's ``sections``):
+        ``sft: {loss: ar}`` under objective diffusion is a mistake, not something to ignore."""
+        defaults = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                    for f in dataclasses.fields(self)}
+        for name in OBJECTIVES:
+            if name == self.objective:
+                continue
+            for section in OBJECTIVES.entry(name).meta.get("sections", ()):
+                if getattr(self, section) != defaults[section]:
+                    raise ConfigError(f"{section} settings need objective {name}")
 
     def _check_token_reweighting(self) -> None:
         """``token_reweighting``: a mapping of alpha > 0 and gamma >= 0 (defaults filled in), for a diffusion loss."""
@@ -258,7 +202,7 @@ class TrainConfig:
 
     def _require_masked_diffusion(self, what: str) -> None:
         """`ConfigError` ("WHAT: use a diffusion objective ...") unless the run trains a masked-diffusion loss."""
-        if not self.is_diffusion or self.objective == "continuous":
+        if not self.is_diffusion:
             raise ConfigError(f"{what}: use a diffusion objective (diffusion, adapt, block, or sft with sft.loss diffusion)")
 
     @property
@@ -275,15 +219,12 @@ class TrainConfig:
         return {"token_reweighting": self.reweighting, "ar_weight": float(self.ar_loss_weight)}
 
     def diffusion_config(self, mask_token_id: int, **special_ids: int | None) -> DiffusionConfig:
-        """The `DiffusionConfig` of the model to train: ``diffusion`` over the objective's
-        defaults (attention annealed for adapt, block-causal for block and for sft with a block_size,
+        """The `DiffusionConfig` of the model to train: ``diffusion`` over the objective's defaults
+        (`Objective.diffusion_defaults`: attention annealed for adapt, block-causal for block diffusion,
         else bidirectional) and the tokenizer's ``special_ids`` (pad/bos/eos_token_id)."""
         if not isinstance(self.diffusion, dict):
             raise ConfigError(f"diffusion must be a mapping of DiffusionConfig fields, got {self.diffusion!r}")
-        attention = {"adapt": "annealed", "block": "block_causal"}.get(self.objective, "bidirectional")
-        if self.objective == "sft" and self.diffusion.get("block_size") is not None:
-            attention = "block_causal"  # block diffusion SFT
-        defaults = {"attention": attention,
+        defaults = {**self.objective_class.diffusion_defaults(self),
                     **{k: v for k, v in special_ids.items() if v is not None}}
         try:
             return DiffusionConfig.from_dict({**defaults, "mask_token_id": mask_token_id, **self.diffusion})
@@ -292,9 +233,8 @@ class TrainConfig:
 
     @property
     def is_diffusion(self) -> bool:
-        if self.objective == "sft":
-            return self.sft["loss"] == "diffusion"
-        return self.objective in ("diffusion", "adapt", "block")
+        """Whether the run trains a masked-diffusion loss (`Objective.trains_masked_diffusion`)."""
+        return self.objective_class.trains_masked_diffusion(self)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

@@ -86,10 +86,10 @@ def _truncate_after(directory: Path, step: int) -> None:
 class TrainProgress:
     """A rich progress bar (loss, validation, tokens/s, ETA); plain log lines when not a terminal."""
 
-    def __init__(self, total: int, start: int, *, enabled: bool, objective: str) -> None:
+    def __init__(self, total: int, start: int, *, enabled: bool, bound: bool) -> None:
         self.enabled, self.total = enabled, total
         self.console = Console(stderr=True)
-        self.val_name = "val NLL" if objective == "ar" else "val ELBO"
+        self.val_name = "val ELBO" if bound else "val NLL"  # a likelihood bound, or an exact NLL
         self._progress = None
         if enabled and self.console.is_terminal:
             self._progress = Progress(

@@ -1,10 +1,14 @@
-"""The scheduler: one thread that owns the model and runs every request's rows in `RowBatch`es.
+"""The request batcher: one thread that owns the model and runs every request's rows in `RowBatch`es.
+
+(Not a "scheduler" in the diffusers sense - that is the sampler's step, `difflm.sampling.DecodingStep`;
+this is the HTTP side's continuous batching.)
 
 Requests (`Job`s: one row per choice) wait in a bounded queue; between two denoising steps the
-scheduler admits waiting rows into a batch of their options (`difflm.sampling.batch_key`), so
+batcher admits waiting rows into a batch of their options (`difflm.sampling.batch_key`), so
 rows that arrive together share one model call per step and a request arriving later joins at
 the next step - continuous batching. After each step every row's `ChoiceText` says what became
-final; a row leaves as soon as its text has ended (stop token, stop string, complete canvas), its
+final (`Row.settled_tokens`: with token editing or remasking the current block is final only once
+it ends); a row leaves as soon as its text has ended (stop token, stop string, complete canvas), its
 client went away, or its request timed out. Results go back to the request's asyncio queue with
 ``loop.call_soon_threadsafe``: the event loop never waits on the model.
 """
@@ -13,13 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import sys
 import threading
 import time
-from dataclasses import dataclass, field
-import sys
 import traceback
+from dataclasses import dataclass, field
 from typing import Any
 
+from ..sampling import Row, RowBatch
 from .protocol import APIError
 from .streaming import ChoiceText, TokenText, canvas_cells
 
@@ -29,7 +34,7 @@ class Choice:
     """One row of a request: its `Row` (difflm.sampling), its text, and its step count."""
 
     index: int
-    row: Any  # difflm.sampling.Row
+    row: Row
     text: ChoiceText
     prompt_tokens: int
     model_calls: int = 0
@@ -57,8 +62,8 @@ class Job:
             pass
 
 
-class Scheduler:
-    """Runs jobs on the model in a background thread.
+class RequestBatcher:
+    """Runs jobs on the model in a background thread, their rows batched between steps.
 
     Args:
         model: a `DiffusionLM`.
@@ -74,11 +79,11 @@ class Scheduler:
         self.max_batch, self.max_queue = max_batch, max_queue
         self.metrics = metrics
         self._pending: collections.deque[Job] = collections.deque()
-        self._batches: list[Any] = []  # RowBatch
+        self._batches: list[RowBatch] = []
         self._jobs: dict[int, Job] = {}  # id(row) -> job, for rows in a batch
         self._wake = threading.Condition()
         self._stopping = False
-        self._thread = threading.Thread(target=self._loop, name="difflm-scheduler", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name="difflm-batcher", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -138,8 +143,6 @@ class Scheduler:
     def _admit(self) -> None:
         """Move waiting jobs into batches, oldest first, while their rows fit (a job's rows join
         together: they share options, so they share batches)."""
-        from ..sampling import RowBatch
-
         while self._pending:
             job = self._pending[0]
             if job.cancelled:
@@ -167,31 +170,34 @@ class Scheduler:
                                                 "steps, or raise --request-timeout", type="timeout_error",
                                            code="timeout"))
 
-    def _step(self, batch: Any) -> None:
-        """One model call of ``batch``; each stepped row's text is updated and sent."""
+    def _step(self, batch: RowBatch) -> None:
+        """One model call of ``batch``; the text of each row that stepped (or finished) is updated and sent."""
         for row in list(batch.rows):
             job = self._jobs.get(id(row))
             if job is None or job.cancelled:
                 self._leave(batch, row)
+        rows = list(batch.rows)
         start = time.perf_counter()
         stepped = batch.step()
         seconds = time.perf_counter() - start
         if self.metrics is not None and stepped:
             self.metrics.step(len(stepped), seconds)
-        for row, event in stepped:
+        events = {id(row): event for row, event in stepped}
+        mask_id = self.model.config.mask_token_id
+        for row in rows:
+            event = events.get(id(row))
             job = self._jobs.get(id(row))
-            if job is None:
+            if job is None or (event is None and not row.done):  # a row can finish between steps (a block's end)
                 continue
             choice = next(c for c in job.choices if c.row is row)
-            choice.model_calls += 1
-            generated = row.new_tokens
-            complete = self.model.config.mask_token_id not in generated
-            delta = choice.text.update(generated, final=complete)
+            choice.model_calls += event is not None
+            generated = row.settled_tokens
+            delta = choice.text.update(generated, final=row.done or mask_id not in generated)
             info = None
-            if job.stream_steps:
+            if job.stream_steps and event is not None:
                 mask = event.generate_mask[0]
                 info = {"step": event.step, "total_steps": event.total_steps, "block": event.block,
-                        "canvas": canvas_cells(self.text, generated, self.model.config.mask_token_id),
+                        "canvas": canvas_cells(self.text, row.new_tokens, mask_id),
                         "committed": event.committed[0][mask].nonzero().flatten().tolist(),
                         "model_calls": choice.model_calls, "batch_size": len(stepped),
                         "step_ms": round(seconds * 1000, 3)}
@@ -202,7 +208,7 @@ class Scheduler:
                 job.finished = all(c.text.ended for c in job.choices)
                 self._leave(batch, row)
 
-    def _fail(self, batch: Any, exc: Exception) -> None:
+    def _fail(self, batch: RowBatch, exc: Exception) -> None:
         error = APIError(500, f"internal error while denoising ({type(exc).__name__}); see the server log",
                          type="server_error", code="internal_error")
         for row in list(batch.rows):
@@ -213,7 +219,7 @@ class Scheduler:
             batch.cancel(row)
         batch.rows.clear()
 
-    def _leave(self, batch: Any, row: Any) -> None:
+    def _leave(self, batch: RowBatch, row: Row) -> None:
         batch.cancel(row)
         self._jobs.pop(id(row), None)
 
