@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     from difflm.bundled import MODELS, corpus_file, resolve_model
     from difflm.evaluation.likelihood import ScoreRequest, ar_nll, elbo_nll
     from difflm.model import DiffusionLM
-    from difflm.training.data import pack_blocks, tokenize_files
+    from difflm.training.data import pack_sequences, tokenize_files
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="+", help="bundled names or directories (AR or masked DLM)")
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     tok = AutoTokenizer.from_pretrained(MODELS["ar-base"])
-    blocks = pack_blocks(tokenize_files([corpus_file("validation")], tok), 256, tok.bos_token_id)
+    blocks = pack_sequences(tokenize_files([corpus_file("validation")], tok), 256, tok.bos_token_id)
     requests = [ScoreRequest(tuple(b.tolist()), 1, len(b)) for b in blocks]  # every token after the first
     n = sum(r.num_targets for r in requests)
     results = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.is_file() else {}

@@ -16,7 +16,7 @@ from difflm.training import Trainer, load_train_config
 TINY = [
     "objective=continuous", "architecture.model_type=llama", "architecture.hidden_size=32",
     "architecture.intermediate_size=64", "architecture.num_hidden_layers=2", "architecture.num_attention_heads=2",
-    "architecture.num_key_value_heads=2", "architecture.max_position_embeddings=64", "block_size=32", "batch_size=4",
+    "architecture.num_key_value_heads=2", "architecture.max_position_embeddings=64", "seq_length=32", "batch_size=4",
     "warmup_steps=2", "lr=3e-3", "eval_batches=2", "log_every=1", "mixed_precision=no", "threads=1",
     "continuous.embed_dim=8",
 ]
@@ -84,7 +84,7 @@ def test_seq2seq_training_keeps_the_source_clean(tmp_path):
     for name, rows in (("train", pairs[:16]), ("val", pairs[16:])):
         (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(p) + "\n" for p in rows))
     args = TINY + [f"train_files=[{tmp_path / 'train.jsonl'}]", f"validation_files=[{tmp_path / 'val.jsonl'}]",
-                   "continuous.seq2seq=true", "block_size=64", f"output_dir={tmp_path / 'run'}", "max_steps=2",
+                   "continuous.seq2seq=true", "seq_length=64", f"output_dir={tmp_path / 'run'}", "max_steps=2",
                    "eval_every=2", "save_every=2"]
     trainer = Trainer(load_train_config(None, args), show_progress=False)
     (batch,) = trainer.micro_batches(0)

@@ -36,7 +36,7 @@ def test_arms_differ_only_where_the_ablation_says(tmp_path):
     a = {arm: jobs[f"base/{arm}/seed0/stage_a"].config for arm in ARMS}
     s = {arm: jobs[f"base/{arm}/seed0/sft"].config for arm in ARMS}
     # stage A: the same corpus, steps, batch and block for every arm
-    for key in ("train_files", "max_steps", "batch_size", "block_size", "seed", "source_weights"):
+    for key in ("train_files", "max_steps", "batch_size", "seq_length", "seed", "source_weights"):
         assert len({json.dumps(c[key]) for c in a.values()}) == 1, key
     assert a["diffusion"]["objective"] == "adapt" and a["diffusion"]["diffusion"]["shift"] is True
     assert a["diffusion"]["diffusion"]["anneal_steps"] == FULL.stage_a_steps // 3
@@ -46,7 +46,7 @@ def test_arms_differ_only_where_the_ablation_says(tmp_path):
     assert a["scratch"]["objective"] == "diffusion" and "init" not in a["scratch"] and a["scratch"]["architecture"] == ARCH
     assert all(a[arm]["init"] == str(tmp_path / "base") for arm in ("diffusion", "no-anneal", "no-shift", "ar"))
     # stage B: the same data and compute; the loss and the shift follow the arm
-    for key in ("train_files", "validation_files", "max_steps", "batch_size", "block_size", "lr"):
+    for key in ("train_files", "validation_files", "max_steps", "batch_size", "seq_length", "lr"):
         assert len({json.dumps(c[key]) for c in s.values()}) == 1, key
     assert s["ar"]["sft"]["loss"] == "ar" and "diffusion" not in s["ar"]
     assert all(s[arm]["sft"]["loss"] == "diffusion" for arm in ARMS if arm != "ar")

@@ -51,7 +51,7 @@ def data(tmp_path_factory):
 
 
 def _args(data, task="sudoku", arch=192):
-    return TINY + [f"architecture.max_position_embeddings={arch}", "objective=sft", f"block_size={arch}",
+    return TINY + [f"architecture.max_position_embeddings={arch}", "objective=sft", f"seq_length={arch}",
                    f"train_files=[{data[task, 'train']}]", f"validation_files=[{data[task, 'validation']}]"]
 
 
@@ -314,11 +314,11 @@ def _tiny_preset(preset: str, data, out: Path) -> Path:
         # the task tokenizer sits next to the training data it was trained on (data/gsm-pairwise/, data/sudoku/)
         assert Path(full.tokenizer) == Path(full.train_files[0]).parent / "tokenizer"
         assert Path(full.tokenizer).parent.name.startswith(task)
-        assert full.architecture["max_position_embeddings"] == full.block_size
+        assert full.architecture["max_position_embeddings"] == full.seq_length
         overrides += [o for o in TINY if not o.startswith("architecture.model_type")] + [
             f"tokenizer={data[task, 'tokenizer']}"]
     cfg = load_train_config(CONFIGS / f"{preset}.yaml", overrides)
-    assert (cfg.objective, cfg.sft, cfg.block_size) == ("sft", full.sft, full.block_size)
+    assert (cfg.objective, cfg.sft, cfg.seq_length) == ("sft", full.sft, full.seq_length)
     Trainer(cfg, show_progress=False).train()
     return out / "model"
 
@@ -415,7 +415,7 @@ def test_chat_sft_saves_the_template_generation_uses(tmp_path, data):
     chats = [{"messages": [{"role": "user", "content": f"Add {a} and {b}."},
                            {"role": "assistant", "content": f"{a + b}"}]} for a in range(6) for b in range(6)]
     train = write_jsonl(chats, tmp_path / "chat.jsonl")
-    args = TINY + ["architecture.max_position_embeddings=64", "objective=sft", "block_size=32",
+    args = TINY + ["architecture.max_position_embeddings=64", "objective=sft", "seq_length=32",
                    f"train_files=[{train}]", f"validation_files=[{train}]"]
     trainer = Trainer(load_train_config(None, args + [f"output_dir={tmp_path / 'run'}", "max_steps=2"]), show_progress=False)
     trainer.train()

@@ -332,9 +332,11 @@ def test_difflm_data_check_reports_tokens_and_names_the_line_that_does_not_fit(t
     assert main(["data", "check", str(path), "--show", "1"]) == 0
     out = capsys.readouterr().out
     assert "3 examples (2 sudoku, 1 pair)" in out and "PROMPT:" in out and "Sudoku" in out
-    assert main(["data", "check", str(path), "--block-size", "192"]) == 2
+    assert main(["data", "check", str(path), "--seq-length", "192"]) == 2
     err = capsys.readouterr().err
-    assert f"{path}:3: the example is" in err and "longer than block_size 192" in err
+    assert f"{path}:3: the example is" in err and "longer than seq_length 192" in err
+    assert main(["data", "check", str(path), "--block-size", "192"]) == 2  # the flag's old name still works
+    assert "longer than seq_length 192" in capsys.readouterr().err
 
 
 def test_data_help_imports_no_torch():

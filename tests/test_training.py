@@ -22,7 +22,7 @@ from difflm.training import checkpoint as ckpt_mod
 TINY = [
     "architecture.model_type=llama", "architecture.hidden_size=32", "architecture.intermediate_size=64",
     "architecture.num_hidden_layers=2", "architecture.num_attention_heads=2", "architecture.num_key_value_heads=2",
-    "architecture.max_position_embeddings=64", "block_size=32", "batch_size=4", "warmup_steps=2", "lr=3e-3",
+    "architecture.max_position_embeddings=64", "seq_length=32", "batch_size=4", "warmup_steps=2", "lr=3e-3",
     "eval_batches=2", "log_every=1", "mixed_precision=no", "threads=1",
 ]
 
@@ -134,6 +134,17 @@ def test_bad_config_one_line_error(tmp_path, data, capsys, args, message):
     code = main(["train", *TINY, *data, f"output_dir={tmp_path}", *args])
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_block_size_is_read_as_seq_length_with_a_warning():
+    """The training sequence length was called block_size, a name diffusion.block_size now owns alone:
+    an old config still loads (with a FutureWarning), and giving both names is refused."""
+    tiny = [a for a in TINY if not a.startswith("seq_length=")]
+    with pytest.warns(FutureWarning, match="block_size is now seq_length"):
+        cfg = load_train_config(None, [*tiny, "block_size=48"])
+    assert cfg.seq_length == 48 and not hasattr(cfg, "block_size")
+    with pytest.raises(ConfigError, match="seq_length only"):
+        load_train_config(None, [*tiny, "block_size=48", "seq_length=48"])
 
 
 def test_malformed_jsonl_and_empty_corpus(tmp_path, data, capsys):

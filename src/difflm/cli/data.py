@@ -51,7 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     check.add_argument("file", help="SFT JSONL file")
     check.add_argument("--tokenizer", default="bundled", help="tokenizer directory (default: the bundled one)")
-    check.add_argument("--block-size", type=int, help="training block_size to check the examples against")
+    check.add_argument("--seq-length", "--block-size", type=int, dest="seq_length",
+                       help="the training seq_length to check the examples against (--block-size: its old name)")
     check.add_argument("--show", type=int, default=1, metavar="N", help="print the first N examples (default: 1)")
     check.set_defaults(func=run_check)
     tok = commands.add_parser(
@@ -119,7 +120,7 @@ def run_make(args: argparse.Namespace) -> int:
 def run_check(args: argparse.Namespace) -> int:
     from ..training.sft_data import describe_sft_file
 
-    print(describe_sft_file(args.file, tokenizer=args.tokenizer, block_size=args.block_size, show=args.show))
+    print(describe_sft_file(args.file, tokenizer=args.tokenizer, seq_length=args.seq_length, show=args.show))
     return 0
 
 

@@ -120,7 +120,7 @@ def _show_adaptation(console, ar_dir: Path, args: argparse.Namespace) -> None:
 
     steps = args.adapt_steps
     cfg = load_train_config(None, [
-        "objective=adapt", f"init={ar_dir}", f"output_dir={args.output_dir}", "block_size=128", "batch_size=8",
+        "objective=adapt", f"init={ar_dir}", f"output_dir={args.output_dir}", "seq_length=128", "batch_size=8",
         f"max_steps={steps}", f"diffusion.anneal_steps={max(1, steps // 3)}", f"warmup_steps={max(1, steps // 10)}",
         "lr=5e-4", "min_lr=5e-5", f"eval_every={max(1, steps // 5)}", "eval_batches=4", f"save_every={steps}",
         "log_every=10", "source_weights={wordnet: 0.4}", f"seed={args.seed}",
@@ -176,10 +176,10 @@ def _comparison_table(console, ar_dir: Path, dlm_dir: Path, scratch_dir: Path, n
     from ..bundled import corpus_file
     from ..evaluation.likelihood import ScoreRequest, ar_nll, elbo_nll
     from ..model import DiffusionLM
-    from ..training.data import pack_blocks, tokenize_files
+    from ..training.data import pack_sequences, tokenize_files
 
     tok = AutoTokenizer.from_pretrained(ar_dir)
-    blocks = pack_blocks(tokenize_files([corpus_file("validation")], tok), 256, tok.bos_token_id)
+    blocks = pack_sequences(tokenize_files([corpus_file("validation")], tok), 256, tok.bos_token_id)
     chosen = blocks[torch.linspace(0, len(blocks) - 1, n_blocks).long()]
     requests = [ScoreRequest(tuple(b.tolist()), 1, len(b)) for b in chosen]
     n_tokens = sum(r.num_targets for r in requests)

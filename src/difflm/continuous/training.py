@@ -85,8 +85,8 @@ class ContinuousObjective(PretrainObjective):
             return super().build_data(tokenizer)
         cfg = self.cfg
         tail = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        train = build_sft_data(cfg.train_files, tokenizer, cfg.block_size, tail)
-        val = build_sft_data(cfg.validation_files, tokenizer, cfg.block_size, tail)
+        train = build_sft_data(cfg.train_files, tokenizer, cfg.seq_length, tail)
+        val = build_sft_data(cfg.validation_files, tokenizer, cfg.seq_length, tail)
         self.train_batches = SFTBatches(train, cfg.batch_size, cfg.seed)
         self.val_batches = SFTBatches(val, min(cfg.batch_size, len(val.ids)), seed=1234)
         return self.train_batches, self.val_batches
@@ -95,8 +95,8 @@ class ContinuousObjective(PretrainObjective):
         cfg = self.cfg
         torch.manual_seed(cfg.seed)  # the initialisation is part of the run's determinism
         model = ContinuousDLM(backbone_config(cfg.architecture), model_config(cfg.continuous, tokenizer), tokenizer)
-        if model.max_length is not None and cfg.block_size > model.max_length:
-            raise ConfigError(f"block_size {cfg.block_size} exceeds the model's context of {model.max_length}")
+        if model.max_length is not None and cfg.seq_length > model.max_length:
+            raise ConfigError(f"seq_length {cfg.seq_length} exceeds the model's context of {model.max_length}")
         self.model = model
         return model
 

@@ -75,8 +75,10 @@ def llama(hidden: int, layers: int, heads: int) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Budget:
-    """How much of everything. Stage A packs the corpus into ``block_size`` blocks; stage B pads each
-    task example to the smallest block that fits the task data (measured by the runner)."""
+    """How much of everything. Stage A packs the corpus into sequences of ``block_size`` tokens (the
+    training configs' ``seq_length``; this budget keeps the old name so that an experiment directory
+    written before the rename still resumes); stage B pads each task example to the smallest length
+    that fits the task data (measured by the runner)."""
 
     seeds: tuple[int, ...] = (0, 1, 2)
     stage_a_steps: int = 80
@@ -148,7 +150,7 @@ def stage_a_config(arm: Arm, b: Budget, base: str | None, architecture: dict[str
     """Stage A of ``arm`` on the bundled corpus, from the AR checkpoint ``base`` (or, for the DLM from
     scratch, a new model of ``architecture``)."""
     cfg = {**_common(b, output, seed), "objective": arm.stage_a, "train_files": ["bundled"],
-           "validation_files": ["bundled"], "source_weights": {"wordnet": 0.4}, "block_size": b.block_size,
+           "validation_files": ["bundled"], "source_weights": {"wordnet": 0.4}, "seq_length": b.block_size,
            "max_steps": b.stage_a_steps, "warmup_steps": max(1, b.stage_a_steps // 10)}
     if arm.stage_a == "diffusion":
         return {**cfg, "architecture": architecture, "lr": b.lr_scratch, "min_lr": b.lr_scratch / 10,
@@ -160,13 +162,13 @@ def stage_a_config(arm: Arm, b: Budget, base: str | None, architecture: dict[str
     return cfg
 
 
-def sft_config(arm: Arm, b: Budget, init: Path, data: Path, block_size: int, output: Path,
+def sft_config(arm: Arm, b: Budget, init: Path, data: Path, seq_length: int, output: Path,
                seed: int) -> dict[str, Any]:
     """Stage B: SFT on the gsm task, diffusion loss for the DLM arms (the arm's shift kept)."""
     cfg = {**_common(b, output, seed), "objective": "sft", "init": str(init),
            "train_files": [str(data / "train.jsonl")], "validation_files": [str(data / "validation.jsonl")],
            "sft": {"loss": "diffusion" if arm.is_dlm else "ar", "pad_with": "eos"},
-           "block_size": block_size, "max_steps": b.sft_steps, "warmup_steps": max(1, b.sft_steps // 10),
+           "seq_length": seq_length, "max_steps": b.sft_steps, "warmup_steps": max(1, b.sft_steps // 10),
            "lr": b.lr_sft, "min_lr": b.lr_sft / 10}
     if arm.is_dlm:
         cfg["diffusion"] = {"shift": arm.shift, "loss_normalization": "tokens"}
@@ -213,7 +215,7 @@ def plan_jobs(b: Budget, out: Path, *, base_dir: Path, base_architecture: dict[s
         # first: nothing waits for the main table, and the sizes' chains wait for these
         pre = out / "runs" / size.name / "ar-pretrain"
         cfg = {**_common(b, pre, 0), "objective": "ar", "architecture": size.architecture,
-               "train_files": ["bundled"], "validation_files": ["bundled"], "block_size": b.block_size,
+               "train_files": ["bundled"], "validation_files": ["bundled"], "seq_length": b.block_size,
                "max_steps": b.pretrain_steps, "warmup_steps": max(1, b.pretrain_steps // 10),
                "lr": b.lr_pretrain, "min_lr": b.lr_pretrain / 10}
         jobs.append(Job(f"{size.name}/ar-pretrain", "pretrain", pre, [], cfg))

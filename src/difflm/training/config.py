@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,9 @@ class TrainConfig:
         "bundled" = the bundled corpus split.
     source_weights: per "source" field of JSONL documents, how many times each document is used
         per epoch (0.5 = half of them, chosen deterministically).
-    block_size: tokens per packed training sequence (each starts with BOS).
+    seq_length: tokens per training sequence (each starts with BOS): a packed corpus row, or an SFT
+        example padded to it. (Not the diffusion block, which is ``diffusion.block_size``; the name
+        ``block_size`` for this, used before, is still read, with a warning.)
     batch_size: GLOBAL sequences per optimizer step (split over processes and accumulation).
     grad_accum: micro-batches per step and process.
     max_steps: optimizer steps of the whole run; warmup_steps then cosine decay to min_lr.
@@ -64,7 +67,7 @@ class TrainConfig:
         its EOS/pad tail noised, full attention) or "ar" (next-token loss on the response, the AR
         baseline); ``pad_with``: "eos" (LLaDA) or "pad" (DiffuLLaMA), the tail after the response.
         train_files / validation_files are then SFT JSONL files (chat messages, prompt/response, or
-        a task's records: `difflm.tasks.formatting`), each example padded to ``block_size``.
+        a task's records: `difflm.tasks.formatting`), each example padded to ``seq_length``.
     lora: objective sft only; None = full fine-tuning. ``r``, ``alpha``, ``dropout``,
         ``target_modules`` (a list of module names, or "all-linear"), ``merge`` (also write the
         adapter merged into the weights): LoRA adapters through peft on the ``init`` checkpoint.
@@ -83,7 +86,7 @@ class TrainConfig:
     train_files: list[str] = field(default_factory=lambda: ["bundled"])
     validation_files: list[str] = field(default_factory=lambda: ["bundled"])
     source_weights: dict[str, float] = field(default_factory=dict)
-    block_size: int = 256
+    seq_length: int = 256
     batch_size: int = 16
     grad_accum: int = 1
     max_steps: int = 1000
@@ -117,7 +120,7 @@ class TrainConfig:
         OBJECTIVES.entry(self.objective)  # an unknown name lists the registered ones
         if not self.init and not self.architecture:
             raise ConfigError("give either init (a checkpoint) or architecture (a model to build from scratch)")
-        for name in ("block_size", "batch_size", "grad_accum", "max_steps", "eval_every", "eval_batches",
+        for name in ("seq_length", "batch_size", "grad_accum", "max_steps", "eval_every", "eval_batches",
                      "save_every", "keep_checkpoints", "log_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -278,6 +281,12 @@ def load_train_config(path: str | Path | None, overrides: list[str] | None = Non
             if not isinstance(target, dict):
                 raise ConfigError(f"override {key!r}: {part} is not a mapping")
         target[parts[-1]] = _parse_value(text)
+    if "block_size" in data:  # this key's name before seq_length (a name diffusion.block_size now owns alone)
+        if "seq_length" in data:
+            raise ConfigError("give seq_length only: block_size is its old name (diffusion.block_size is the diffusion block)")
+        warnings.warn("the config key block_size is now seq_length (tokens per training sequence); "
+                      "diffusion.block_size stays the diffusion block - rename it", FutureWarning, stacklevel=2)
+        data["seq_length"] = data.pop("block_size")
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(data) - known)
     nested = [k for k in unknown if k in {f.name for f in dataclasses.fields(DiffusionConfig)}]

@@ -1,6 +1,6 @@
-"""Corpus files -> token stream -> packed blocks -> deterministic batches.
+"""Corpus files -> token stream -> packed sequences -> deterministic batches.
 
-Blocks are ``[BOS] + block_size - 1`` tokens cut from the concatenation of all documents (each
+Sequences are ``[BOS] + seq_length - 1`` tokens cut from the concatenation of all documents (each
 document followed by EOS). Batch ``k`` is a pure function of (seed, step), so a resumed run sees
 exactly the batches an uninterrupted one would, and every process can take its own rows of it.
 """
@@ -117,43 +117,43 @@ def tokenize_files(paths: list[Path], tokenizer: Any, *, source_weights: dict[st
     return stream
 
 
-def pack_blocks(stream: np.ndarray, block_size: int, bos_token_id: int) -> torch.Tensor:
-    """LongTensor [N, block_size]: ``[BOS] + block_size - 1`` consecutive stream tokens per row."""
-    body = block_size - 1
+def pack_sequences(stream: np.ndarray, seq_length: int, bos_token_id: int) -> torch.Tensor:
+    """LongTensor [N, seq_length]: ``[BOS] + seq_length - 1`` consecutive stream tokens per row."""
+    body = seq_length - 1
     n = len(stream) // body
     if n == 0:
         raise InputError(
-            f"the data holds {len(stream)} tokens, fewer than one block of {block_size}: "
+            f"the data holds {len(stream)} tokens, fewer than one sequence of {seq_length}: "
             "the corpus is empty or too small"
         )
-    blocks = torch.from_numpy(stream[: n * body].astype(np.int64)).view(n, body)
-    return torch.cat([torch.full((n, 1), bos_token_id, dtype=torch.long), blocks], dim=1)
+    rows = torch.from_numpy(stream[: n * body].astype(np.int64)).view(n, body)
+    return torch.cat([torch.full((n, 1), bos_token_id, dtype=torch.long), rows], dim=1)
 
 
-class BlockBatches:
-    """Deterministic batches over packed blocks: the global batch of step k is the k-th slice of
-    an endless sequence of seeded per-epoch permutations."""
+class PackedBatches:
+    """Deterministic batches over packed sequences [N, seq_length]: the global batch of step k is the
+    k-th slice of an endless sequence of seeded per-epoch permutations."""
 
-    def __init__(self, blocks: torch.Tensor, batch_size: int, seed: int, shuffle: bool = True) -> None:
-        self.blocks, self.batch_size, self.seed, self.shuffle = blocks, batch_size, seed, shuffle
+    def __init__(self, sequences: torch.Tensor, batch_size: int, seed: int, shuffle: bool = True) -> None:
+        self.sequences, self.batch_size, self.seed, self.shuffle = sequences, batch_size, seed, shuffle
         self._perms: dict[int, torch.Tensor] = {}
 
     def _perm(self, epoch: int) -> torch.Tensor:
         if epoch not in self._perms:
-            n = len(self.blocks)
+            n = len(self.sequences)
             g = seeded_generator(self.seed * 1_000_003 + epoch)
             self._perms = {epoch: permutation(n, generator=g) if self.shuffle else torch.arange(n)}
         return self._perms[epoch]
 
     def rows(self, step: int) -> torch.Tensor:
-        """Indices [batch_size] of the blocks of step ``step``."""
-        n = len(self.blocks)
+        """Indices [batch_size] of the sequences of step ``step``."""
+        n = len(self.sequences)
         pos = step * self.batch_size + torch.arange(self.batch_size)
         return torch.stack([self._perm(int(p) // n)[int(p) % n] for p in pos])
 
     def global_batch(self, step: int) -> torch.Tensor:
-        """LongTensor [batch_size, block_size] of step ``step``."""
-        return self.blocks[self.rows(step)]
+        """LongTensor [batch_size, seq_length] of step ``step``."""
+        return self.sequences[self.rows(step)]
 
     def epoch_of(self, step: int) -> float:
-        return step * self.batch_size / len(self.blocks)
+        return step * self.batch_size / len(self.sequences)

@@ -1,7 +1,7 @@
 """SFT data: JSONL files whose lines are chat messages, ``{"prompt", "response"}`` pairs or a task's
-records (`difflm.tasks.formatting`), each example one row of ``block_size`` tokens::
+records (`difflm.tasks.formatting`), each example one row of ``seq_length`` tokens::
 
-    [BOS] prompt | response EOS | tail (EOS, or PAD with sft.pad_with: pad) ... up to block_size
+    [BOS] prompt | response EOS | tail (EOS, or PAD with sft.pad_with: pad) ... up to seq_length
 
 Used by the sft objective (`difflm.training.objectives.sft`), continuous seq2seq training, the data
 tools (`difflm data check`) and the task tokenizers.
@@ -22,7 +22,7 @@ from ..formats import detect, plan_checkpoint
 from ..formats import load_tokenizer as load_checkpoint_tokenizer
 from ..io import read_jsonl, resolve_model, tokenizer_dir
 from ..tasks.formatting import layout_of, sft_texts
-from .data import BlockBatches
+from .data import PackedBatches
 from .models import load_tokenizer
 
 __all__ = [
@@ -54,8 +54,8 @@ class SFTExample:
     layout: str
 
 
-def encode_sft_file(path: str | os.PathLike, tokenizer: Any, *, block_size: int | None = None) -> list[SFTExample]:
-    """Every example of an SFT file, tokenized; with ``block_size``, `InputError` (file:line) for one
+def encode_sft_file(path: str | os.PathLike, tokenizer: Any, *, seq_length: int | None = None) -> list[SFTExample]:
+    """Every example of an SFT file, tokenized; with ``seq_length``, `InputError` (file:line) for one
     that does not fit a row."""
     records = [(f"{path}:{lineno}", obj) for lineno, obj in read_sft_records(path)]
     if not records:
@@ -78,10 +78,10 @@ def encode_sft_file(path: str | os.PathLike, tokenizer: Any, *, block_size: int 
             if len(response) < 2:
                 raise InputError(f"{where}: the response is empty")
             example = SFTExample(prompt + response, len(prompt), where, layout_of(obj) or "")
-            if block_size is not None and len(example.ids) > block_size:
+            if seq_length is not None and len(example.ids) > seq_length:
                 raise InputError(
                     f"{where}: the example is {len(example.ids)} tokens (prompt {len(prompt)} with BOS, response "
-                    f"{len(response)} with EOS), longer than block_size {block_size}; raise block_size (up to the "
+                    f"{len(response)} with EOS), longer than seq_length {seq_length}; raise seq_length (up to the "
                     "model's context) or shorten it")
             out.append(example)
     return out
@@ -89,7 +89,7 @@ def encode_sft_file(path: str | os.PathLike, tokenizer: Any, *, block_size: int 
 
 @dataclass
 class SFTData:
-    """Padded rows: ``ids`` [N, block_size], ``prompt_lens`` [N] (BOS included), ``lengths`` [N]
+    """Padded rows: ``ids`` [N, seq_length], ``prompt_lens`` [N] (BOS included), ``lengths`` [N]
     (prompt + response + EOS, before the tail)."""
 
     ids: torch.Tensor
@@ -98,10 +98,10 @@ class SFTData:
     layouts: frozenset[str] = frozenset()  # the record layouts seen (chat, pair, gsm, sudoku, countdown)
 
 
-def build_sft_data(paths: list[str], tokenizer: Any, block_size: int, tail_id: int) -> SFTData:
-    """Every example of ``paths`` in a row of ``block_size`` tokens, the tail filled with ``tail_id``."""
-    examples = [e for p in paths for e in encode_sft_file(p, tokenizer, block_size=block_size)]
-    ids = torch.full((len(examples), block_size), tail_id, dtype=torch.long)
+def build_sft_data(paths: list[str], tokenizer: Any, seq_length: int, tail_id: int) -> SFTData:
+    """Every example of ``paths`` in a row of ``seq_length`` tokens, the tail filled with ``tail_id``."""
+    examples = [e for p in paths for e in encode_sft_file(p, tokenizer, seq_length=seq_length)]
+    ids = torch.full((len(examples), seq_length), tail_id, dtype=torch.long)
     for row, example in enumerate(examples):
         ids[row, : len(example.ids)] = torch.tensor(example.ids, dtype=torch.long)
     return SFTData(ids, torch.tensor([e.prompt_len for e in examples]), torch.tensor([len(e.ids) for e in examples]),
@@ -117,7 +117,7 @@ class SFTRows(NamedTuple):
     lengths: torch.Tensor
 
 
-class SFTBatches(BlockBatches):
+class SFTBatches(PackedBatches):
     """Deterministic batches of SFT rows (the global batch of step k is a function of (seed, k))."""
 
     def __init__(self, data: SFTData, batch_size: int, seed: int, shuffle: bool = True) -> None:
@@ -161,13 +161,13 @@ def sft_tokenizer(cfg: Any) -> Any:
     return load_tokenizer(cfg.tokenizer)
 
 
-def describe_sft_file(path: str, *, tokenizer: str = "bundled", block_size: int | None = None, show: int = 1) -> str:
+def describe_sft_file(path: str, *, tokenizer: str = "bundled", seq_length: int | None = None, show: int = 1) -> str:
     """What `difflm data check` prints: layouts, token counts, the first ``show`` examples as trained."""
     directory = tokenizer_dir(tokenizer)
     tok = load_checkpoint_tokenizer(directory)
     if tok is None:
         raise InputError(f"{directory} holds no tokenizer")
-    examples = encode_sft_file(path, tok, block_size=block_size)
+    examples = encode_sft_file(path, tok, seq_length=seq_length)
     lengths = [len(e.ids) for e in examples]
     prompts = [e.prompt_len for e in examples]
     layouts = Counter(e.layout for e in examples)
@@ -175,10 +175,10 @@ def describe_sft_file(path: str, *, tokenizer: str = "bundled", block_size: int 
              f"tokens per example (BOS + prompt + response + EOS): min {min(lengths)}, max {max(lengths)}, "
              f"mean {sum(lengths) / len(lengths):.1f}; prompt max {max(prompts)}, "
              f"response max {max(n - p for n, p in zip(lengths, prompts))}"]
-    if block_size is not None:
-        lines.append(f"every example fits block_size {block_size} (tail of at least {block_size - max(lengths)} tokens)")
+    if seq_length is not None:
+        lines.append(f"every example fits seq_length {seq_length} (tail of at least {seq_length - max(lengths)} tokens)")
     else:
-        lines.append(f"the smallest block_size that fits every example: {max(lengths)}")
+        lines.append(f"the smallest seq_length that fits every example: {max(lengths)}")
     for e in examples[:show]:
         lines += [f"--- {e.where} ({e.layout}): prompt {e.prompt_len} tokens, response {len(e.ids) - e.prompt_len} tokens",
                   "PROMPT:   " + repr(tok.decode(e.ids[: e.prompt_len])),

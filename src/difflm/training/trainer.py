@@ -103,7 +103,7 @@ class Trainer:
         model = self.accelerator.unwrap_model(self.wrapped)
         was_training = model.training
         model.eval()
-        n_batches = min(self.cfg.eval_batches, max(1, len(self.val_batches.blocks) // self.val_batches.batch_size))
+        n_batches = min(self.cfg.eval_batches, max(1, len(self.val_batches.sequences) // self.val_batches.batch_size))
         terms = []
         for i in range(n_batches):
             batch = self.objective.validation_batch(i)
@@ -134,7 +134,7 @@ class Trainer:
             (out / "train_config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         logger = MetricsLogger(out, cfg.log_with, enabled=acc.is_main_process, append=self.resume,
                                resume_step=self.step if self.resume else None)
-        tokens_per_step = cfg.batch_size * cfg.block_size
+        tokens_per_step = cfg.batch_size * cfg.seq_length
         last_val = None
         if self.step == 0:
             last_val = self.evaluate()

@@ -103,7 +103,7 @@ class Objective:
 
     def build_data(self, tokenizer: Any) -> tuple[Any, Any]:
         """(train batches, validation batches): objects with ``global_batch(i)``, ``batch_size``,
-        ``blocks`` (the rows) and ``epoch_of(step)`` (`difflm.training.data.BlockBatches`)."""
+        ``sequences`` (the rows) and ``epoch_of(step)`` (`difflm.training.data.PackedBatches`)."""
         raise NotImplementedError
 
     def build_model(self, tokenizer: Any) -> torch.nn.Module:
@@ -177,6 +177,6 @@ def check_diffusion_model(model: torch.nn.Module, cfg: "TrainConfig") -> None:
     suits ``ar_loss_weight`` (`ConfigError`). Nothing for other models."""
     if not isinstance(model, DiffusionLM):
         return
-    if cfg.block_size > (model.max_length or cfg.block_size):
-        raise ConfigError(f"block_size {cfg.block_size} exceeds the model's context of {model.max_length}")
+    if cfg.seq_length > (model.max_length or cfg.seq_length):
+        raise ConfigError(f"seq_length {cfg.seq_length} exceeds the model's context of {model.max_length}")
     check_ar_loss_weight(model.config, cfg.ar_loss_weight)

@@ -17,7 +17,7 @@ import torch
 
 from ...errors import ConfigError
 from ...losses import ar_loss, draw_noise, maskable_positions, masked_diffusion_loss
-from ..data import BlockBatches, pack_blocks, resolve_files, tokenize_files
+from ..data import PackedBatches, pack_sequences, resolve_files, tokenize_files
 from ..models import build_model
 from ..seeding import NOISE, VALIDATION_SEED, step_generator
 from . import Batch, Objective, check_diffusion_model
@@ -37,7 +37,7 @@ class PretrainBatch(Batch):
 
 
 class PretrainObjective(Objective):
-    """The corpus packed into ``block_size`` rows (`difflm.training.data`); an AR loss or the
+    """The corpus packed into ``seq_length`` rows (`difflm.training.data`); an AR loss or the
     masked-diffusion ELBO. Subclasses say which (``diffusion``) and how the model starts."""
 
     diffusion: ClassVar[bool] = True  # a masked-diffusion loss (else next-token)
@@ -47,7 +47,7 @@ class PretrainObjective(Objective):
     def trains_masked_diffusion(cls, cfg: Any) -> bool:
         return cls.diffusion
 
-    def build_data(self, tokenizer: Any) -> tuple[BlockBatches, BlockBatches]:
+    def build_data(self, tokenizer: Any) -> tuple[PackedBatches, PackedBatches]:
         """The corpus files tokenized and packed into blocks."""
         cfg, acc = self.cfg, self.accelerator
         train_files = resolve_files(cfg.train_files, "train")
@@ -56,9 +56,9 @@ class PretrainObjective(Objective):
             train_stream = tokenize_files(train_files, tokenizer, source_weights=cfg.source_weights, seed=cfg.seed)
             val_stream = tokenize_files(val_files, tokenizer)
         bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-        self.train_batches = BlockBatches(pack_blocks(train_stream, cfg.block_size, bos), cfg.batch_size, cfg.seed)
-        val_blocks = pack_blocks(val_stream, cfg.block_size, bos)
-        self.val_batches = BlockBatches(val_blocks, min(cfg.batch_size, len(val_blocks)), seed=1234)
+        self.train_batches = PackedBatches(pack_sequences(train_stream, cfg.seq_length, bos), cfg.batch_size, cfg.seed)
+        val_rows = pack_sequences(val_stream, cfg.seq_length, bos)
+        self.val_batches = PackedBatches(val_rows, min(cfg.batch_size, len(val_rows)), seed=1234)
         return self.train_batches, self.val_batches
 
     def build_model(self, tokenizer: Any) -> torch.nn.Module:

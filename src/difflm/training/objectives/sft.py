@@ -1,6 +1,6 @@
 """``objective: sft``: supervised fine-tuning on prompt/response rows, a DLM or an AR model, optional LoRA.
 
-Data (`difflm.training.sft_data`): every example one row of ``block_size`` tokens,
+Data (`difflm.training.sft_data`): every example one row of ``seq_length`` tokens,
 ``[BOS] prompt | response EOS | tail (EOS, or PAD with sft.pad_with: pad)``.
 
 ``sft.loss: diffusion`` (DiffuLLaMA / LLaDA SFT): the prompt positions are ``src`` - never noised,
@@ -185,8 +185,8 @@ class SFTObjective(Objective):
         tail = tokenizer.eos_token_id if self.settings.pad_with == "eos" else tokenizer.pad_token_id
         if tail is None:
             raise ConfigError(f"sft.pad_with {self.settings.pad_with}: the tokenizer has no such token")
-        train = build_sft_data(cfg.train_files, tokenizer, cfg.block_size, tail)
-        val = build_sft_data(cfg.validation_files, tokenizer, cfg.block_size, tail)
+        train = build_sft_data(cfg.train_files, tokenizer, cfg.seq_length, tail)
+        val = build_sft_data(cfg.validation_files, tokenizer, cfg.seq_length, tail)
         # trained on one task's records only: saved models say so (task.json), for `difflm generate`
         self.task = next(iter(train.layouts)) if len(train.layouts) == 1 and train.layouts <= set(MODEL_TASKS) else None
         self.train_batches = SFTBatches(train, cfg.batch_size, cfg.seed)
@@ -225,8 +225,8 @@ class SFTObjective(Objective):
             model.tokenizer = tokenizer  # the one the data were tokenized with (its chat template included)
         else:
             context = getattr(model.config, "max_position_embeddings", None)
-            if context is not None and cfg.block_size > context:
-                raise ConfigError(f"block_size {cfg.block_size} exceeds the model's context of {context}")
+            if context is not None and cfg.seq_length > context:
+                raise ConfigError(f"seq_length {cfg.seq_length} exceeds the model's context of {context}")
         if cfg.lora is not None:
             if isinstance(model, DiffusionLM):
                 model.model = attach_lora(model.model, cfg.lora)
