@@ -14,22 +14,22 @@
 | `evaluation`    | `ContinuousEvalLM` for `difflm eval`                                     |
 | `seq2seq`       | verse-to-next-verse data, BLEU, distinct-n, MBR decoding (DiffuSeq)      |
 
-Importing this package loads no torch (the config is read by `TrainConfig`); the names below are
-imported on first use.
+Importing this package loads no torch and nothing of its own (`difflm generate --help` imports `plugin`);
+the names below are imported on first use.
 """
 
 from __future__ import annotations
 
 from ..registry import lazy_attributes
-from .config import CONFIG_NAME, ContinuousConfig, is_continuous_model
 
 LAZY = {
+    "CONFIG_NAME": ".config", "ContinuousConfig": ".config", "is_continuous_model": ".config",
     "ContinuousDLM": ".model", "GaussianSchedule": ".schedule", "ContinuousSamplerOptions": ".sampler",
     "sample": ".sampler", "generate": ".sampler", "infill": ".sampler", "nll_bound": ".likelihood",
     "continuous_loss": ".objective", "ContinuousEvalLM": ".evaluation",
 }
 
-__all__ = ["CONFIG_NAME", "ContinuousConfig", "is_continuous_model", *LAZY]
+__all__ = sorted(LAZY)
 
 
 __getattr__ = lazy_attributes(__name__, LAZY)

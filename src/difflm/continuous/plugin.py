@@ -13,7 +13,7 @@ import argparse
 from typing import Any
 
 from ..io import has_marker, resolve_model
-from .config import CONFIG_NAME
+from ..registry import MODEL_KINDS
 
 __all__ = ["ContinuousPlugin", "PLUGIN"]
 
@@ -25,7 +25,7 @@ class ContinuousPlugin:
 
     def add_arguments(self, parser: argparse.ArgumentParser, command: str) -> None:
         group = parser.add_argument_group(
-            "continuous DLMs", f"a model directory with {CONFIG_NAME} samples with its own sampler: it takes "
+            "continuous DLMs", f"a model directory with {MODEL_KINDS.entry(self.name).meta['marker']} samples with its own sampler: it takes "
             "--steps, --cfg-scale and these, and refuses the masked sampler's flags")
         group.add_argument("--eta", type=float, default=0.0,
                            help="continuous DLMs: 0 = DDIM (default), 1 = DDPM ancestral sampling")
