@@ -17,6 +17,7 @@ from published_layouts import write_diffugpt, write_dream, write_llada, write_ll
 
 from difflm import formats
 from difflm.io import directory_kind
+from difflm.model import DiffusionLM
 from difflm.registry import FORMATS, MODEL_KINDS
 
 from conftest import tiny_backbone, tiny_dlm
@@ -117,6 +118,10 @@ def test_every_layout_is_detected_loads_and_round_trips(tmp_path, name):
     ar = name == formats.AR_FORMAT
     assert (loaded.kind, loaded.format, loaded.reason, loaded.given, loaded.autoregressive) == (
         "causal-lm" if ar else "dlm", name, found.reason, False, ar)
+    # `survey` (configs only) says what `load` then loads: the same kind, layout, reason and conventions
+    seen = formats.survey(tmp_path / name)
+    assert (seen.kind, seen.format, seen.reason, seen.autoregressive) == (loaded.kind, name, found.reason, ar)
+    assert seen.config == (None if ar else loaded.model.config)
     assert type(loaded.model).__name__ == ("GPT2LMHeadModel" if ar else "DiffusionLM")
     expected = _logits(loaded.model)
     loaded.model.save_pretrained(tmp_path / "saved")
@@ -138,6 +143,10 @@ def test_every_model_kind_is_recognised_loads_and_round_trips(tmp_path, kind):
     loaded = formats.load(tmp_path / kind)
     assert loaded.kind == (kind if kind != "checkpoint" else "dlm") and loaded.path == tmp_path / kind
     assert loaded.reason and not loaded.given
+    seen = formats.survey(tmp_path / kind)
+    assert (seen.kind, seen.path, seen.autoregressive) == (loaded.kind, loaded.path, loaded.autoregressive)
+    if isinstance(loaded.model, DiffusionLM):
+        assert seen.config == loaded.model.config
     expected = _logits(loaded.model)
     loaded.model.save_pretrained(tmp_path / "saved")
     again = formats.load(tmp_path / "saved")

@@ -147,21 +147,23 @@ def test_block_diffusion_sft_denoises_each_block_from_the_clean_blocks_before_it
 
 
 def test_the_block_size_of_an_init_is_read_from_any_layout(tmp_path):
-    """SFT continues a block diffusion init block-causally whatever its layout: SDAR's config says blocks
-    of 4; a plain causal LM and a full-attention DLM have none."""
+    """SFT reads what its init is from `formats.survey` (configs only) and continues a block diffusion
+    init block-causally whatever its layout: SDAR's config says blocks of 4; a plain causal LM is
+    autoregressive (no conventions) and a full-attention DLM has no block size."""
     from published_layouts import write_sdar
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from difflm.training.sft_data import init_block_size
+    from difflm.formats import survey
 
     write_sdar(tmp_path / "sdar")
-    assert init_block_size(tmp_path / "sdar") == 4
+    assert (survey(tmp_path / "sdar").kind, survey(tmp_path / "sdar").config.block_size) == ("dlm", 4)
     ar = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                       num_attention_heads=2, num_key_value_heads=2))
     ar.save_pretrained(tmp_path / "ar")
-    assert init_block_size(tmp_path / "ar") is None
+    found = survey(tmp_path / "ar")
+    assert (found.kind, found.autoregressive, found.config) == ("causal-lm", True, None)
     DiffusionLM.from_causal_lm(tmp_path / "ar", mask_token=63).save_pretrained(tmp_path / "dlm")
-    assert init_block_size(tmp_path / "dlm") is None
+    assert survey(tmp_path / "dlm").config.block_size is None
 
 
 def test_token_reweighting_trains_on_the_focal_loss_and_validates_on_the_elbo(tmp_path, data):

@@ -1,4 +1,4 @@
-"""One answer to "what is in this directory?": `load`.
+"""One answer to "what is in this directory?": `survey` (from the configs, no tensor read) and `load`.
 
 A model directory is one of the kinds of `registry.MODEL_KINDS`, told by a marker file
 (`difflm.io.directory_kind`): a LoRA adapter (difflm_adapter.json), a family's model (continuous_config.json,
@@ -11,17 +11,61 @@ reason it was read so (what `difflm inspect` and the evaluation summaries print)
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import ModelLoadError
 from ..bundled import MODELS, resolve_model
-from ..io import CHECKPOINT, directory_kind, require_model
+from ..config import DiffusionConfig
+from ..io import ADAPTER_FILE, CHECKPOINT, directory_kind, require_model
 from ..registry import MODEL_KINDS
-from .adapter import load_adapter_as_dlm
+from .adapter import load_adapter_as_dlm, read_adapter
 from .detection import AR_FORMAT, check_format, detect, plan_checkpoint
 from .loaders import LoadedModel, load_dlm
+
+
+@dataclass(frozen=True)
+class Survey:
+    """What a model directory holds, read from its configs and marker files alone (no weights).
+
+    kind: "dlm", "causal-lm", "adapter" or a family's kind of `registry.MODEL_KINDS`; path: the directory;
+    format: the layout of `registry.FORMATS` its weights are in (an adapter: its base's; a family's kind:
+    the kind); reason: why, in one line; autoregressive: a plain causal LM (or an AR adapter) rather
+    than a diffusion model; config: the `DiffusionConfig` it would load with (a DLM or a DLM adapter),
+    else None."""
+
+    kind: str
+    path: Path
+    format: str
+    reason: str
+    autoregressive: bool = False
+    config: DiffusionConfig | None = None
+
+
+def survey(path_or_name: str | os.PathLike, *, format: str | None = None) -> Survey:
+    """What ``path_or_name`` (a directory or a bundled name) holds, without reading a tensor: its kind,
+    layout, whether it is autoregressive and the conventions a DLM would load with. `ModelLoadError`
+    when nothing loadable is there. `load` loads what this describes."""
+    path = require_model(path_or_name)
+    kind = CHECKPOINT if check_format(format) is not None else directory_kind(path)
+    if kind == "adapter":
+        meta, base = read_adapter(path)
+        reason = f"{ADAPTER_FILE} (LoRA adapters on {base})"
+        if meta.get("loss") != "diffusion":  # adapters of an AR model (sft.loss ar)
+            return Survey("adapter", path, AR_FORMAT, reason, autoregressive=True)
+        found = detect(base)  # a DLM adapter loads its base with the conventions it was trained under
+        return Survey("adapter", path, found.format, reason,
+                      config=plan_checkpoint(found, meta.get("diffusion") or {})[0].config)
+    if kind != CHECKPOINT:  # a family's model: its marker file says what it is
+        return Survey(kind, path, kind, f"{MODEL_KINDS.entry(kind).meta['marker']} (a {kind} model)")
+    found = detect(path, format)
+    reason = "given by the caller" if format is not None else found.reason
+    if found.format == AR_FORMAT:
+        return Survey("causal-lm", path, AR_FORMAT, reason, autoregressive=True)
+    return Survey("dlm", path, found.format, reason, config=plan_checkpoint(found, {})[0].config)
 
 
 def load(
@@ -61,14 +105,13 @@ def load_diffusion_lm(name_or_path: str | os.PathLike, *, device: str | torch.de
     path = resolve_model(name_or_path)
     if not path.exists() and str(name_or_path) not in MODELS:
         raise ModelLoadError(f"{path} is not a directory; point to a model directory (config.json + weights)")
-    if path.is_dir() and directory_kind(path) == CHECKPOINT:
-        found = detect(path)
-        if found.format == AR_FORMAT:
-            plan_checkpoint(found, {})  # the layout's own refusal: a causal LM is a DLM only with a mask id
-    loaded = load(name_or_path, device=device)
-    if loaded.autoregressive or loaded.kind not in ("dlm", "adapter"):
-        raise ModelLoadError(f"{loaded.path} holds a {loaded.format} model, not a masked diffusion LM; "
+    found = survey(name_or_path)
+    if found.kind == "causal-lm":
+        plan_checkpoint(detect(path), {})  # the layout's own refusal: a causal LM is a DLM only with a mask id
+    if found.autoregressive or found.kind not in ("dlm", "adapter"):
+        raise ModelLoadError(f"{found.path} holds a {found.format} model, not a masked diffusion LM; "
                              "adapt it first (`difflm train --objective adapt`)")
+    loaded = load(name_or_path, device=device)
     if loaded.model.tokenizer is None:
         raise ModelLoadError(f"{path} has no tokenizer; text prompts need one (save the tokenizer next to the weights)")
     return loaded.model

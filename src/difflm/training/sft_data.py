@@ -18,7 +18,6 @@ from typing import Any, Iterator, NamedTuple
 import torch
 
 from ..errors import ConfigError, InputError
-from ..formats import detect, plan_checkpoint
 from ..formats import load_tokenizer as load_checkpoint_tokenizer
 from ..io import read_jsonl, resolve_model, tokenizer_dir
 from ..tasks.formatting import layout_of, sft_texts
@@ -27,7 +26,7 @@ from .models import load_tokenizer
 
 __all__ = [
     "SFTBatches", "SFTData", "SFTExample", "SFTRows", "SFT_SUFFIXES", "build_sft_data", "describe_sft_file",
-    "encode_sft_file", "init_block_size", "read_sft_records", "sft_diffusion_settings", "sft_tokenizer",
+    "encode_sft_file", "read_sft_records", "sft_diffusion_settings", "sft_tokenizer",
 ]
 
 SFT_SUFFIXES = (".jsonl", ".jsonl.gz", ".json")
@@ -130,15 +129,6 @@ class SFTBatches(PackedBatches):
         x, prompt_lens = self.data.ids[rows], self.data.prompt_lens[rows]
         src = torch.arange(x.shape[1])[None, :] < prompt_lens[:, None]
         return SFTRows(x, src, self.data.lengths[rows])
-
-
-def init_block_size(init: Path) -> int | None:
-    """The block size of a block diffusion checkpoint in any layout difflm loads (difflm, SDAR, ...),
-    else None (an AR checkpoint, a full-attention DLM). Reads configs only, no tensor."""
-    found = detect(init)
-    if found.format == "causal-lm":  # what detect_format calls a plain AR checkpoint
-        return None
-    return plan_checkpoint(found, {})[0].config.block_size
 
 
 def sft_diffusion_settings(diffusion: dict[str, Any], block_size: int | None) -> dict[str, Any]:

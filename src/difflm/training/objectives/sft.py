@@ -32,7 +32,7 @@ import torch
 
 from ...bundled import MODELS
 from ...errors import ConfigError, InputError
-from ...formats import detect_format
+from ...formats import survey
 from ...io import resolve_model
 from ...losses import draw_blocks, draw_noise, in_blocks, maskable_positions, masked_diffusion_loss
 from ...losses.ar import ar_response_loss, response_targets
@@ -41,7 +41,7 @@ from ...tasks.model_task import MODEL_TASKS, write_model_task
 from ..lora import attach_lora, merge_adapter, save_adapter
 from ..models import build_model
 from ..seeding import BLOCKS, NOISE, VALIDATION_SEED, step_generator
-from ..sft_data import SFTBatches, build_sft_data, init_block_size, sft_diffusion_settings, sft_tokenizer
+from ..sft_data import SFTBatches, build_sft_data, sft_diffusion_settings, sft_tokenizer
 from . import Batch, Objective, check_diffusion_model
 
 __all__ = ["LoraSettings", "SFTBatch", "SFTObjective", "SFTSettings"]
@@ -202,7 +202,8 @@ class SFTObjective(Objective):
             init = resolve_model(cfg.init)
             if not (init / "config.json").is_file():
                 raise InputError(f"init {init} is not a model directory (no config.json)")
-            is_dlm = detect_format(init) != "causal-lm"
+            found = survey(init)  # what the init is, from its configs: one answer (difflm.formats)
+            is_dlm = not found.autoregressive
             if ar and is_dlm:
                 raise ConfigError(f"sft.loss ar fine-tunes an AR model; init {cfg.init} is a DLM")
             if self.lora is not None and not ar and not is_dlm and tokenizer.mask_token_id is None:
@@ -212,7 +213,7 @@ class SFTObjective(Objective):
             self.lora_base = cfg.init if cfg.init in MODELS else str(init.resolve())
         block = cfg.diffusion.get("block_size")
         if block is None and not ar and not from_ar and init is not None:
-            block = init_block_size(init)  # a block diffusion init fine-tuned further stays one
+            block = found.config.block_size  # a block diffusion init fine-tuned further stays one
         diffusion = None if ar else sft_diffusion_settings(cfg.diffusion, block)
         model = build_model(tokenizer, seed=cfg.seed, init=init, architecture=cfg.architecture, diffusion=diffusion,
                             from_ar=from_ar)
