@@ -10,7 +10,7 @@ from conftest import tiny_dlm
 from difflm import DiffusionConfig
 from difflm.errors import ConfigError, InputError
 from difflm.losses import draw_noise, masked_diffusion_loss
-from difflm.losses.block import two_copy_logits
+from difflm.losses.block import two_copy_logits, two_copy_logits_with_clean
 
 MASK = 63
 
@@ -101,13 +101,13 @@ def test_context_causal_reads_finished_blocks_as_the_ar_model_does(shift):
     causal = tiny_dlm("llama", shift=shift, attention="block_causal", block_size=4, block_context="causal")
     blocks = tiny_dlm("llama", shift=shift, attention="block_causal", block_size=4)
     with torch.no_grad():
-        noisy, clean = two_copy_logits(causal, xt, x0, with_clean=True)
+        noisy, clean = two_copy_logits_with_clean(causal, xt, x0)
         torch.testing.assert_close(noisy, two_copy_logits(causal, xt, x0))
         ar = causal.logits(x0, attention="causal")
         torch.testing.assert_close(clean[:, 1:], ar[:, 1:], rtol=1e-4, atol=1e-5)
         # a row without [MASK] is all finished text: the model's plain forward is the AR model's then
         torch.testing.assert_close(causal.logits(x0)[:, 1:], ar[:, 1:], rtol=1e-4, atol=1e-5)
-        _, block_clean = two_copy_logits(blocks, xt, x0, with_clean=True)
+        _, block_clean = two_copy_logits_with_clean(blocks, xt, x0)
         assert not torch.allclose(block_clean[:, 1:], ar[:, 1:], atol=1e-3)  # BD3-LM's clean copy is not AR
         canvas = x0.clone()
         canvas[:, 8:] = MASK  # blocks 0 and 1 finished, block 2 being denoised
@@ -302,8 +302,8 @@ def test_noising_some_blocks_is_the_full_forward_restricted_to_them(shift, conte
     seen = []
     hook = model.model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"].shape[1]), with_kwargs=True)
     with torch.no_grad():
-        full, full_clean = two_copy_logits(model, xt, x0, with_clean=True)
-        part, part_clean = two_copy_logits(model, xt, x0, with_clean=True, noisy_blocks=blocks)
+        full, full_clean = two_copy_logits_with_clean(model, xt, x0)
+        part, part_clean = two_copy_logits_with_clean(model, xt, x0, noisy_blocks=blocks)
     hook.remove()
     assert seen == [48, 24 + 8]
     member = in_blocks(model, x0, blocks)

@@ -7,7 +7,7 @@ import torch
 from conftest import VOCAB, tiny_dlm
 
 from difflm.losses import masked_diffusion_loss
-from difflm.losses.block import two_copy_logits
+from difflm.losses.block import two_copy_logits_with_clean
 from test_training import TINY, _records, _train, data  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -66,7 +66,7 @@ def test_context_causal_block_model_on_cuda():
     x0 = torch.randint(0, MASK, (2, 16), generator=torch.Generator().manual_seed(0))
     xt = x0.masked_fill(torch.rand(x0.shape, generator=torch.Generator().manual_seed(1)) < 0.5, MASK)
     with torch.no_grad():
-        _, clean = two_copy_logits(gpu, xt.cuda(), x0.cuda(), with_clean=True)
+        _, clean = two_copy_logits_with_clean(gpu, xt.cuda(), x0.cuda())
         assert torch.allclose(clean[:, 1:].cpu(), cpu.logits(x0, attention="causal")[:, 1:], atol=1e-4)
         noise, t = xt == MASK, torch.full((2,), 0.5)
         losses = [masked_diffusion_loss(m, x0.to(m.device), t=t.to(m.device), noise_mask=noise.to(m.device),

@@ -20,7 +20,7 @@ from ..errors import ConfigError, InputError
 from ..model import DiffusionLM
 from ..noise import check_t, get_schedule
 from .ar import ar_loss, ar_response_loss
-from .block import draw_blocks, two_copy_logits
+from .block import draw_blocks, two_copy_logits, two_copy_logits_with_clean
 from .elbo import DiffusionLossOutput, check_normalization, diffusion_loss_from_logits
 from .guidance import ar_guidance, check_ar_loss_weight, focal_reweighting
 from .noise_draw import draw_noise
@@ -29,7 +29,7 @@ from .positions import in_blocks, maskable_positions
 __all__ = [
     "DiffusionLossOutput", "ar_guidance", "ar_loss", "ar_response_loss", "check_ar_loss_weight", "diffusion_loss_from_logits",
     "draw_blocks", "draw_noise", "focal_reweighting", "in_blocks", "maskable_positions", "masked_diffusion_loss",
-    "two_copy_logits",
+    "two_copy_logits", "two_copy_logits_with_clean",
 ]
 
 
@@ -119,8 +119,8 @@ def masked_diffusion_loss(
     clean_logits = None
     if ar_weight:
         check_ar_loss_weight(cfg, ar_weight)
-        logits, clean_logits = two_copy_logits(model, x_t, x0, attention_mask, with_clean=True,
-                                               noisy_blocks=blocks, forward=forward)
+        logits, clean_logits = two_copy_logits_with_clean(model, x_t, x0, attention_mask, noisy_blocks=blocks,
+                                                          forward=forward)
     elif cfg.block_size is not None:  # every block denoised next to the clean blocks before it
         logits = two_copy_logits(model, x_t, x0, attention_mask, noisy_blocks=blocks, forward=forward)
     else:

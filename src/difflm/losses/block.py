@@ -19,7 +19,7 @@ from ..model import DiffusionLM
 from ..rng import uniform
 from .positions import in_blocks, maskable_positions
 
-__all__ = ["draw_blocks", "in_blocks", "two_copy_logits"]
+__all__ = ["draw_blocks", "in_blocks", "two_copy_logits", "two_copy_logits_with_clean"]
 
 
 def draw_blocks(
@@ -66,17 +66,14 @@ def two_copy_logits(
     attention_mask: torch.Tensor | None = None,
     *,
     groups: torch.Tensor | None = None,
-    with_clean: bool = False,
     noisy_blocks: torch.Tensor | None = None,
     forward: Callable[..., Any] | None = None,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+) -> torch.Tensor:
     """Block diffusion training forward (BD3-LM's vectorised [x_t | x_0]): aligned logits [B, L, V] for
     ``noisy_ids`` (x_t, LongTensor [B, L]) where the prediction of a token of block k sees the noisy
     tokens of block k and the clean tokens (``clean_ids``, x_0 [B, L]) of the blocks before it - what a
-    block-by-block decoder sees. Costs one forward over 2L positions. With ``with_clean`` also the
-    aligned logits [B, L, V] of the clean copy: under ``block_context="causal"`` the clean copy runs
-    causally, so these are the next-token predictions of the model read as an AR model (NBDiff's
-    auxiliary AR loss, for free).
+    block-by-block decoder sees. Costs one forward over 2L positions (`two_copy_logits_with_clean` also
+    returns the clean copy's logits).
 
     With shift, the position before a block predicts its first token and so belongs to that block's
     attention group (`DiffusionLM.block_attention_ids`); its own token is the last of the previous
@@ -88,6 +85,31 @@ def two_copy_logits(
 
     ``forward``: the module the backbone runs through - a DDP/FSDP wrapper of ``model`` while training
     (its hooks then run around this forward, `DiffusionLM.forward`'s ``run``); default ``model``."""
+    noisy, _ = _run_two_copy(model, noisy_ids, clean_ids, attention_mask, groups=groups, with_clean=False,
+                             noisy_blocks=noisy_blocks, forward=forward)
+    return noisy
+
+
+def two_copy_logits_with_clean(
+    model: DiffusionLM,
+    noisy_ids: torch.Tensor,
+    clean_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    groups: torch.Tensor | None = None,
+    noisy_blocks: torch.Tensor | None = None,
+    forward: Callable[..., Any] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(`two_copy_logits`, the aligned logits [B, L, V] of the clean copy) from the same one forward:
+    under ``block_context="causal"`` the clean copy runs causally, so these are the next-token
+    predictions of the model read as an AR model (NBDiff's auxiliary AR loss, for free)."""
+    return _run_two_copy(model, noisy_ids, clean_ids, attention_mask, groups=groups, with_clean=True,
+                         noisy_blocks=noisy_blocks, forward=forward)
+
+
+def _run_two_copy(model: DiffusionLM, noisy_ids: torch.Tensor, clean_ids: torch.Tensor,
+                  attention_mask: torch.Tensor | None, *, groups: torch.Tensor | None, with_clean: bool,
+                  noisy_blocks: torch.Tensor | None, forward: Callable[..., Any] | None) -> tuple[torch.Tensor, Any]:
     if noisy_ids.dim() != 2:
         raise InputError(f"input_ids must be [batch, length], got shape {tuple(noisy_ids.shape)}")
     if model.max_length is not None and noisy_ids.shape[1] > model.max_length:
@@ -106,8 +128,8 @@ def _two_copy_forward(
     groups: torch.Tensor | None,
     with_clean: bool,
     noisy_blocks: torch.Tensor | None,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """`two_copy_logits` inside the model's call (see there)."""
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(noisy logits, clean logits or None) of `two_copy_logits` inside the model's call (see there)."""
     if groups is None:
         groups = model.block_groups(clean_ids, attention_mask)
     ids = model.block_attention_ids(groups)
@@ -139,6 +161,4 @@ def _two_copy_forward(
     if order is not None:  # back to the row's positions; the positions not noised stay zero
         full = raw.new_zeros(batch, length, raw.shape[-1])
         raw = full.scatter(1, order.unsqueeze(-1).expand_as(raw), raw * noisy_real.unsqueeze(-1))
-    if with_clean:
-        return model.aligned(raw), model.aligned(out.logits[:, kept_len:])
-    return model.aligned(raw)
+    return model.aligned(raw), (model.aligned(out.logits[:, kept_len:]) if with_clean else None)
