@@ -11,6 +11,28 @@ ARCHITECTURES = ("gpt2", "llama", "qwen2")
 IMPLEMENTATIONS = ("sdpa", "eager")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Every test module runs on one intra-op thread, restored after it: the models here are tiny and
+    overhead-bound, and on a shared 2-core machine OpenMP contention made a decoding module alone 100x
+    slower (tests/test_task_models.py: 889 s) - fast only when an earlier module had left torch at one
+    thread. Pinned here, a module's speed no longer depends on which modules ran before it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def free_port() -> int:
+    """A TCP port free on this host now (the OS picks it: bind port 0 and read it back), for a torchrun
+    rendezvous: a fixed port collides when two test suites run on one host."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def tiny_backbone(arch: str = "llama", attn: str = "sdpa", vocab: int = VOCAB, seed: int = 0, positions: int = 64):
     """A 2-layer random causal LM of the given architecture, in float32, eval mode."""
     torch.manual_seed(seed)

@@ -88,8 +88,7 @@ def _train_tiny(steps: int = 150, seed: int = 0) -> ContinuousDLM:
 
 @pytest.fixture(scope="module")
 def trained():
-    torch.set_num_threads(1)
-    return _train_tiny()
+    return _train_tiny()  # on one thread: conftest.one_torch_thread
 
 
 def test_the_trained_denoiser_reconstructs_its_input_near_t0(trained):

@@ -155,7 +155,12 @@ def test_the_sampler_never_changes_the_prompt(tiny, digits):
     assert torch.equal(out.sequences[0, : len(prompt)], prompt)  # the image codes and the question
     assert not bool(tiny.vocab.is_image_token(torch.tensor(out.new_tokens[0])).any())
     captions = tiny.image_to_text(digits.images[:3], "", length=5)
-    assert len(captions) == 3 and all(isinstance(c, str) for c in captions)
+    # a batch of images is captioned row by row as each image alone (left padding changes nothing), and
+    # what is written is text: no image code among the caption's tokens
+    assert captions == [tiny.image_to_text(image[None], "", length=5)[0] for image in digits.images[:3]]
+    for caption in captions:
+        ids = torch.tensor(tiny.dlm.tokenizer(caption, add_special_tokens=False)["input_ids"], dtype=torch.long)
+        assert not bool(tiny.vocab.is_image_token(ids).any())
 
 
 def test_logits_processor_sees_the_positions_being_decided(tiny):

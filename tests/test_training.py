@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import free_port
 from difflm import DiffusionLM
 from difflm.bundled import corpus_file
 from difflm.cli import main
@@ -162,7 +163,7 @@ def test_two_ddp_processes_match_one(tmp_path, data):
     """torchrun --nproc_per_node 2 (gloo) with the same global batch gives the same losses."""
     common = TINY + data + ["objective=diffusion", "max_steps=4", "eval_every=4", "save_every=4"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            "-m", "difflm", "train", *common, f"output_dir={tmp_path / 'ddp'}", "--no-progress"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

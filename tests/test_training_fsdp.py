@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import free_port
 from difflm import DiffusionLM
 from test_training import TINY, _records, _train, data  # noqa: F401 (fixture)
 
@@ -46,7 +47,7 @@ def test_fsdp_follows_the_one_process_loss_curve(tmp_path, data, ar_init, object
     extra = {"adapt": [f"init={ar_init}", "diffusion.anneal_steps=3"],
              "block": [f"init={ar_init}", "diffusion.block_size=4"]}.get(objective, [])
     common = TINY + data + extra + [f"objective={objective}", "max_steps=4", "eval_every=4", "save_every=4"]
-    done = _torchrun(common + ["distributed=fsdp", f"output_dir={tmp_path / 'fsdp'}"], port=29571)
+    done = _torchrun(common + ["distributed=fsdp", f"output_dir={tmp_path / 'fsdp'}"], port=free_port())
     assert "fsdp on 2 process(es)" in done.stdout
     _train(common + [f"output_dir={tmp_path / 'one'}"])
     fsdp, one = _losses(tmp_path / "fsdp"), _losses(tmp_path / "one")
@@ -76,9 +77,9 @@ def test_fsdp_follows_the_one_process_loss_curve(tmp_path, data, ar_init, object
 def test_fsdp_run_killed_with_sigkill_resumes_exactly(tmp_path, data):  # noqa: F811
     args = TINY + data + ["objective=diffusion", "distributed=fsdp", "max_steps=40", "save_every=2", "eval_every=10",
                           "keep_checkpoints=3"]
-    _torchrun(args + [f"output_dir={tmp_path / 'full'}"], port=29581)
+    _torchrun(args + [f"output_dir={tmp_path / 'full'}"], port=free_port())
     killed = tmp_path / "killed"
-    proc = _torchrun(args + [f"output_dir={killed}"], port=29582, background=True)
+    proc = _torchrun(args + [f"output_dir={killed}"], port=free_port(), background=True)
     try:
         deadline = time.time() + 240
         while not (killed / "checkpoints" / "step-0000004" / "trainer_state.json").exists():
@@ -90,7 +91,7 @@ def test_fsdp_run_killed_with_sigkill_resumes_exactly(tmp_path, data):  # noqa: 
         proc.wait()
     assert not (killed / "model").exists(), "the run finished before it was killed; make it longer"
     # the interrupted run may have gone on past its last checkpoint; what it logged after it is discarded
-    _torchrun(args + [f"output_dir={killed}", "--resume"], port=29583)
+    _torchrun(args + [f"output_dir={killed}", "--resume"], port=free_port())
     full, resumed = _records(tmp_path / "full"), _records(killed)
     assert [r["step"] for r in resumed] == [r["step"] for r in full]
     for key in ("train_loss", "val_loss"):
