@@ -9,6 +9,11 @@ request, client side, queueing included.
 
     python bench/serve.py                        # 1, 4, 16, 64 clients; writes bench/serve.json, serve.png, RESULTS.md
     python bench/serve.py --clients 1 4 --no-write --requests 1    # a smoke run
+    python bench/serve.py --latency              # keep-alive check only: reused vs fresh connections
+
+``--latency`` times small requests (GET /health and a 2-token completion) on one reused keep-alive
+connection against a fresh connection per request; the reused median must be within 2x the fresh
+one (a listening socket without TCP_NODELAY added ~40 ms to every reused request: delayed ACKs).
 """
 
 from __future__ import annotations
@@ -137,6 +142,38 @@ def markdown(results: dict, args: argparse.Namespace, command: str) -> str:
     return "\n".join(lines)
 
 
+def latency(url: str, repeats: int = 30) -> dict:
+    """Median seconds per request, fresh connection vs one reused keep-alive connection."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    body = json.dumps({"model": "dlm-adapted", "prompt": "ROMEO:", "max_tokens": 2, "steps": 2, "seed": 1})
+    requests = {"health": ("GET", "/health", None), "completion": ("POST", "/v1/completions", body)}
+    out = {}
+    for name, (method, path, data) in requests.items():
+        headers = {"Content-Type": "application/json"} if data else {}
+        times = {"fresh": [], "reused": []}
+        reused = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+        for i in range(repeats + 2):
+            for mode in ("fresh", "reused"):
+                conn = reused if mode == "reused" else http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+                start = time.perf_counter()
+                conn.request(method, path, body=data, headers=headers)
+                response = conn.getresponse()
+                response.read()
+                if i >= 2:  # the first two are warm-up
+                    times[mode].append(time.perf_counter() - start)
+                assert response.status == 200, (name, response.status)
+                if mode == "fresh":
+                    conn.close()
+        reused.close()
+        fresh_ms, reused_ms = (statistics.median(times[m]) * 1000 for m in ("fresh", "reused"))
+        out[name] = {"fresh_ms": round(fresh_ms, 2), "reused_ms": round(reused_ms, 2),
+                     "ok": reused_ms <= 2 * fresh_ms}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
@@ -144,7 +181,20 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the server (default 2)")
     parser.add_argument("--no-write", action="store_true", help="print only: no JSON, plot or RESULTS.md")
+    parser.add_argument("--latency", action="store_true",
+                        help="only the keep-alive check: reused vs fresh connection medians (exit 1 if reused > 2x)")
     args = parser.parse_args()
+    if args.latency:
+        proc, url = start_server(64, args.threads)
+        try:
+            result = latency(url)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+        for name, r in result.items():
+            print(f"{name}: fresh connection {r['fresh_ms']} ms, reused keep-alive connection {r['reused_ms']} ms "
+                  f"(median; within 2x: {r['ok']})")
+        raise SystemExit(0 if all(r["ok"] for r in result.values()) else 1)
     import os
 
     args.cpus = os.cpu_count()

@@ -49,6 +49,7 @@ def main() -> int:
     target = ROOT / "src" / "difflm" / "bundled" / "models" / args.name
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(model_dir, target, ignore=shutil.ignore_patterns("generation_config.json"))
+    _keep_decoding_defaults(model_dir, target)
     if args.dtype != "float32":
         _store_as(target, args.dtype)
     summary = {
@@ -66,6 +67,17 @@ def main() -> int:
     size = sum(f.stat().st_size for f in target.iterdir())
     print(f"bundled {args.name}: {size / 1e6:.1f} MB, {summary['tokens']:,} tokens, final validation {vals[-1][1]:.3f}")
     return 0
+
+
+def _keep_decoding_defaults(model_dir: Path, target: Path) -> None:
+    """Bundle the model's recommended decoding (the "difflm" section of its generation_config.json,
+    difflm.formats.generation) without transformers' own fields of that file."""
+    source = model_dir / "generation_config.json"
+    if not source.is_file():
+        return
+    section = json.loads(source.read_text()).get("difflm")
+    if section:
+        (target / "generation_config.json").write_text(json.dumps({"difflm": section}, indent=2) + "\n")
 
 
 def _store_as(directory: Path, dtype: str) -> None:

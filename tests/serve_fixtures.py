@@ -3,7 +3,6 @@ model loads once per module), for the tests that talk to it with the official `o
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -15,35 +14,46 @@ pytest.importorskip("fastapi", reason="the server needs the 'serve' extra (make 
 openai = pytest.importorskip("openai", reason="the server tests use the official openai client (test extra)")
 
 import torch  # noqa: E402
-import uvicorn  # noqa: E402
 
+from difflm.cli.serve import listen  # noqa: E402
 from difflm.serve import ServerConfig, create_app  # noqa: E402
 from difflm.serve.app import load_model  # noqa: E402
+from difflm.serve.process import GracefulServer  # noqa: E402
 
 MODEL = "dlm-adapted"
 
 
-@contextmanager
-def running_server(model, **settings) -> Iterator[str]:
-    """Serve ``model`` with ``ServerConfig(**settings)`` on a free loopback port; yields the base
-    URL (``http://127.0.0.1:PORT``) and stops the server afterwards."""
+def start_server(model, **settings) -> tuple[str, GracefulServer, threading.Thread]:
+    """Start serving ``model`` with ``ServerConfig(**settings)`` on a free loopback port, as `difflm serve`
+    does (its socket, its uvicorn server; ``shutdown_timeout`` defaults to 2 s here): (base URL
+    ``http://127.0.0.1:PORT``, the server, its thread). Stop it with `stop_server`."""
+    settings.setdefault("shutdown_timeout", 2.0)
     config = ServerConfig(model=MODEL, port=0, **settings)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(256)
-    server = uvicorn.Server(uvicorn.Config(create_app(config, model), log_level="warning",
-                                          timeout_graceful_shutdown=2))
+    sock = listen("127.0.0.1", 0)
+    server = GracefulServer(create_app(config, model), config, log_level="warning")
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.time() + 30
     while not server.started:
         assert time.time() < deadline and thread.is_alive(), "the server did not start"
         time.sleep(0.02)
+    return f"http://127.0.0.1:{sock.getsockname()[1]}", server, thread
+
+
+def stop_server(server: GracefulServer, thread: threading.Thread) -> None:
+    """What SIGTERM does to `difflm serve`: a graceful shutdown (`GracefulServer.shutdown`)."""
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+@contextmanager
+def running_server(model, **settings) -> Iterator[str]:
+    """`start_server` for the ``with`` block; yields the base URL and stops the server afterwards."""
+    url, server, thread = start_server(model, **settings)
     try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+        yield url
     finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+        stop_server(server, thread)
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +100,16 @@ def raw(base_url: str, method: str, path: str, body: bytes | dict | None = None,
         return Raw(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read().decode())
     finally:
         connection.close()
+
+
+def assert_error(response: Raw, status: int, *, param=None, code=None) -> dict:
+    """The OpenAI error of ``response``, checked: ``status``, the four fields, no traceback, ``param`` and ``code``."""
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    assert "Traceback" not in response.text and 'File "' not in response.text
+    if param is not None:
+        assert error["param"] == param, error
+    if code is not None:
+        assert error["code"] == code, error
+    return error

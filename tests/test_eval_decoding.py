@@ -46,7 +46,7 @@ def test_threshold_and_dual_cache_reach_the_sampler(model_dirs, tmp_path, monkey
     report = json.loads(out.read_text())
     settings = report["settings"]
     assert (settings["strategy"], settings["threshold"], settings["block_length"], settings["cache"],
-            settings["stop_at_eos"]) == ("threshold", 0.5, 4, "dual", False)
+            settings["stop_at_eos"]) == ("threshold", 0.5, 4, "dual", None)  # None: the model's (it has none: off)
     # the same text as difflm.sampling.generate called directly with those options on the same prompt
     monkeypatch.undo()  # the spy off: the real sampler
     lm = load_eval_lm(model_dirs["dlm"], EvalSettings(progress=False))  # default settings: no options carried
@@ -138,16 +138,16 @@ def test_stop_at_eos_flag_is_passed_and_recorded(model_dirs, tmp_path, monkeypat
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--strategy", "threshold", "--threshold", "1.5"], "threshold must be in (0, 1], got 1.5"),
-    (["--strategy", "threshold", "--threshold", "0"], "threshold must be in (0, 1], got 0.0"),
+    (["--strategy", "threshold", "--threshold", "1.5"], "argument --threshold: must be a number in (0, 1], got 1.5"),
+    (["--strategy", "threshold", "--threshold", "0"], "argument --threshold: must be a number in (0, 1], got 0.0"),
     (["--threshold", "0.5"], "threshold applies to strategy 'threshold' only, not 'low_confidence'"),
     (["--cache", "bogus"], "argument --cache: invalid choice: 'bogus'"),
     (["--strategy", "nope"], "unknown strategy 'nope'; choose one of"),
     (["--threshold", "high"], "argument --threshold: invalid float value: 'high'"),
 ])
 def test_bad_decoding_values_fail_before_the_model_loads(tmp_path, capsys, args, message):
-    # no model at that path: the decoding error must come first
-    argv = ["eval", "--model", str(tmp_path / "missing"), "--output", str(tmp_path / "r.json"), "--no-progress", *args]
+    # a directory that holds no model (loading it would fail): the decoding error must come first
+    argv = ["eval", "--model", str(tmp_path), "--output", str(tmp_path / "r.json"), "--no-progress", *args]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("difflm: error:") and message in err and "\n" not in err, err

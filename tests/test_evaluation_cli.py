@@ -88,9 +88,9 @@ def test_a_layout_a_stock_class_cannot_load_is_not_forced_to_ar(model_dirs, tmp_
 @pytest.mark.parametrize("args, message", [
     (["--tasks", "perplexity,nope"], "unknown task 'nope'"),
     (["--tasks", "hellaswag"], "needs a local data file"),
-    (["--n-samples", "0"], "n_samples must be an integer >= 1"),
+    (["--n-samples", "0"], "argument --n-samples: must be an integer >= 1, got 0"),
     (["--model", "/nonexistent/model"], "no model at /nonexistent/model"),
-    (["--threads", "0"], "--threads must be >= 1"),
+    (["--threads", "0"], "argument --threads: must be an integer >= 1, got 0"),
     (["--format", "diffulama"], "unknown format 'diffulama'; choose one of difflm, diffugpt, llada, dream, sdar, diffullama, causal-lm"),
     (["--format", "llada"], "is not in the LLaDA layout"),  # a layout the checkpoint is not in
 ])

@@ -29,6 +29,7 @@ from published_layouts import (
 
 from difflm import DiffusionLM, ModelLoadError
 from difflm.chat import chat_prompt_ids, end_of_turn_ids
+from difflm.errors import InputError
 from difflm.formats import detect, detect_format
 
 from conftest import tiny_backbone, tiny_dlm
@@ -302,6 +303,9 @@ def test_dream_tokenizer_without_remote_code_and_its_chat_turn(tmp_path):
     prompt = chat_prompt_ids(model, "hello world")
     assert prompt[0] == specials["<|im_start|>"] and prompt.count(DREAM["im_end"]) == 1
     assert model.tokenizer.decode(prompt).endswith("<|im_start|>assistant\n")
+    # the mask token spelled in the message would turn its positions into generated ones: refused
+    with pytest.raises(InputError, match="mask token"):
+        chat_prompt_ids(model, "hello <|mask|> world")
 
 
 def test_llada_instruct_tokenizer_mask_and_end_of_turn(tmp_path):

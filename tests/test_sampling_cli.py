@@ -82,8 +82,8 @@ def test_template_parsing():
     (["generate", "w1", "--length", "100"], "context"),
     (["generate", "w1", "--strategy", "best"], "unknown strategy"),
     (["generate", "w1", "--strategy", "threshold", "--threshold", "1.5"], "threshold"),
-    (["generate", "w1", "--cfg-scale", "-1"], "cfg_scale"),
-    (["generate", "w1", "--top-p", "0"], "top_p"),
+    (["generate", "w1", "--cfg-scale", "-1"], "argument --cfg-scale: must be a number >= 0"),
+    (["generate", "w1", "--top-p", "0"], r"argument --top-p: must be a number in \(0, 1\]"),
 ])
 def test_bad_input_is_one_line_exit_2(model_dir, capsys, argv, match):
     import re
@@ -95,7 +95,7 @@ def test_bad_input_is_one_line_exit_2(model_dir, capsys, argv, match):
 
 def test_missing_model_dir(tmp_path, capsys):
     assert main(["generate", "hi", "--model", str(tmp_path / "nope")]) == 2
-    assert "not a directory" in capsys.readouterr().err
+    assert "no model at" in capsys.readouterr().err
 
 
 GLYPH = "░░"

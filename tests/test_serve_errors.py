@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from serve_fixtures import MODEL, Raw, client, dlm, openai, raw, running_server  # noqa: F401 (fixture)
+from serve_fixtures import MODEL, Raw, assert_error, client, dlm, openai, raw, running_server  # noqa: F401 (fixture)
 
 KEY = "s3cret-key"
 
@@ -19,18 +19,6 @@ def base(dlm):
 
 def post(base: str, body, *, key: str | None = KEY, path: str = "/v1/completions") -> Raw:
     return raw(base, "POST", path, body, {"Authorization": f"Bearer {key}"} if key else {})
-
-
-def assert_error(response: Raw, status: int, *, param=None, code=None) -> dict:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"} and error["message"]
-    assert "Traceback" not in response.text and 'File "' not in response.text
-    if param is not None:
-        assert error["param"] == param, error
-    if code is not None:
-        assert error["code"] == code, error
-    return error
 
 
 def test_bad_json_and_wrong_shapes(base):

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import free_port
 from difflm import DiffusionLM
 from difflm.cli import main
 from difflm.errors import ModelLoadError
@@ -288,7 +289,7 @@ def test_two_ddp_processes_match_one(tmp_path, data):
     in the two halves: the loss is normalised over the global batch)."""
     common = _args(data, "gsm", 256) + ["max_steps=3", "eval_every=3", "save_every=3", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            "-m", "difflm", "train", *common, f"output_dir={tmp_path / 'ddp'}"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

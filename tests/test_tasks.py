@@ -160,6 +160,7 @@ class _ScriptedLM:
         self.tokenizer, self.answers, self.settings, self.prompts = tokenizer, answers, EvalSettings(), []
 
     bos = property(lambda self: [self.tokenizer.bos_token_id])
+    max_new_tokens = property(lambda self: self.settings.generation_budget())  # as `EvalLM` (no model defaults)
 
     def encode(self, text):
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -39,6 +39,10 @@ def chat_prompt_ids(model: Any, user_text: str, *, system: str | None = None) ->
     ids = out["input_ids"] if hasattr(out, "keys") else out  # transformers 5 returns a BatchEncoding
     if ids and isinstance(ids[0], list):
         ids = ids[0]
+    mask_id = getattr(model.config, "mask_token_id", None)
+    if mask_id is not None and mask_id in ids:  # its positions would be generated, not read
+        raise InputError(f"the chat message contains the mask token (id {mask_id}) as text; its positions would be "
+                         "generated, not read: remove it")
     return [int(i) for i in ids]
 
 

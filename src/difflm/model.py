@@ -27,7 +27,7 @@ from .attention import (
 )
 from .config import DiffusionConfig
 from .errors import ConfigError, InputError, ModelLoadError
-from .formats import load_checkpoint, load_tokenizer, require_model_dir
+from .formats import GenerationDefaults, load_checkpoint, load_tokenizer, require_model_dir, write_generation_defaults
 from .formats.mask_token import resolve_mask_token, special_ids
 from .registry import DECODING
 
@@ -45,6 +45,7 @@ class DiffusionLM(nn.Module):
         model: PreTrainedModel,
         config: DiffusionConfig,
         tokenizer: "PreTrainedTokenizerBase | None" = None,
+        generation_defaults: GenerationDefaults | None = None,
     ) -> None:
         super().__init__()
         impl = getattr(model.config, "_attn_implementation", None) or "eager"
@@ -56,6 +57,9 @@ class DiffusionLM(nn.Module):
         self.model = model
         self.config = config
         self.tokenizer = tokenizer
+        # how the model decodes unless told otherwise (generation_config.json's "difflm" section): the
+        # defaults of `generate` / `infill`, the CLI, evaluation and the server; None: the sampler's own
+        self.generation_defaults = generation_defaults
         config.validate(vocab_size=self.vocab_size)
 
     # -- properties ----------------------------------------------------------------------------
@@ -378,7 +382,8 @@ class DiffusionLM(nn.Module):
 
     def save_pretrained(self, path: str | os.PathLike, *, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
         """Write the Hugging Face layout (config.json, model.safetensors, tokenizer files) plus
-        difflm_config.json, atomically (`difflm.atomic`): an interrupted save never leaves a
+        difflm_config.json (and the ``generation_defaults``, as the "difflm" section of
+        generation_config.json), atomically (`difflm.atomic`): an interrupted save never leaves a
         half-written model behind. ``state_dict`` (backbone keys) replaces the module's own, e.g.
         one gathered from FSDP shards."""
         with atomic_directory(path) as tmp:
@@ -386,4 +391,6 @@ class DiffusionLM(nn.Module):
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(tmp)
             self.config.save(tmp)
+            if self.generation_defaults is not None:
+                write_generation_defaults(tmp, self.generation_defaults)
         return Path(path)

@@ -13,7 +13,7 @@ import importlib
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, Callable, NoReturn
 
 from .. import __version__
 from ..errors import DiffLMError, InputError
@@ -63,14 +63,61 @@ def check_output_dir(path: str, flag: str) -> Path:
     return out
 
 
+def integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type``: an int in [minimum, maximum). A count out of range is a usage error that
+    argparse reports at once (one line, exit 2), before any command imports torch; the library checks
+    the value again where it is used (tests/test_cli_startup.py holds the two in step)."""
+    bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum})"
+
+    def parse(text: str) -> int:
+        value = int(text)  # a ValueError reads "invalid int value: 'many'"
+        if value < minimum or (maximum is not None and value >= maximum):
+            raise argparse.ArgumentTypeError(f"must be an integer {bound}, got {value}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
+def number(bound: str, accepts: Callable[[float], bool]) -> Callable[[str], float]:
+    """An argparse ``type``: a float that ``accepts`` (NaN never does), described as ``bound`` ("in (0, 1]")."""
+
+    def parse(text: str) -> float:
+        value = float(text)  # a ValueError reads "invalid float value: 'high'"
+        if value != value or not accepts(value):
+            raise argparse.ArgumentTypeError(f"must be a number {bound}, got {value}")
+        return value
+
+    parse.__name__ = "float"
+    return parse
+
+
+def choice(table: Any, what: str) -> Callable[[str], str]:
+    """An argparse ``type``: a name of the `difflm.registry` table ``table`` (torch-free; its help
+    lists the names, unlike ``choices``, which would also print them in the usage line)."""
+
+    def parse(text: str) -> str:
+        if text not in table:
+            raise argparse.ArgumentTypeError(f"unknown {what} {text!r}; choose one of {', '.join(table)}")
+        return text
+
+    parse.__name__ = what
+    return parse
+
+
 def _quiet_transformers() -> None:
     """transformers' own warnings and progress bars (weight loading, long tokenizer inputs when
-    packing a corpus) are noise on a command line whose output is the product. Called once a
-    command runs, not before: importing transformers takes seconds."""
-    from transformers.utils import logging as hf_logging
+    packing a corpus) are noise on a command line whose output is the product. Nothing is imported
+    here - importing transformers takes seconds, and a usage error must answer before that: the
+    environment variables transformers and huggingface_hub read when they are imported say it (a
+    value the user set wins); when they are already imported (a caller of `main`), their switches."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
 
 
 def _parse(parser: ArgumentParser, argv: list[str] | None) -> argparse.Namespace:

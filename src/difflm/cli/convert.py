@@ -13,7 +13,9 @@ from typing import Any
 
 from ..errors import InputError
 from . import check_output_dir
-from .inspect import add_load_arguments, config_overrides, human_count
+from .inspect import add_load_arguments, config_overrides, human_count, require_directory
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # what `difflm.formats` loads weights as
 
 
 def register(subparsers: Any) -> None:
@@ -25,16 +27,17 @@ def register(subparsers: Any) -> None:
     parser.add_argument("dir", help="checkpoint directory to read")
     parser.add_argument("out", help="directory to write (replaced if it exists)")
     add_load_arguments(parser)
-    parser.add_argument("--dtype", default="auto", help="auto (as stored), float32, bfloat16 or float16 (default auto)")
+    parser.add_argument("--dtype", default="auto", choices=DTYPES, help="auto (as stored), float32, bfloat16 or float16 (default auto)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..model import DiffusionLM
-
+    require_directory(args.dir)
     if Path(args.out).resolve() == Path(args.dir).resolve():
         raise InputError("OUT must be a new directory, not DIR itself (converting in place would delete the original)")
     check_output_dir(args.out, "OUT")  # before the (possibly long) load
+    from ..model import DiffusionLM
+
     model = DiffusionLM.from_pretrained(args.dir, format=args.format, dtype=args.dtype, **config_overrides(args))
     try:
         out = model.save_pretrained(args.out)

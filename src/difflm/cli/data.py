@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from ..registry import DATA_SPLITS, DATA_TASKS, GSM_SUMS
+from . import integer
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,9 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     check.add_argument("file", help="SFT JSONL file")
     check.add_argument("--tokenizer", default="bundled", help="tokenizer directory (default: the bundled one)")
-    check.add_argument("--seq-length", "--block-size", type=int, dest="seq_length",
+    check.add_argument("--seq-length", "--block-size", type=integer(1), dest="seq_length",
                        help="the training seq_length to check the examples against (--block-size: its old name)")
-    check.add_argument("--show", type=int, default=1, metavar="N", help="print the first N examples (default: 1)")
+    check.add_argument("--show", type=integer(0), default=1, metavar="N", help="print the first N examples (default: 1)")
     check.set_defaults(func=run_check)
     tok = commands.add_parser(
         "tokenizer", help="train a small byte-level BPE tokenizer on SFT files (for task models)",
@@ -73,9 +74,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     images.add_argument("--out", required=True, help="directory to write (tokenizer/, *.jsonl, a report)")
     images.add_argument("--images", metavar="DIR", help="grayscale PNGs, one sub-folder per class (default: digits)")
-    images.add_argument("--codebook", type=int, default=32, help="image codes K (default: %(default)s)")
-    images.add_argument("--vq-steps", type=int, default=1500, help="VQ-VAE training steps (default: %(default)s)")
-    images.add_argument("--per-image", type=int, default=2,
+    images.add_argument("--codebook", type=integer(2), default=32, help="image codes K (default: %(default)s)")
+    images.add_argument("--vq-steps", type=integer(1), default=1500, help="VQ-VAE training steps (default: %(default)s)")
+    images.add_argument("--per-image", type=integer(1), default=2,
                         help="text -> image examples per image; image -> text: one more (default: %(default)s)")
     images.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
     images.set_defaults(func=run_images)
@@ -118,6 +119,10 @@ def run_make(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
+    from ..io import require_file, tokenizer_dir
+
+    require_file(args.file)  # torch-free, before the tokenizer loads
+    tokenizer_dir(args.tokenizer)
     from ..training.sft_data import describe_sft_file
 
     print(describe_sft_file(args.file, tokenizer=args.tokenizer, seq_length=args.seq_length, show=args.show))
@@ -127,6 +132,10 @@ def run_check(args: argparse.Namespace) -> int:
 def run_tokenizer(args: argparse.Namespace) -> int:
     import sys
 
+    from ..io import require_file
+
+    for path in args.files:
+        require_file(path)
     from ..tasks.tokenizer import save_task_tokenizer, sft_file_texts, train_task_tokenizer
     from . import check_output_dir
 
@@ -142,12 +151,18 @@ def run_tokenizer(args: argparse.Namespace) -> int:
 
 def run_images(args: argparse.Namespace) -> int:
     import json
+    from pathlib import Path
 
-    from ..multimodal.datasets import load_digits_set, load_folder_set
-    from ..multimodal.prepare import prepare_image_sft
     from . import check_output_dir
 
     check_output_dir(args.out, "--out")
+    if args.images is not None and not Path(args.images).is_dir():
+        from ..errors import InputError
+
+        raise InputError(f"--images {args.images} is not a directory (one sub-folder of PNGs per class)")
+    from ..multimodal.datasets import load_digits_set, load_folder_set
+    from ..multimodal.prepare import prepare_image_sft
+
     image_set = load_folder_set(args.images) if args.images else load_digits_set()
     report = prepare_image_sft(image_set, args.out, codebook_size=args.codebook, vq_steps=args.vq_steps,
                                per_image=args.per_image, seed=args.seed)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import InputError
+from ..io import require_model
 from ..registry import (CACHE_MODES as CACHE_MODE_NAMES, EVAL_TASKS as TASK_NAMES, FORMATS as FORMAT_NAMES,
                         STRATEGIES as STRATEGY_NAMES)
+from . import choice, integer, number
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,54 +21,66 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Tasks: NAME or NAME=PATH (a local data file). Available: " + names + ".",
     )
     p.add_argument("--model", required=True, help="model directory or bundled name (ar-base, dlm-adapted, dlm-scratch)")
-    p.add_argument("--format", metavar="F",
+    p.add_argument("--format", metavar="F", type=choice(FORMAT_NAMES, "format"),
                    help="checkpoint layout instead of detection: " + ", ".join(FORMAT_NAMES) + " (causal-lm: a plain "
                    "causal LM, scored as AR; the others as DLMs). DiffuLLaMA's files are a plain LLaMA: without "
                    "--format diffullama it is scored as an AR model")
     p.add_argument("--tasks", default="perplexity,last-word,multiple-choice,infilling",
                    help="comma-separated tasks (default: the four bundled ones)")
     p.add_argument("--output", default="difflm-eval.json", help="where to write the JSON report (default: %(default)s)")
-    p.add_argument("--n-samples", type=int, default=32, help="Monte Carlo samples per sequence for a DLM (default: %(default)s)")
+    p.add_argument("--n-samples", type=integer(1), default=32, help="Monte Carlo samples per sequence for a DLM (default: %(default)s)")
     p.add_argument("--estimator", default="count", choices=("count", "time"),
                    help="ELBO estimator: count = LLaDA's l-sampling, time = t-sampling (default: %(default)s)")
     p.add_argument("--no-stratify", action="store_true", help="draw the Monte Carlo samples independently")
     p.add_argument("--independent-options", action="store_true",
                    help="give each multiple-choice option its own random draws (default: the options of a "
                    "question share them, which makes their comparison less noisy)")
-    p.add_argument("--reference-steps", type=int, default=0, metavar="T",
+    p.add_argument("--reference-steps", type=integer(0), default=0, metavar="T",
                    help="also score multiple choice with DiffuGPT's unweighted T-step score (0 = off; the paper uses 32)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass (default: %(default)s)")
-    p.add_argument("--steps", type=int, help="denoising steps per generation (default: one per token)")
-    p.add_argument("--block-length", type=int, help="semi-autoregressive block length for DLM generation")
-    p.add_argument("--strategy", default="low_confidence", metavar="NAME",
-                   help=f"DLM commit strategy: {', '.join(STRATEGY_NAMES)} (default: %(default)s)")
-    p.add_argument("--threshold", type=float,
+    p.add_argument("--batch-size", type=integer(1), default=16, help="sequences per forward pass (default: %(default)s)")
+    p.add_argument("--steps", type=integer(1), help="denoising steps per generation (default: one per token)")
+    p.add_argument("--block-length", type=integer(1), help="semi-autoregressive block length for DLM generation")
+    p.add_argument("--strategy", metavar="NAME", type=choice(STRATEGY_NAMES, "strategy"),
+                   help=f"DLM commit strategy: {', '.join(STRATEGY_NAMES)} (default: the model's generation_config.json, "
+                   "else low_confidence)")
+    p.add_argument("--threshold", type=number("in (0, 1]", lambda p: 0 < p <= 1),
                    help="confidence threshold in (0, 1] of --strategy threshold (default 0.9)")
-    p.add_argument("--cache", choices=CACHE_MODE_NAMES, default="none",
-                   help="block-wise KV cache of DLM generation (default none)")
-    p.add_argument("--stop-at-eos", action="store_true",
+    p.add_argument("--cache", choices=CACHE_MODE_NAMES,
+                   help="block-wise KV cache of DLM generation (default: the model's generation_config.json, else none)")
+    p.add_argument("--stop-at-eos", action=argparse.BooleanOptionalAction,
                    help="DLM generation: stop a row once a finished block holds EOS (variable-length answers, "
-                   "e.g. GSM8K; use with --block-length)")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="generation budget of GSM8K / HumanEval")
-    p.add_argument("--limit", type=int, help="evaluate only the first N examples of each task")
+                   "e.g. GSM8K; use with --block-length; default: the model's generation_config.json, else off)")
+    p.add_argument("--max-new-tokens", type=integer(1), help="generation budget of GSM8K / HumanEval (default: the "
+                   "model's recommended length, else 256)")
+    p.add_argument("--limit", type=integer(1), help="evaluate only the first N examples of each task")
     p.add_argument("--device", help="torch device (default: cpu)")
-    p.add_argument("--threads", type=int,
+    p.add_argument("--threads", type=integer(1),
                    help="CPU threads for torch (default: torch's choice; on a busy machine 1 can be much faster)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
+def _check_task_names(spec: str) -> None:
+    """The torch-free part of `difflm.evaluation.parse_tasks`: every NAME of "NAME[=PATH],..." is a task of
+    `difflm.registry.EVAL_TASKS` (the data files are checked when the tasks are built)."""
+    names = [item.partition("=")[0].strip() for item in spec.split(",") if item.strip()]
+    if not names:
+        raise InputError(f"no tasks given; available: {', '.join(TASK_NAMES)}")
+    unknown = next((name for name in names if name not in TASK_NAMES), None)
+    if unknown is not None:  # the words of `difflm.evaluation.registry.build_task`
+        raise InputError(f"unknown task {unknown!r}; available: {', '.join(TASK_NAMES)}")
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from ..errors import InputError
+    _check_task_names(args.tasks)  # before torch loads: a typo answers at once
+    require_model(args.model)
     from ..evaluation import EvalSettings, load_eval_lm, parse_tasks, print_report, run_evaluation, write_report
     from ..evaluation.loading import check_format, scoring_summary
 
     if args.threads is not None:
-        if args.threads < 1:
-            raise InputError(f"--threads must be >= 1, got {args.threads}")
         import torch
 
         torch.set_num_threads(args.threads)
@@ -79,9 +94,18 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )  # validates every value, the sampler options too: before loading anything, a typo should fail fast
     check_format(args.format)
+    from ..sampling.options import defaults_options
+    from .generate import saved_defaults
+
+    # the flags over the model's own decoding settings (generation_config.json): they too fail before the weights load
+    settings.sampler_options(defaults_options(saved_defaults(args.model)))
     tasks = parse_tasks(args.tasks)
     lm = load_eval_lm(args.model, settings, format=args.format, device=args.device)
     print(scoring_summary(lm, "--format"), file=sys.stderr)
+    saved = getattr(lm.model, "generation_defaults", None)
+    if saved is not None and lm.kind == "dlm":
+        print(f"difflm: decoding defaults of {args.model} ({saved.source}), under the flags given: {saved.describe()}",
+              file=sys.stderr)
     report = run_evaluation(lm, tasks)
     print_report(report)
     path = write_report(report, args.output)

@@ -19,17 +19,25 @@ import argparse
 import dataclasses
 import json
 import math
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
 from ..bundled import DEFAULT_DLM
 from ..errors import InputError, ModelLoadError
+from ..io import require_model
 from ..registry import ATTENTION_OVERRIDES, CACHE_MODES, FILTER_ORDERS, REVEAL_SCHEDULES, STRATEGIES
+from . import choice, integer, number
 from .family import MASKED_FLAGS_KEY, GenerationJob, add_family_arguments, claiming_family, masked_flags_given
 
 if TYPE_CHECKING:
+    from ..formats import GenerationDefaults
     from ..sampling import Generation, SamplerOptions
     from ..tasks.model_task import TaskDefaults
+
+# the flags' value ranges (those of `SamplerOptions`), checked by argparse before anything loads
+NON_NEGATIVE = number(">= 0 and finite", lambda x: 0 <= x < math.inf)
+PROBABILITY = number("in [0, 1)", lambda p: 0 <= p < 1)
 
 
 def register(subparsers: Any) -> None:
@@ -39,7 +47,7 @@ def register(subparsers: Any) -> None:
         "EOS handling and the block-wise KV cache are flags).",
     )
     generate_parser.add_argument("prompt", nargs="+", help="prompt text (several prompts run as one left-padded batch)")
-    generate_parser.add_argument("--length", type=int, help="new tokens per prompt (default 64; a task model: what "
+    generate_parser.add_argument("--length", type=integer(1), help="new tokens per prompt (default 64; a task model: what "
                                  "its answers need)")
     _add_sampling_arguments(generate_parser, "generate")
     generate_parser.set_defaults(func=run_generate)
@@ -53,7 +61,7 @@ def register(subparsers: Any) -> None:
                                help='text with placeholders, e.g. "Let there be [MASK:4] and there was light"')
     infill_parser.add_argument("--prefix", help="text before the gap (instead of a template)")
     infill_parser.add_argument("--suffix", default="", help="text after the gap (a separating space is added)")
-    infill_parser.add_argument("--length", type=int, help="tokens to fill between --prefix and --suffix")
+    infill_parser.add_argument("--length", type=integer(1), help="tokens to fill between --prefix and --suffix")
     _add_sampling_arguments(infill_parser, "infill")
     infill_parser.set_defaults(func=run_infill)
 
@@ -67,8 +75,8 @@ def add_core_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     """The flags of ``command`` ("generate" or "infill") that are not a family's: those every family shares,
     then the masked sampler's, in their own group."""
     parser.add_argument("--model", default=DEFAULT_DLM, help=f"model directory or bundled model name (default {DEFAULT_DLM})")
-    parser.add_argument("--steps", type=int, help="denoising steps = model calls at most (default: one per token)")
-    parser.add_argument("--cfg-scale", type=float, default=0.0, help="classifier-free guidance scale >= 0 (default 0 = off)")
+    parser.add_argument("--steps", type=integer(1), help="denoising steps = model calls at most (default: one per token)")
+    parser.add_argument("--cfg-scale", type=NON_NEGATIVE, default=0.0, help="classifier-free guidance scale >= 0 (default 0 = off)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N, mps, ... (default cpu)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per prompt")
@@ -84,18 +92,18 @@ def _add_masked_arguments(parser: argparse.ArgumentParser, command: str) -> None
                                       "its own, below, may refuse these)")
     strategies = ", ".join(STRATEGIES.names())
     actions = [
-        group.add_argument("--strategy", metavar="NAME", help=f"which positions to commit: {strategies} (default "
+        group.add_argument("--strategy", metavar="NAME", type=choice(STRATEGIES, "strategy"), help=f"which positions to commit: {strategies} (default "
                            "low_confidence; a task model: its task's, e.g. topk_margin for sudoku)"),
-        group.add_argument("--block-length", type=int, help="semi-autoregressive block size (default: one block)"),
-        group.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)"),
-        group.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1] (default 1 = off)"),
-        group.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (default 0 = off)"),
-        group.add_argument("--gumbel", action="store_true", help="draw tokens by float64 Gumbel-max (LLaDA)"),
-        group.add_argument("--threshold", type=float,
+        group.add_argument("--block-length", type=integer(1), help="semi-autoregressive block size (default: one block)"),
+        group.add_argument("--temperature", type=NON_NEGATIVE, help="0 = greedy (default)"),
+        group.add_argument("--top-p", type=number("in (0, 1]", lambda p: 0 < p <= 1), help="nucleus mass in (0, 1] (default 1 = off)"),
+        group.add_argument("--top-k", type=integer(0), help="keep the k most likely tokens (default 0 = off)"),
+        group.add_argument("--gumbel", action=argparse.BooleanOptionalAction, help="draw tokens by float64 Gumbel-max (LLaDA)"),
+        group.add_argument("--threshold", type=number("in (0, 1]", lambda p: 0 < p <= 1),
                            help="confidence threshold in (0, 1] of --strategy threshold (default 0.9)"),
-        group.add_argument("--alg-temp", type=float, default=0.0,
+        group.add_argument("--alg-temp", type=NON_NEGATIVE,
                            help="> 0 samples positions instead of the top scores (Dream)"),
-        group.add_argument("--cache", choices=CACHE_MODES, default="none", help="block-wise KV cache (default none)"),
+        group.add_argument("--cache", choices=CACHE_MODES, help="block-wise KV cache (default none)"),
         group.add_argument("--attention", choices=ATTENTION_OVERRIDES,
                            help="override the model's attention (block_causal makes the caches exact)"),
         group.add_argument("--schedule", choices=REVEAL_SCHEDULES,
@@ -103,18 +111,20 @@ def _add_masked_arguments(parser: argparse.ArgumentParser, command: str) -> None
                            "(default: the model family's convention)"),
         group.add_argument("--filter-order", choices=FILTER_ORDERS,
                            help="order of the top-k and top-p filters (default: the model family's convention)"),
-        group.add_argument("--sub-block-length", type=int, metavar="N",
+        group.add_argument("--sub-block-length", type=integer(1), metavar="N",
                            help="decode each block in sub-blocks of N tokens (Fast-dLLM v2; with --cache block the "
                            "rest of the block is read from a cache made at each sub-block's first step)"),
-        group.add_argument("--editing-threshold", type=float, metavar="P",
+        group.add_argument("--editing-threshold", type=PROBABILITY, metavar="P",
                            help="token editing (LLaDA 2.1): replace a committed token of the current block when the "
                            "model's top prediction there differs and is above P (default off)"),
-        group.add_argument("--remask", type=float, default=0.0, metavar="P",
+        group.add_argument("--remask", type=PROBABILITY, metavar="P",
                            help="ReMDM-style remasking: mask each committed token of the block again with probability "
                            "P at every step but the block's last (default 0 = off)"),
-        group.add_argument("--max-edits", type=int, default=2, help="edits or remasks per position at most (default 2)"),
-        group.add_argument("--stop-at-eos", action="store_true", help="stop a row once a finished block holds EOS"),
-        group.add_argument("--suppress-eos", action="store_true", help="commit EOS only when nothing else is left"),
+        group.add_argument("--max-edits", type=integer(1), help="edits or remasks per position at most (default 2)"),
+        group.add_argument("--stop-at-eos", action=argparse.BooleanOptionalAction,
+                           help="stop a row once a finished block holds EOS"),
+        group.add_argument("--suppress-eos", action=argparse.BooleanOptionalAction,
+                           help="commit EOS only when nothing else is left"),
     ]
     if command == "generate":
         actions.append(group.add_argument("--chat", action="store_true", help="wrap each prompt in the checkpoint's "
@@ -122,19 +132,50 @@ def _add_masked_arguments(parser: argparse.ArgumentParser, command: str) -> None
     parser.set_defaults(**{MASKED_FLAGS_KEY: tuple((a.option_strings[0], a.dest, a.default) for a in actions)})
 
 
-def sampler_options(args: argparse.Namespace) -> SamplerOptions:
-    """The one validated `SamplerOptions` of the sampling flags (`InputError` on a bad value)."""
+def given_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The `SamplerOptions` fields this command line sets: the flags given (a flag left out is None;
+    ``--cfg-scale``, shared with the families, counts when it is not 0)."""
     from ..sampling.options import SamplerOptions
 
-    return SamplerOptions(
-        steps=args.steps, strategy=args.strategy or "low_confidence", block_length=args.block_length,
-        temperature=args.temperature,
-        top_p=args.top_p, top_k=args.top_k, gumbel=args.gumbel, threshold=args.threshold, alg_temp=args.alg_temp,
-        cfg_scale=args.cfg_scale, cache=args.cache, attention=args.attention, stop_at_eos=args.stop_at_eos,
-        suppress_eos=args.suppress_eos, schedule=args.schedule, filter_order=args.filter_order,
-        sub_block_length=args.sub_block_length, editing_threshold=args.editing_threshold, remask=args.remask,
-        max_edits=args.max_edits,
-    )
+    given = {name: getattr(args, name) for name in SamplerOptions.names() if getattr(args, name, None) is not None}
+    if given.get("cfg_scale") == 0.0:
+        del given["cfg_scale"]
+    return given
+
+
+def sampler_options(args: argparse.Namespace, base: SamplerOptions | None = None) -> SamplerOptions:
+    """The one validated `SamplerOptions` of the sampling flags over ``base`` (a model's saved defaults,
+    `difflm.sampling.options.model_options`; None: the sampler's defaults). `InputError` on a bad value."""
+    from ..sampling.options import over_model
+
+    return over_model(base, **given_options(args))
+
+
+def saved_defaults(name_or_path: str) -> GenerationDefaults | None:
+    """The decoding defaults a model directory (or bundled name) saved - its generation_config.json, an
+    adapter's own or else its base's - read before the weights (`ModelLoadError` for a bad file)."""
+    from ..bundled import resolve_model
+    from ..formats import is_adapter_dir, read_adapter, read_generation_defaults
+
+    path = resolve_model(name_or_path)
+    if not path.is_dir():
+        return None
+    found = read_generation_defaults(path)
+    if found is None and is_adapter_dir(path):
+        found = read_generation_defaults(read_adapter(path)[1])
+    return found
+
+
+def _used_defaults(args: argparse.Namespace, defaults: GenerationDefaults, options: SamplerOptions,
+                   length_used: bool) -> str:
+    """One line for stderr: which of the model's saved settings this run uses (those no flag replaced)."""
+    given = given_options(args)
+    used = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in defaults.options.items()
+            if k not in given and getattr(options, k, None) == v]
+    if length_used and defaults.max_new_tokens is not None:
+        used.insert(0, f"length={defaults.max_new_tokens}")
+    what = ", ".join(used) if used else "none (every one replaced by a flag)"
+    return f"difflm: decoding defaults of {args.model} ({defaults.source}): {what}"
 
 
 def check_device(name: str) -> str:
@@ -159,11 +200,13 @@ def check_device(name: str) -> str:
 
 
 def _check_run_args(args: argparse.Namespace) -> None:
-    """The flags that are not sampler options: --seed and --delay."""
+    """The torch-free checks of the flags that are not sampler options: --seed, --delay and that
+    --model names something (a bundled model or an existing path)."""
     if not 0 <= args.seed < 2**63:
         raise InputError(f"--seed must be an integer in [0, 2**63), got {args.seed}")
     if not (math.isfinite(args.delay) and args.delay >= 0):
         raise InputError(f"--delay must be a number of seconds >= 0, got {args.delay}")
+    require_model(args.model)
 
 
 def load_dlm(name_or_path: str, device: str = "cpu") -> Any:
@@ -194,17 +237,19 @@ def run_generate(args: argparse.Namespace) -> int:
     family = claiming_family(args)
     found = None if family is not None or args.chat else _model_task(args.model)
     task, defaults = found if found is not None else (None, None)
-    if defaults is not None:  # a task model (dlm-sudoku, dlm-gsm): the task's input, length and decoding order
-        args.length = defaults.length if args.length is None else args.length
-        args.strategy = args.strategy or defaults.strategy
-        args.stop_at_eos = args.stop_at_eos or defaults.stop_at_eos
-    args.length = 64 if args.length is None else args.length
+    # every bad value fails before the model loads, those that need no torch first
+    _check_run_args(args)
+    saved = None if family is not None else saved_defaults(args.model)  # generation_config.json
+    base = _base_options(saved, defaults)
+    length_given = args.length is not None
+    if args.length is None:  # the model's recommended length; a task model saved without one: its task's
+        args.length = (saved.max_new_tokens if saved is not None else None) or (defaults.length if defaults else 64)
     if args.length < 1:
         raise InputError(f"--length must be >= 1, got {args.length}")
-    # every bad value fails before the model loads
-    _check_run_args(args)
-    options = sampler_options(args)
+    options = sampler_options(args, base)
     check_device(args.device)
+    if saved is not None and not args.json:
+        print(_used_defaults(args, saved, options, not length_given), file=sys.stderr)
     prompts = args.prompt
     if task is not None:
         from ..tasks.model_task import task_prompt
@@ -229,26 +274,38 @@ def run_generate(args: argparse.Namespace) -> int:
     return _sample_and_print(args, options, model, rows, args.prompt, task=defaults)
 
 
-def run_infill(args: argparse.Namespace) -> int:
-    from ..sampling.templates import encode_template, gap_template, parse_template
+def _base_options(saved: GenerationDefaults | None, task: TaskDefaults | None) -> SamplerOptions | None:
+    """What the flags apply to: the model's saved defaults, else (a task model saved before models carried
+    their settings) its task's strategy and EOS rule, else None (the sampler's defaults)."""
+    from ..sampling.options import SamplerOptions, defaults_options
 
+    if saved is not None:
+        return defaults_options(saved)
+    if task is not None:
+        return SamplerOptions(strategy=task.strategy, stop_at_eos=task.stop_at_eos)
+    return None
+
+
+def run_infill(args: argparse.Namespace) -> int:
     if (args.template is None) == (args.prefix is None):
         raise InputError("give either a TEMPLATE with [MASK:n] gaps or --prefix (with --suffix and --length)")
-    if args.template is not None:
-        parts = parse_template(args.template)
-    else:
-        if args.length is None or args.length < 1:
-            raise InputError("--prefix needs --length >= 1 (tokens to fill)")
-        parts = gap_template(args.prefix, args.suffix, args.length)
+    if args.template is None and args.length is None:
+        raise InputError("--prefix needs --length >= 1 (tokens to fill)")
     _check_run_args(args)
-    options = sampler_options(args)
+    from ..sampling.templates import encode_template, gap_template, parse_template
+
+    parts = parse_template(args.template) if args.template is not None else gap_template(args.prefix, args.suffix, args.length)
+    family = claiming_family(args)
+    saved = None if family is not None else saved_defaults(args.model)  # generation_config.json
+    options = sampler_options(args, _base_options(saved, None))
     check_device(args.device)
+    if saved is not None and not args.json:
+        print(_used_defaults(args, saved, options, False), file=sys.stderr)
     labels = [args.template or ""]
 
     def templates(tokenizer: Any, placeholder: int) -> list[list[int]]:
         return [encode_template(tokenizer, parts, placeholder)]
 
-    family = claiming_family(args)
     if family is not None:  # a model family of its own (registry.FAMILIES): its runner
         return family.run(args, _job(args, options, labels, templates))
     model = load_dlm(args.model, args.device)

@@ -11,16 +11,25 @@ import argparse
 import json
 from typing import Any
 
-from ..errors import InputError
-from ..registry import FORMATS as FORMAT_NAMES
+from pathlib import Path
 
+from ..errors import InputError, ModelLoadError
+from ..registry import FORMATS as FORMAT_NAMES
+from . import integer
 
 
 def add_load_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by the commands that read a checkpoint directory."""
     parser.add_argument("--format", choices=FORMAT_NAMES, metavar="FORMAT",
                         help=f"skip detection and read DIR as this layout: {', '.join(FORMAT_NAMES)}")
-    parser.add_argument("--mask-token-id", type=int, help="id of the [MASK] token (needed for plain causal LMs)")
+    parser.add_argument("--mask-token-id", type=integer(0), help="id of the [MASK] token (needed for plain causal LMs)")
+
+
+def require_directory(path: str) -> None:
+    """`ModelLoadError` (the words of `difflm.formats.require_model_dir`) unless ``path`` is a directory:
+    checked before the formats (and torch) load."""
+    if not Path(path).is_dir():
+        raise ModelLoadError(f"{path} is not a directory; point to a model directory (config.json + weights)")
 
 
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -48,6 +57,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    require_directory(args.dir)
     from ..formats import describe_checkpoint, detect, read_adapter
     from ..io import CHECKPOINT, directory_kind
     from ..registry import MODEL_KINDS

@@ -62,10 +62,15 @@ def server_config(args: argparse.Namespace) -> Any:
 
 
 def listen(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on host:port; `InputError` when it cannot be had (in use, no such address)."""
+    """A listening TCP socket on host:port; `InputError` when it cannot be had (in use, no such address).
+
+    Made with protocol IPPROTO_TCP and TCP_NODELAY: asyncio sets TCP_NODELAY on an accepted connection
+    only when the listening socket's protocol says TCP, and without it every response of a reused
+    (keep-alive) connection waits ~40 ms on the client's delayed ACK (Nagle)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
         sock.listen(2048)
@@ -79,12 +84,13 @@ def run_serve(args: argparse.Namespace) -> int:
     config = server_config(args)
     try:
         import fastapi  # noqa: F401
-        import uvicorn
+        import uvicorn  # noqa: F401
     except ImportError:
         raise InputError("difflm serve needs the 'serve' extra: pip install 'difflm[serve]'") from None
     import torch
 
     from ..serve.app import create_app, load_model
+    from ..serve.process import GracefulServer
     from .generate import check_device
 
     if config.threads is not None:
@@ -94,8 +100,7 @@ def run_serve(args: argparse.Namespace) -> int:
     sock = listen(config.host, config.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    server = uvicorn.Server(uvicorn.Config(create_app(config, model), log_level="warning",
-                                          timeout_graceful_shutdown=config.shutdown_timeout))
+    server = GracefulServer(create_app(config, model), config, log_level="warning")
     print(f"difflm serve: http://{shown}:{port}/ (model {config.served_name}; OpenAI API at http://{shown}:{port}/v1)",
           flush=True)
     # uvicorn handles SIGINT/SIGTERM (graceful shutdown) and then raises the signal again for the

@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..training import Trainer, load_train_config
+    from ..training.config import load_train_config  # torch-free: a missing file, bad YAML or key answers at once
     from . import check_output_dir
 
     overrides = list(args.overrides)
@@ -32,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"output_dir={args.output_dir}")
     cfg = load_train_config(args.config, overrides)
     check_output_dir(str(cfg.output_dir), "--output-dir" if args.output_dir else "output_dir")
+    from ..training import Trainer
+
     result = Trainer(cfg, resume=args.resume, show_progress=not args.no_progress).train()
     run_on = result["distributed"]
     if not run_on["main_process"]:

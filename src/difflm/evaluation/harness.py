@@ -86,13 +86,14 @@ def _device(requested: str | None) -> str | None:
 class DiffLMHarnessModel(LM):
     """``--model_args pretrained=DIR[,format=..,n_samples=..,estimator=..,stratified=..,seed=..,steps=..,
     block_length=..,strategy=..,threshold=..,cache=none|prefix|dual,stop_at_eos=true|false,max_new_tokens=..,
-    greedy_check=true|false]`` - the options of `difflm eval` of the same names."""
+    greedy_check=true|false]`` - the options of `difflm eval` of the same names. The decoding options left out
+    are the model's own (its generation_config.json), as in `difflm eval`."""
 
     def __init__(self, pretrained: str, *, format: str | None = None, n_samples: int = 32, estimator: str = "count",
                  stratified: bool = True,
                  seed: int = 0, steps: int | None = None, block_length: int | None = None,
-                 strategy: str = "low_confidence", threshold: float | None = None, cache: str = "none",
-                 stop_at_eos: bool = False, max_new_tokens: int = 256, greedy_check: bool = True,
+                 strategy: str | None = None, threshold: float | None = None, cache: str | None = None,
+                 stop_at_eos: bool | None = None, max_new_tokens: int | None = None, greedy_check: bool = True,
                  batch_size: Any = 16, device: str | None = None, **_: Any) -> None:
         super().__init__()
         settings = EvalSettings(n_samples=n_samples, estimator=estimator, stratified=stratified, seed=seed,
@@ -140,7 +141,7 @@ class DiffLMHarnessModel(LM):
                 warnings.warn("difflm decodes greedily; do_sample/temperature are ignored", stacklevel=2)
             until = kwargs.get("until") or []
             until = [until] if isinstance(until, str) else list(until)
-            budget = int(kwargs.get("max_gen_toks", self.lm.settings.max_new_tokens))
+            budget = int(kwargs.get("max_gen_toks", self.lm.max_new_tokens))
             prompt = fit_context(self.lm, self.lm.bos + self.lm.encode(context), budget)
             jobs.append((prompt, budget, until))
         out = [""] * len(jobs)

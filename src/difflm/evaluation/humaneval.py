@@ -108,7 +108,7 @@ class HumanEvalTask(_CodeTask):
     """Complete each function from its prompt (examples: `CodeProblem`)."""
 
     def evaluate(self, lm: EvalLM, examples: list[CodeProblem]) -> Outcome:
-        budget = lm.settings.max_new_tokens
+        budget = lm.max_new_tokens
         prompts = [fit_context(lm, lm.bos + lm.encode(p.prompt), budget) for p in examples]
         completions = [truncate_completion(lm.decode(ids)) for ids in lm.generate(prompts, budget)]
         return self._score(examples, completions, {"max_new_tokens": budget, "stop": list(STOP_SEQUENCES)})

@@ -20,6 +20,7 @@ import torch
 from .. import rng, sampling
 from ..errors import ModelLoadError
 from ..sampling import SamplerOptions
+from ..sampling.options import model_length, model_options
 from .likelihood import NLLEstimate, ScoreRequest, ar_nll, elbo_nll, reference_score
 from .settings import EvalSettings
 
@@ -75,6 +76,12 @@ class EvalLM(ABC):
     @property
     def eos_token_id(self) -> int | None:
         return self.tokenizer.eos_token_id
+
+    @property
+    def max_new_tokens(self) -> int:
+        """The generation budget of open-ended tasks: the settings' ``max_new_tokens``, else what the
+        model recommends (a DLM's generation_config.json), else `DEFAULT_MAX_NEW_TOKENS`."""
+        return self.settings.generation_budget()
 
     @property
     @abstractmethod
@@ -218,10 +225,15 @@ class DiffusionEvalLM(EvalLM):
         super().__init__(model, tokenizer, settings, name, layout)
         # Built once (EvalSettings validated it before the model loaded); steps None = one per
         # generated token, the reference protocol. Infilling has a given length: no stop at EOS.
-        self.sampler_options: SamplerOptions = self.settings.sampler_options()
+        # over the model's own decoding settings (its generation_config.json) where the settings leave one at None
+        self.sampler_options: SamplerOptions = self.settings.sampler_options(model_options(model))
         self.infill_options = dataclasses.replace(self.sampler_options, stop_at_eos=False) \
             if self.sampler_options.stop_at_eos else self.sampler_options
         self.generation_stats = GenerationStats()
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self.settings.generation_budget(model_length(self.model))
 
     @property
     def scoring(self) -> str:
@@ -297,6 +309,9 @@ class DiffusionEvalLM(EvalLM):
 
     def describe(self) -> dict[str, Any]:
         out = {**super().describe(), "diffusion_config": self.model.config.to_dict()}
+        saved = getattr(self.model, "generation_defaults", None)
+        if saved is not None:  # the model's own decoding settings (generation_config.json), under the settings'
+            out["generation_defaults"] = saved.to_json()
         if self.generation_stats.sequences:  # what generation cost so far (the report: over all its tasks)
             out["generation"] = self.generation_stats.to_dict()
         return out

@@ -8,7 +8,12 @@ from typing import Any
 
 from ..errors import InputError
 from ..sampling import SamplerOptions
+from ..sampling.options import over_model
 from .likelihood import ESTIMATORS
+
+
+DEFAULT_MAX_NEW_TOKENS = 256  # the generation budget of a model that recommends none
+SAMPLER_FIELDS = ("steps", "strategy", "block_length", "threshold", "cache", "stop_at_eos")  # SamplerOptions fields
 
 
 @dataclass
@@ -30,8 +35,10 @@ class EvalSettings:
     stop_at_eos: stop a generated row once a finished block holds EOS/pad (variable-length answers,
         e.g. GSM8K); applies to open-ended generation, not to infilling (its length is given).
     The DLM sampler options (steps .. stop_at_eos) are validated here, before any model loads; an AR
-    model ignores them.
-    max_new_tokens: generation budget of open-ended tasks (GSM8K, HumanEval).
+    model ignores them. Left at None they are the model's own (its generation_config.json,
+    `difflm.sampling.options.model_options`), else the sampler's defaults.
+    max_new_tokens: generation budget of open-ended tasks (GSM8K, HumanEval); None = the model's
+        recommended length, else `DEFAULT_MAX_NEW_TOKENS`.
     limit: evaluate only the first ``limit`` examples of each task.
     """
 
@@ -44,11 +51,11 @@ class EvalSettings:
     reference_steps: int = 0
     steps: int | None = None
     block_length: int | None = None
-    strategy: str = "low_confidence"
+    strategy: str | None = None
     threshold: float | None = None
-    cache: str = "none"
-    stop_at_eos: bool = False
-    max_new_tokens: int = 256
+    cache: str | None = None
+    stop_at_eos: bool | None = None
+    max_new_tokens: int | None = None
     limit: int | None = None
     progress: bool = True
 
@@ -60,22 +67,28 @@ class EvalSettings:
         positive("n_samples", self.n_samples)
         positive("batch_size", self.batch_size)
         positive("reference_steps", self.reference_steps, 0)
-        positive("max_new_tokens", self.max_new_tokens)
-        for name in ("steps", "block_length", "limit"):
+        for name in ("steps", "block_length", "limit", "max_new_tokens"):
             if getattr(self, name) is not None:
                 positive(name, getattr(self, name))
         if self.estimator not in ESTIMATORS:
             raise InputError(f"unknown estimator {self.estimator!r}; choose one of {', '.join(ESTIMATORS)}")
         if self.threshold is not None and (isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float))):
             raise InputError(f"threshold must be a number in (0, 1], got {self.threshold!r}")
-        if not isinstance(self.stop_at_eos, bool):
+        if self.stop_at_eos is not None and not isinstance(self.stop_at_eos, bool):
             raise InputError(f"stop_at_eos must be true or false, got {self.stop_at_eos!r}")
-        self.sampler_options()  # strategy, threshold and cache: fail now, not after the model loaded
+        # strategy, threshold and cache: fail now, not after the model loaded (a threshold without a strategy is
+        # checked as the threshold strategy's: the model's own strategy decides, once it has loaded)
+        self.sampler_options(SamplerOptions(strategy="threshold") if self.strategy is None and self.threshold else None)
 
-    def sampler_options(self) -> SamplerOptions:
-        """The DLM sampler's options of these settings (validated: `InputError` on a bad value)."""
-        return SamplerOptions(steps=self.steps, strategy=self.strategy, block_length=self.block_length,
-                              threshold=self.threshold, cache=self.cache, stop_at_eos=self.stop_at_eos)
+    def sampler_options(self, base: SamplerOptions | None = None) -> SamplerOptions:
+        """The DLM sampler's options of these settings over ``base`` (a model's saved defaults; None: the
+        sampler's): the settings left at None keep the base's (validated: `InputError` on a bad value)."""
+        given = {name: getattr(self, name) for name in SAMPLER_FIELDS if getattr(self, name) is not None}
+        return over_model(base, **given)
+
+    def generation_budget(self, recommended: int | None = None) -> int:
+        """``max_new_tokens``, else the model's ``recommended`` length, else `DEFAULT_MAX_NEW_TOKENS`."""
+        return self.max_new_tokens or recommended or DEFAULT_MAX_NEW_TOKENS
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "progress"}

@@ -154,7 +154,7 @@ class GSM8KTask(Task):
     stop = ("\n\nQuestion:", "\nQuestion:")
 
     def evaluate(self, lm: EvalLM, examples: list[QAExample]) -> Outcome:
-        budget = lm.settings.max_new_tokens
+        budget = lm.max_new_tokens
         prompts = [fit_context(lm, lm.bos + lm.encode(f"Question: {ex.question}\nAnswer:"), budget) for ex in examples]
         generations = [lm.decode(ids) for ids in lm.generate(prompts, budget)]
         generations = [min((g.split(s)[0] for s in self.stop), key=len) for g in generations]

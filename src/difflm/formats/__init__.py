@@ -32,14 +32,15 @@ from .checkpoint import (
 )
 from .describe import describe_checkpoint
 from .detection import AR_FORMAT, Detection, Format, detect, detect_format, layout, plan_checkpoint, register_format
+from .generation import GENERATION_CONFIG, GenerationDefaults, read_generation_defaults, write_generation_defaults
 from .directory import Survey, load, load_checkpoint, load_diffusion_lm, survey
 from .loaders import LoadedModel, dlm_class, load_causal_lm, load_checkpoint_dir, load_dlm
 from .loading import LoadPlan
 
 __all__ = [
-    "AR_FORMAT", "FORMATS", "WEIGHTS_INDEX_NAME", "WEIGHTS_NAME", "Checkpoint", "Detection", "Format", "LoadPlan",
+    "AR_FORMAT", "FORMATS", "GENERATION_CONFIG", "GenerationDefaults", "WEIGHTS_INDEX_NAME", "WEIGHTS_NAME", "Checkpoint", "Detection", "Format", "LoadPlan",
     "LoadedModel", "Survey", "TensorInfo", "describe_checkpoint", "detect", "detect_format", "dlm_class", "inspect_checkpoint",
     "is_adapter_dir", "iter_tensors", "layout", "load", "load_adapter", "load_adapter_as_dlm", "load_adapter_dir",
     "load_causal_lm", "load_checkpoint", "load_checkpoint_dir", "load_diffusion_lm", "load_dlm", "load_tokenizer", "plan_checkpoint",
-    "read_adapter", "register_format", "require_model_dir", "survey", "weight_files",
+    "read_adapter", "read_generation_defaults", "register_format", "require_model_dir", "survey", "weight_files", "write_generation_defaults",
 ]

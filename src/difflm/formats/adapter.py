@@ -28,6 +28,7 @@ from ..bundled import MODELS
 from ..errors import ConfigError, ModelLoadError
 from ..io import ADAPTER_FILE, HF_CONFIG, has_marker
 from .checkpoint import load_tokenizer
+from .generation import read_generation_defaults
 from .loaders import AR_FORMAT, LoadedModel, load_causal_lm, load_dlm
 
 __all__ = ["ADAPTER_FILE", "is_adapter_dir", "load_adapter", "load_adapter_as_dlm", "load_adapter_dir", "peft",
@@ -87,6 +88,9 @@ def load_adapter(path: str | os.PathLike, *, merge: bool = False, dtype: torch.d
         tokenizer = load_tokenizer(Path(path))
         if tokenizer is not None:
             model.tokenizer = tokenizer
+        defaults = read_generation_defaults(path)  # the adapter's own decoding settings, else its base's
+        if defaults is not None:
+            model.generation_defaults = defaults
         with quiet_peft():
             model.model = lora.PeftModel.from_pretrained(model.model, str(path))
         if merge:

@@ -22,6 +22,7 @@ from ..io import CHECKPOINT
 from ..registry import MODEL_KINDS, Entry
 from .checkpoint import load_tokenizer
 from .detection import AR_FORMAT, detect, plan_checkpoint
+from .generation import read_generation_defaults
 from .loading import DTYPES, load_backbone
 
 # layouts whose weights a stock transformers causal LM finds under their own names (another layout read
@@ -101,8 +102,11 @@ def load_dlm(
 def _load_dlm(cls: type | None, found: Any, dtype: Any, attn_implementation: str, progress: bool | None,
               overrides: dict[str, Any]) -> Any:
     plan, tokenizer = plan_checkpoint(found, overrides)
+    defaults = read_generation_defaults(found.checkpoint.path)  # a bad file fails before the weights load
     model = load_backbone(plan, found.checkpoint, dtype=dtype, attn_implementation=attn_implementation, progress=progress)
-    return (cls or dlm_class())(model, plan.config, tokenizer)
+    dlm = (cls or dlm_class())(model, plan.config, tokenizer)
+    dlm.generation_defaults = defaults  # the difflm section of generation_config.json (formats.generation)
+    return dlm
 
 
 def load_causal_lm(path: str | os.PathLike, *, dtype: torch.dtype | str | None = None) -> Any:

@@ -7,22 +7,27 @@ validated again). The object is frozen: once validated it travels unchanged.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, replace
 from functools import cached_property
 from typing import Any
 
-from ..errors import InputError
+from ..errors import InputError, ModelLoadError
 from ..registry import ATTENTION_OVERRIDES, CACHE_MODES, FILTER_ORDERS, REVEAL_SCHEDULES
 from .strategies import Strategy, get_strategy
 from .tokens import check_sampling_args
 
-__all__ = ["ATTENTION_OVERRIDES", "FAMILY_DEFAULTS", "FILTER_ORDERS", "GENERIC_DEFAULTS", "SamplerOptions"]
+__all__ = ["ATTENTION_OVERRIDES", "FAMILY_DEFAULTS", "FILTER_ORDERS", "GENERIC_DEFAULTS", "MAX_CFG_SCALE", "SamplerOptions",
+           "defaults_options", "model_length", "model_options", "over_model"]
 
 # The conventions of a model family (``DiffusionConfig.family``) that apply where an option is None.
 FAMILY_DEFAULTS: dict[str, dict[str, str]] = {
     "dream": {"schedule": "dream", "filter_order": "top_p_first"},
 }
 GENERIC_DEFAULTS: dict[str, str] = {"schedule": "equal", "filter_order": "top_k_first"}
+# The largest classifier-free guidance scale: u + (s + 1)(c - u) overflows float32 logits long before
+# 1e308, and published guidance uses 0-3; a scale above this is a mistake, not a stronger guidance.
+MAX_CFG_SCALE = 1000.0
 
 
 @dataclass(frozen=True)
@@ -35,10 +40,13 @@ class SamplerOptions:
     block_length: semi-autoregressive block size in generated tokens (default: one block). A
         length that is not a multiple gives a shorter last block.
     temperature, top_p, top_k, gumbel: token sampling (temperature 0 = greedy; gumbel = LLaDA's
-        float64 Gumbel-max draw).
+        float64 Gumbel-max draw). A temperature must be finite; one so small that logits /
+        temperature overflows (e.g. 1e-300) draws as temperature 0 does (`sample_tokens`).
     threshold: confidence threshold of strategy "threshold" (default 0.9).
-    alg_temp: > 0 samples positions with softmax(score / alg_temp) instead of the top scores (Dream).
-    cfg_scale: classifier-free guidance scale (0 = off); the unconditional pass masks the prompt.
+    alg_temp: > 0 samples positions with softmax(score / alg_temp) instead of the top scores (Dream);
+        finite.
+    cfg_scale: classifier-free guidance scale in [0, `MAX_CFG_SCALE`] (0 = off); the unconditional
+        pass masks the prompt.
     cache: "none" | "prefix" | "dual" (block-wise KV cache, see `denoiser`).
     attention: None (the model's mode) | "causal" | "bidirectional" | "block_causal" (block
         diffusion: bidirectional inside a decoding block, causal across; makes the caches exact).
@@ -89,8 +97,10 @@ class SamplerOptions:
             raise InputError(f"steps must be >= 1, got {self.steps}")
         if self.block_length is not None and self.block_length < 1:
             raise InputError(f"block_length must be >= 1, got {self.block_length}")
-        if not 0 <= self.cfg_scale < float("inf"):
-            raise InputError(f"cfg_scale must be a finite number >= 0, got {self.cfg_scale}")
+        if not 0 <= self.cfg_scale <= MAX_CFG_SCALE:
+            raise InputError(f"cfg_scale must be a number in [0, {MAX_CFG_SCALE:g}], got {self.cfg_scale}")
+        if not 0 <= self.alg_temp < math.inf:
+            raise InputError(f"alg_temp must be a finite number >= 0, got {self.alg_temp}")
         if self.cache not in CACHE_MODES:
             raise InputError(f"unknown cache mode {self.cache!r}; choose one of {', '.join(CACHE_MODES)}")
         if self.attention is not None and self.attention not in ATTENTION_OVERRIDES:
@@ -143,3 +153,39 @@ class SamplerOptions:
         defaults = FAMILY_DEFAULTS.get(family or "", GENERIC_DEFAULTS)
         missing = {name: value for name, value in defaults.items() if getattr(self, name) is None}
         return replace(self, **missing) if missing else self
+
+
+# -- a model's own defaults (generation_config.json, `difflm.formats.generation`) ------------------------------
+def model_options(model: Any) -> SamplerOptions | None:
+    """The decoding settings saved with ``model`` (``model.generation_defaults``) as a validated
+    `SamplerOptions`, or None when it has none. `ModelLoadError` in one line, naming the file, for
+    an unknown field or a bad value."""
+    return defaults_options(getattr(model, "generation_defaults", None))
+
+
+def defaults_options(defaults: Any) -> SamplerOptions | None:
+    """`model_options` of a `difflm.formats.GenerationDefaults` (None: None), e.g. one read from a
+    directory before its weights load."""
+    if defaults is None:
+        return None
+    try:
+        return SamplerOptions.merge(None, **defaults.options)
+    except InputError as exc:
+        raise ModelLoadError(f"{defaults.source or 'generation defaults'}: {exc} (fix or delete the file)") from None
+
+
+def model_length(model: Any) -> int | None:
+    """The number of new tokens ``model`` recommends (its generation_config.json), or None."""
+    defaults = getattr(model, "generation_defaults", None)
+    return None if defaults is None else defaults.max_new_tokens
+
+
+def over_model(base: SamplerOptions | None, **overrides: Any) -> SamplerOptions:
+    """``overrides`` (what the caller gave) over ``base`` (a model's defaults, `model_options`), as
+    `SamplerOptions.merge` - except that a ``strategy`` given without a ``threshold`` drops the base's
+    threshold, which belongs to the base's strategy (``--strategy low_confidence`` on a model that
+    decodes by threshold)."""
+    if base is not None and "strategy" in overrides and "threshold" not in overrides \
+            and overrides["strategy"] != "threshold" and base.threshold is not None:
+        base = replace(base, threshold=None)
+    return SamplerOptions.merge(base, **overrides)

@@ -20,7 +20,7 @@ from .. import rng
 from ..errors import InputError
 from .canvas import TokenIds, as_rows, build_canvas, template_canvas
 from .denoiser import Denoiser
-from .options import SamplerOptions
+from .options import SamplerOptions, model_length, model_options, over_model
 from .step import BlockSchedule, DecodingStep, LogitsProcessor, SamplerStep, commit_step, stop_token_ids, trim_at_stop
 
 __all__ = ["Callback", "Generation", "LogitsProcessor", "SamplerStep", "commit_step", "denoise", "fill", "generate",
@@ -141,6 +141,13 @@ def row_generators(generator: rng.Generators | Sequence[torch.Generator], batch:
     return generator
 
 
+def _options(model, options: SamplerOptions | None, overrides: dict[str, Any]) -> SamplerOptions:
+    """The options of one call: ``options`` (default: the model's own, `model_options`) under ``overrides``."""
+    if options is not None:
+        return SamplerOptions.merge(options, **overrides)
+    return over_model(model_options(model), **overrides)
+
+
 def _finish(result: Generation, return_dict: bool) -> Generation | torch.Tensor:
     return result if return_dict else result.sequences
 
@@ -149,7 +156,7 @@ def generate(
     model,
     prompt_ids: TokenIds,
     *,
-    max_new_tokens: int,
+    max_new_tokens: int | None = None,
     options: SamplerOptions | None = None,
     attention_mask: torch.Tensor | None = None,
     generator: Generators = None,
@@ -165,8 +172,11 @@ def generate(
         prompt_ids: one prompt (1-D tensor or list of ids) or a batch (2-D tensor, list of lists;
             prompts of different lengths are left-padded). With ``attention_mask`` [B, P] a
             padded 2-D tensor is unpadded first.
-        max_new_tokens: tokens to generate per prompt (the budget, with ``stop_at_eos``).
-        options: a `SamplerOptions` (default: all defaults).
+        max_new_tokens: tokens to generate per prompt (the budget, with ``stop_at_eos``); default:
+            the length the model recommends (its generation_config.json), else required.
+        options: a `SamplerOptions` (default: the model's own, ``model.generation_defaults`` read
+            from its generation_config.json, else all defaults). An explicit ``options`` replaces
+            the model's whole; ``overrides`` replace single fields of either.
         generator: torch.Generator for reproducible sampling, on any device (draws are made on
             the generator's device, see `difflm.rng`); or one generator per prompt (a list, or a
             `difflm.rng.RowGenerators`): row b then draws from its own stream only and gives the
@@ -182,7 +192,11 @@ def generate(
         LongTensor [B, P_max + max_new_tokens] (left-padded prompts followed by the new tokens),
         or a `Generation` with ``return_dict``.
     """
-    opts = SamplerOptions.merge(options, **overrides)
+    opts = _options(model, options, overrides)
+    if max_new_tokens is None:
+        max_new_tokens = model_length(model)
+        if max_new_tokens is None:
+            raise InputError("max_new_tokens is required: this model recommends no length (generation_config.json)")
     if max_new_tokens < 1:
         raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     canvas, attn, gen = build_canvas(model, as_rows(prompt_ids, attention_mask), max_new_tokens)
@@ -205,9 +219,10 @@ def infill(
     **overrides: Any,
 ) -> torch.Tensor | Generation:
     """Generate ``middle_length`` tokens between a prefix and a suffix (no reordering needed:
-    the model attends both ways). Takes the options and overrides of `generate`. Returns
+    the model attends both ways). Takes the options and overrides of `generate` (the model's
+    defaults too, but not its recommended length). Returns
     LongTensor [B, L] = left-padded [prefix | middle | suffix] (or a `Generation`)."""
-    opts = SamplerOptions.merge(options, **overrides)
+    opts = _options(model, options, overrides)
     if middle_length < 1:
         raise InputError(f"middle_length must be >= 1, got {middle_length}")
     prefixes, suffixes = as_rows(prefix_ids), as_rows(suffix_ids)
@@ -238,7 +253,7 @@ def fill(
     `generate` (and ``logits_processor``, see `denoise`). Returns LongTensor [B, L], the filled
     templates (or a `Generation`).
     """
-    opts = SamplerOptions.merge(options, **overrides)
+    opts = _options(model, options, overrides)
     canvas, attn, gen = template_canvas(model, as_rows(template_ids))
     result = denoise(model, canvas, gen, attn, options=opts, generator=generator, callback=callback,
                      output_history=output_history, logits_processor=logits_processor)

@@ -53,15 +53,44 @@ def gap_template(prefix: str, suffix: str, length: int) -> TemplateParts:
     return [prefix.rstrip(), length, suffix]
 
 
+def text_ids(tokenizer: Any, text: str, mask_id: int, *, special: bool = True, what: str = "the prompt") -> list[int]:
+    """Token ids of ``text`` (with the tokenizer's special tokens such as BOS when ``special``).
+
+    `InputError` when the text spells the mask token (e.g. ``<|mask|>``, which tokenizers read as
+    the special token): its positions would be generated instead of read, so text is refused just
+    as the mask id given as a number is. ``what`` names the text in the message. Also refused:
+    text that is not valid Unicode (a lone UTF-16 surrogate), which tokenizers cannot encode.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(f"{what} is not valid Unicode text (a lone surrogate {text[exc.start]!r} at character "
+                         f"{exc.start}); send characters, not unpaired UTF-16 halves") from None
+    ids = list(tokenizer(text, add_special_tokens=special)["input_ids"])
+    if mask_id in ids:
+        name = _token_name(tokenizer, mask_id)
+        raise InputError(f"{what} contains the mask token {name} (id {mask_id}) as text; its positions would be "
+                         "generated, not read. Remove it (to ask for generated positions, use a [MASK:n] "
+                         "template with `difflm infill`, or a suffix)")
+    return ids
+
+
+def _token_name(tokenizer: Any, token_id: int) -> str:
+    convert = getattr(tokenizer, "convert_ids_to_tokens", None)
+    name = convert(token_id) if convert is not None else None
+    return repr(name) if isinstance(name, str) else f"#{token_id}"
+
+
 def encode_template(tokenizer: Any, parts: TemplateParts, mask_id: int) -> list[int]:
     """Token ids of parsed template parts, gaps as ``mask_id``; only the first piece gets the
-    tokenizer's special tokens (BOS), even when it is empty."""
+    tokenizer's special tokens (BOS), even when it is empty. `InputError` when a text piece spells
+    the mask token (`text_ids`)."""
     ids: list[int] = []
     for i, part in enumerate(parts):
         if isinstance(part, int):
             ids += [mask_id] * part
         elif part or i == 0:
-            ids += tokenizer(part, add_special_tokens=i == 0)["input_ids"]
+            ids += text_ids(tokenizer, part, mask_id, special=i == 0, what="the template")
     return ids
 
 
@@ -72,7 +101,7 @@ def template_ids(text: str, tokenizer: Any, mask_id: int) -> list[int]:
 
 def continuation_ids(prompt: str, tokenizer: Any, mask_id: int, length: int) -> list[int]:
     """Token ids of ``prompt`` (with BOS) followed by ``length`` mask ids: a template that continues
-    the prompt (what `generate` builds)."""
+    the prompt (what `generate` builds). `InputError` when the prompt spells the mask token (`text_ids`)."""
     if length < 1:
         raise InputError(f"the number of new tokens must be >= 1, got {length}")
-    return tokenizer(prompt)["input_ids"] + [mask_id] * length
+    return text_ids(tokenizer, prompt, mask_id) + [mask_id] * length

@@ -7,6 +7,8 @@ stream wherever the model runs.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .. import rng
@@ -17,9 +19,9 @@ RowCounts = torch.Tensor | list[int]
 
 
 def check_sampling_args(temperature: float, top_p: float, top_k: int = 0) -> None:
-    """Raise `InputError` unless temperature >= 0, top_p in (0, 1] and top_k >= 0."""
-    if not temperature >= 0:
-        raise InputError(f"temperature must be >= 0, got {temperature}")
+    """Raise `InputError` unless temperature is finite and >= 0, top_p in (0, 1] and top_k >= 0."""
+    if not 0 <= temperature < math.inf:
+        raise InputError(f"temperature must be a finite number >= 0, got {temperature}")
     if not 0.0 < top_p <= 1.0:
         raise InputError(f"top_p must be in (0, 1], got {top_p}")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
@@ -156,12 +158,30 @@ def sample_tokens(
         (tokens LongTensor [N], probs FloatTensor [N, V]) where probs is the distribution the
         token was drawn from (after temperature, top-k and top-p; the softmax of the logits when
         greedy).
+
+    The limit of a tiny temperature is greedy: a row whose ``logits / temperature`` overflows
+    (a temperature such as 1e-300, or one that rounds to 0 in float32) is drawn exactly as with
+    temperature 0 - its argmax, and the softmax of its logits as ``probs``. Other rows, and the
+    random stream, are untouched.
     """
     logits = logits.float()
     if temperature == 0.0:
         probs = logits.softmax(-1)
         return probs.argmax(-1), probs
     scaled = logits / temperature
+    if temperature >= 1.0:  # dividing by >= 1 cannot overflow
+        return _draw(logits, scaled, top_p, top_k, gumbel, generator, top_p_first, rows)
+    greedy = ~torch.isfinite(scaled.amax(-1, keepdim=True))  # [N, 1]: the row max overflowed (or is NaN)
+    scaled = torch.where(greedy, logits, scaled)  # those rows draw (and discard) from finite numbers
+    drawn, probs = _draw(logits, scaled, top_p, top_k, gumbel, generator, top_p_first, rows)
+    if top_p < 1.0 or 0 < top_k < logits.shape[-1]:  # the greedy probs are the full softmax
+        probs = torch.where(greedy, logits.softmax(-1), probs)
+    return torch.where(greedy.squeeze(-1), logits.argmax(-1), drawn), probs
+
+
+def _draw(logits: torch.Tensor, scaled: torch.Tensor, top_p: float, top_k: int, gumbel: bool,
+          generator: rng.Generators, top_p_first: bool, rows: RowCounts | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sample_tokens`' draw from ``scaled`` = logits / temperature (finite in every row)."""
     if top_p >= 1.0 and not 0 < top_k < logits.shape[-1]:
         probs = scaled.softmax(-1)
         if gumbel:

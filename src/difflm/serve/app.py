@@ -24,22 +24,33 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from .. import formats
-from ..errors import InputError
-from ..sampling import Row
+from ..errors import InputError, ModelLoadError
+from ..sampling import Row, SamplerOptions
+from ..sampling.options import model_options
 from .batcher import Choice, Job, RequestBatcher
 from .config import ServerConfig
+from .guards import MAX_BODY_BYTES, HostCheck, read_body, require_json
 from .metrics import Metrics
 from .prompts import chat_rows, check_model, completion_rows, sampler_options
 from .protocol import APIError, ChatRequest, CompletionRequest, parse_body, sampler_error
 from .streaming import ChoiceText, TokenText, sse
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-MAX_BODY_BYTES = 1 << 20
 
 
 def load_model(config: ServerConfig) -> Any:
     """The `DiffusionLM` that ``config.model`` names (a bundled name or a directory), on ``config.device``;
-    `ModelLoadError` for anything but a masked diffusion LM with a tokenizer (`difflm.formats.load_diffusion_lm`)."""
+    `ModelLoadError` for anything but a masked diffusion LM with a tokenizer (`difflm.formats.load_diffusion_lm`),
+    told from the directory's configs before any weights load (`difflm.formats.survey`)."""
+    found = formats.survey(config.model)
+    if found.autoregressive or found.kind not in ("dlm", "adapter"):
+        what = ("a plain causal LM" if found.kind == "causal-lm" else
+                f"an adapter of a causal LM ({found.reason})" if found.kind == "adapter" else
+                f"a {found.kind} model (its {found.reason.partition(' (')[0]} says so), not a masked DLM")
+        advice = ("adapt it to a masked DLM first (`difflm train --objective adapt`)" if found.autoregressive else
+                  f"decode it with `difflm generate --model {config.model}`")
+        raise ModelLoadError(f"difflm serve serves masked diffusion LMs (a DLM checkpoint or a DLM adapter); "
+                             f"{config.model} is {what}: {advice}")
     return formats.load_diffusion_lm(config.model, device=config.device)
 
 
@@ -50,6 +61,7 @@ class Server:
         self.config, self.model = config, model
         self.metrics = Metrics()
         self.text: TokenText | None = None
+        self.defaults: SamplerOptions | None = None
         self.batcher: RequestBatcher | None = None
         self.started = time.time()
 
@@ -59,6 +71,9 @@ class Server:
             self.model = load_model(self.config)
         if self.model.tokenizer is None:
             raise InputError("the model has no tokenizer; the server needs one to read and write text")
+        # the model's own decoding settings (generation_config.json), under every request's fields; a bad file
+        # fails the start, not each request
+        self.defaults = model_options(self.model)
         self.text = TokenText(self.model.tokenizer)
         self.batcher = RequestBatcher(self.model, self.text, max_batch=self.config.max_batch,
                                       max_queue=self.config.max_queue, metrics=self.metrics)
@@ -67,6 +82,12 @@ class Server:
             yield
         finally:
             self.batcher.stop()
+
+    def drain(self, seconds: float) -> None:
+        """The server began to shut down: new requests get 503, and those still running ``seconds``
+        from now end with a 503 (a stream: an error event, then [DONE])."""
+        if self.batcher is not None:
+            self.batcher.drain(seconds)
 
     def authorize(self, request: Request) -> None:
         key = self.config.api_key
@@ -80,7 +101,7 @@ class Server:
 
     def make_job(self, request: Any, specs: list, loop: asyncio.AbstractEventLoop) -> Job:
         """A `Job` with one `Row` per spec (400 on a bad option or template)."""
-        options = sampler_options(request)
+        options = sampler_options(request, self.defaults)
         choices = []
         for index, spec in enumerate(specs):
             generator = torch.Generator()
@@ -106,12 +127,19 @@ class Server:
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         collect = asyncio.ensure_future(answer.collect())
         gone = asyncio.ensure_future(_disconnected(request))
-        await asyncio.wait({collect, gone}, return_when=asyncio.FIRST_COMPLETED)
-        if not collect.done():  # the client went away: stop denoising its rows
-            self.batcher.cancel(job)
-            collect.cancel()
+        try:
+            await asyncio.wait({collect, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when this handler is cancelled: no task is left behind, none with an unread error
+            answered = collect.done()
+            for task in (collect, gone):
+                if task.done():
+                    task.cancelled() or task.exception()  # marks an error as retrieved
+                else:
+                    task.cancel()
+            if not answered:  # the client went away (or the handler was cancelled): stop denoising its rows
+                self.batcher.cancel(job)
+        if not answered:
             return Response(status_code=499)
-        gone.cancel()
         return JSONResponse(collect.result())
 
 
@@ -253,6 +281,8 @@ def create_app(config: ServerConfig, model: Any = None) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
 
+    if config.api_key is None:
+        app.add_middleware(HostCheck, bound_host=config.host)
     app.add_middleware(CountRequests, metrics=server.metrics)
 
     @app.exception_handler(Exception)
@@ -267,29 +297,26 @@ def create_app(config: ServerConfig, model: Any = None) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        message = {404: f"no route {request.url.path}", 405: f"method {request.method} not allowed here"}
-        return JSONResponse(APIError(exc.status_code, message.get(exc.status_code, str(exc.detail))).body(),
-                            status_code=exc.status_code)
+        message = {404: (f"no route {request.url.path}", "unknown_route"),
+                   405: (f"method {request.method} not allowed here", "method_not_allowed")}
+        text, code = message.get(exc.status_code, (str(exc.detail), None))
+        return JSONResponse(APIError(exc.status_code, text, code=code).body(), status_code=exc.status_code)
 
-    async def read_body(request: Request) -> bytes:
+    async def request_body(request: Request) -> bytes:
         server.authorize(request)
-        if int(request.headers.get("content-length") or 0) > MAX_BODY_BYTES:
-            raise APIError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes", code="body_too_large")
-        raw = await request.body()
-        if len(raw) > MAX_BODY_BYTES:
-            raise APIError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes", code="body_too_large")
-        return raw
+        require_json(request)
+        return await read_body(request, MAX_BODY_BYTES)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        body = parse_body(await read_body(request), CompletionRequest)
+        body = parse_body(await request_body(request), CompletionRequest)
         check_model(body, config)
         specs = completion_rows(body, server.model, server.text, config)
         return await server.respond(request, body, specs, "completions")
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        body = parse_body(await read_body(request), ChatRequest)
+        body = parse_body(await request_body(request), ChatRequest)
         check_model(body, config)
         specs = chat_rows(body, server.model, server.text, config)
         return await server.respond(request, body, specs, "chat")

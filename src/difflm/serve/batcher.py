@@ -83,6 +83,7 @@ class RequestBatcher:
         self._jobs: dict[int, Job] = {}  # id(row) -> job, for rows in a batch
         self._wake = threading.Condition()
         self._stopping = False
+        self._drain_deadline: float | None = None  # set when shutdown began (`drain`)
         self._thread = threading.Thread(target=self._loop, name="difflm-batcher", daemon=True)
 
     def start(self) -> None:
@@ -100,10 +101,17 @@ class RequestBatcher:
                 job.finished = True
                 job.post("error", error)
 
+    def drain(self, seconds: float) -> None:
+        """Shutdown began: refuse new jobs (503) and end every job still in flight ``seconds`` from
+        now with a 503 (checked between steps)."""
+        with self._wake:
+            self._drain_deadline = time.perf_counter() + seconds
+            self._wake.notify()
+
     def submit(self, job: Job) -> None:
         """Queue ``job``; `APIError` 429 when the queue is full, 503 when shutting down."""
         with self._wake:
-            if self._stopping:
+            if self._stopping or self._drain_deadline is not None:
                 raise APIError(503, "the server is shutting down", type="server_error", code="shutting_down")
             if len(self._pending) >= self.max_queue:
                 raise APIError(429, f"the server is busy: {len(self._pending)} requests are waiting; retry later",
@@ -162,7 +170,15 @@ class RequestBatcher:
                 self._jobs[id(choice.row)] = job
 
     def _expire(self, now: float) -> None:
-        """Jobs past their deadline end with a timeout error; cancelled ones just leave."""
+        """Jobs past their deadline end with a timeout error; cancelled ones just leave. Past the
+        shutdown deadline (`drain`) every job ends with a 503."""
+        if self._drain_deadline is not None and now > self._drain_deadline:
+            error = APIError(503, "the server is shutting down; the request did not finish within "
+                             "--shutdown-timeout", type="server_error", code="shutting_down")
+            for job in [*self._pending, *self._jobs.values()]:
+                if not job.finished:
+                    job.cancelled = job.finished = True
+                    job.post("error", error)
         for job in [*self._pending, *self._jobs.values()]:
             if not job.finished and now > job.deadline:
                 job.cancelled = job.finished = True

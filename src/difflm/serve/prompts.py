@@ -18,6 +18,7 @@ from typing import Any
 from ..chat import end_of_turn_ids
 from ..errors import InputError
 from ..sampling import SamplerOptions, stop_token_ids
+from ..sampling.options import model_length, over_model
 from .config import ServerConfig
 from .protocol import APIError, ChatRequest, CommonFields, CompletionRequest, sampler_error
 from .streaming import TokenText
@@ -51,10 +52,12 @@ def check_model(request: CommonFields, config: ServerConfig) -> None:
                        "(GET /v1/models)", param="model", code="model_not_found")
 
 
-def sampler_options(request: CommonFields) -> SamplerOptions:
-    """The request's `SamplerOptions` (400 on a bad value)."""
+def sampler_options(request: CommonFields, base: SamplerOptions | None = None) -> SamplerOptions:
+    """The request's `SamplerOptions` over ``base``, the served model's own defaults (its
+    generation_config.json, `model_options`; None: the sampler's): a field the request sets wins
+    (400 on a bad value)."""
     try:
-        return SamplerOptions.merge(None, **request.sampler_overrides())
+        return over_model(base, **request.sampler_overrides())
     except InputError as exc:
         raise sampler_error(exc) from None
 
@@ -74,6 +77,15 @@ def _check_lengths(prompt_tokens: int, max_tokens: int, model: Any, config: Serv
                        param="max_tokens", code="context_length_exceeded")
 
 
+def _encode(text: TokenText, value: str, model: Any, param: str, *, special: bool = True) -> list[int]:
+    """Token ids of a text field; 400 when it spells the mask token or is not valid Unicode."""
+    what = {"prompt": "the prompt", "suffix": "the suffix", "messages": "the chat transcript"}[param]
+    try:
+        return text.prompt_ids(value, model.config.mask_token_id, special=special, what=what)
+    except InputError as exc:
+        raise APIError(400, str(exc), param=param, code="invalid_value") from None
+
+
 def _check_ids(ids: list[int], model: Any) -> list[int]:
     vocab, mask_id = model.vocab_size, model.config.mask_token_id
     if any(not 0 <= i < vocab or i == mask_id for i in ids):
@@ -91,17 +103,17 @@ def completion_rows(request: CompletionRequest, model: Any, text: TokenText, con
     if len(prompts) > config.max_n or request.n > config.max_n:
         raise APIError(400, f"at most {config.max_n} prompts and n <= {config.max_n} per request", param="n"
                        if request.n > config.max_n else "prompt", code="invalid_value")
-    max_tokens = request.max_tokens or COMPLETION_DEFAULT_MAX_TOKENS
+    max_tokens = request.max_tokens or model_length(model) or COMPLETION_DEFAULT_MAX_TOKENS  # else the model's
     mask_id = model.config.mask_token_id
     rows = []
     for prompt in prompts:
         if isinstance(prompt, str):
-            prefix = text.encode(prompt.rstrip() if request.suffix is not None else prompt)
+            prefix = _encode(text, prompt.rstrip() if request.suffix is not None else prompt, model, "prompt")
         else:
             prefix = _check_ids(list(prompt), model)
         suffix_text = request.suffix or ""
         suffix_text = " " + suffix_text if suffix_text[:1].isalnum() else suffix_text
-        suffix = text.encode(suffix_text, special=False) if suffix_text else []
+        suffix = _encode(text, suffix_text, model, "suffix", special=False) if suffix_text else []
         _check_lengths(len(prefix) + len(suffix), max_tokens, model, config, "prompt")
         template = prefix + [mask_id] * max_tokens + suffix
         rows += [RowSpec(template, len(prefix) + len(suffix), _stop_ids(model), request.stops(), None)
@@ -113,7 +125,8 @@ def chat_rows(request: ChatRequest, model: Any, text: TokenText, config: ServerC
     """The ``n`` rows of a chat request."""
     if request.n > config.max_n:
         raise APIError(400, f"n must be <= {config.max_n}", param="n", code="invalid_value")
-    max_tokens = request.max_completion_tokens or request.max_tokens or CHAT_DEFAULT_MAX_TOKENS
+    max_tokens = (request.max_completion_tokens or request.max_tokens or model_length(model)
+                  or CHAT_DEFAULT_MAX_TOKENS)
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in request.messages]
     stops, stop_ids = request.stops(), _stop_ids(model)
     tokenizer = text.tokenizer
@@ -122,10 +135,13 @@ def chat_rows(request: ChatRequest, model: Any, text: TokenText, config: ServerC
             prompt = text.chat_ids(messages)
         except Exception as exc:  # jinja errors, e.g. a template that rejects a system turn
             raise APIError(400, f"the chat template could not format the messages: {exc}", param="messages") from None
+        if model.config.mask_token_id in prompt:
+            raise APIError(400, f"the messages contain the mask token (id {model.config.mask_token_id}) as text; its "
+                           "positions would be generated, not read. Remove it", param="messages", code="invalid_value")
         stop_ids = list(dict.fromkeys([*end_of_turn_ids(model), *stop_ids]))
     else:
         lines = [m["content"] if m["role"] == "system" else f"{m['role'].upper()}: {m['content']}" for m in messages]
-        prompt = text.encode("\n".join(lines) + "\nASSISTANT:")
+        prompt = _encode(text, "\n".join(lines) + "\nASSISTANT:", model, "messages")
         stops = [*stops, TRANSCRIPT_STOP]
     _check_lengths(len(prompt), max_tokens, model, config, "messages")
     template = prompt + [model.config.mask_token_id] * max_tokens

@@ -38,9 +38,10 @@ class APIError(Exception):
 
 
 class DecodingFields(BaseModel):
-    """difflm's extras: the `SamplerOptions` a request may set, and the step stream switch."""
+    """difflm's extras: the `SamplerOptions` a request may set, and the step stream switch.
+    Numbers must be finite (``Infinity``, ``NaN`` and ``1e400`` are refused)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     steps: Int | None = None
     strategy: str | None = None
@@ -150,16 +151,33 @@ def parse_body(raw: bytes, model_class: type[BaseModel]) -> Any:
     """A validated request from raw JSON bytes; `APIError` 400 naming the first bad field."""
     try:
         data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except RecursionError:
+        raise APIError(400, "the request body is nested too deeply to be a request", code="invalid_json") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer past Python's digit limit
         raise APIError(400, f"the request body is not valid JSON ({exc})", code="invalid_json") from None
     if not isinstance(data, dict):
         raise APIError(400, "the request body must be a JSON object", code="invalid_json")
+    if b"\\u" in raw:  # only an escape can make a lone UTF-16 surrogate (raw UTF-8 cannot encode one)
+        _refuse_surrogates(data)
     try:
         request = model_class.model_validate(data)
     except ValidationError as exc:
         raise validation_error(exc) from None
     request.check_unsupported()
     return request
+
+
+def _refuse_surrogates(data: dict[str, Any]) -> None:
+    """400 naming the top-level field whose strings hold a lone UTF-16 surrogate ("a\\ud800b"):
+    JSON allows the escape, but it is no character, and no tokenizer can encode it."""
+    for name, value in data.items():
+        try:
+            json.dumps([name, value], ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            bad = exc.object[exc.start:exc.end].encode("utf-8", "backslashreplace").decode()
+            raise APIError(400, f"{name}: the text holds a lone UTF-16 surrogate ({bad}), which is not a character; "
+                           "send valid Unicode (a high surrogate must be followed by a low one)", param=name,
+                           code="invalid_value") from None
 
 
 def validation_error(exc: ValidationError) -> APIError:

@@ -14,6 +14,8 @@ import json
 import threading
 from typing import Any
 
+from ..sampling.templates import text_ids
+
 REPLACEMENT = "\ufffd"  # what decoding shows for the first bytes of a character split across tokens
 
 
@@ -35,6 +37,12 @@ class TokenText:
         """Token ids of ``text`` (with the tokenizer's BOS when ``special``)."""
         with self._lock:
             return list(self.tokenizer(text, add_special_tokens=special)["input_ids"])
+
+    def prompt_ids(self, text: str, mask_id: int, *, special: bool = True, what: str = "the prompt") -> list[int]:
+        """`encode`, refusing text that spells the mask token or is not valid Unicode
+        (`difflm.sampling.templates.text_ids`: `InputError`)."""
+        with self._lock:
+            return text_ids(self.tokenizer, text, mask_id, special=special, what=what)
 
     def decode(self, ids: list[int]) -> str:
         """Text of ``ids`` without special tokens."""
