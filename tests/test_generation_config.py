@@ -106,12 +106,17 @@ def test_a_malformed_file_is_refused_in_one_line(tmp_path, text, says):
     assert "\n" not in str(info.value) and GENERATION_CONFIG in str(info.value)
 
 
-def test_a_bad_option_is_one_line_from_the_cli(tmp_path, capsys):
+@pytest.mark.parametrize("section, says", [
+    ('{"strategy": "threshold", "chache": "block"}', "chache"),
+    ('{"temperature": "hot"}', "temperature must be a number, got 'hot'"),  # a value of the wrong type
+    ('{"steps": true}', "steps must be an integer or null, got True"),
+])
+def test_a_bad_option_is_one_line_from_the_cli(tmp_path, capsys, section, says):
     shutil.copytree(MODELS["dlm-gsm"], tmp_path / "m")
-    (tmp_path / "m" / GENERATION_CONFIG).write_text('{"difflm": {"strategy": "threshold", "chache": "block"}}')
+    (tmp_path / "m" / GENERATION_CONFIG).write_text('{"difflm": %s}' % section)
     assert main(["generate", "--model", str(tmp_path / "m"), "hi", "--length", "4"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and GENERATION_CONFIG in err and "chache" in err
+    assert err.count("\n") == 1 and GENERATION_CONFIG in err and says in err, err
 
 
 def _gsm_json(capsys, *flags: str) -> dict:

@@ -471,3 +471,32 @@ def test_bad_sft_input_is_one_clear_line(tmp_path, data, capsys):
         code = main(["train", *base, *extra])
         err = capsys.readouterr().err
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (extra, err)
+
+
+def test_the_generation_section_is_saved_with_the_model_and_its_adapter(tmp_path, data, capsys):
+    """`generation:` in the config: the trained model carries those decoding settings (its
+    generation_config.json) and decodes with them by default; a LoRA adapter carries its own; a field
+    the sampler does not take, or settings for an AR model, fail in one line before any step."""
+    section = "generation={max_new_tokens: 12, strategy: topk_margin, cache: none}"
+    Trainer(load_train_config(None, _args(data) + [f"output_dir={tmp_path / 'full'}", "max_steps=1", section]),
+            show_progress=False).train()
+    model = DiffusionLM.from_pretrained(tmp_path / "full" / "model")
+    defaults = model.generation_defaults
+    assert (defaults.max_new_tokens, defaults.options) == (12, {"strategy": "topk_margin", "cache": "none"})
+    prompt = torch.tensor([[model.tokenizer.bos_token_id, 5, 6, 7]])
+    out = model.generate(prompt, return_dict=True)  # no length, no strategy: the model's own
+    assert len(out.new_tokens[0]) == 12
+    assert torch.equal(out.sequences, model.generate(prompt, max_new_tokens=12, strategy="topk_margin"))
+    lora = _args(data) + [f"output_dir={tmp_path / 'lora'}", f"init={tmp_path / 'full' / 'model'}", "max_steps=1",
+                          "lora.r=2", "generation={strategy: entropy}"]
+    Trainer(load_train_config(None, lora), show_progress=False).train()
+    adapter = DiffusionLM.from_pretrained(tmp_path / "lora" / "model")
+    assert adapter.generation_defaults.options == {"strategy": "entropy"}
+    capsys.readouterr()  # the in-process runs' own output
+    for extra, message in ((["generation={strategy: sideways}"], "unknown strategy 'sideways'"),
+                           (["generation={temperature: hot}"], "generation"),
+                           (["sft.loss=ar", "generation={strategy: entropy}"], "this run trains an AR model")):
+        assert main(["train", *_args(data), f"output_dir={tmp_path / 'bad'}", "max_steps=1", *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "bad" / "checkpoints").exists()

@@ -248,8 +248,8 @@ def run_generate(args: argparse.Namespace) -> int:
         raise InputError(f"--length must be >= 1, got {args.length}")
     options = sampler_options(args, base)
     check_device(args.device)
-    if saved is not None and not args.json:
-        print(_used_defaults(args, saved, options, not length_given), file=sys.stderr)
+    # said once the run is sure to start (a bad input or model is one line of error, alone)
+    notice = _used_defaults(args, saved, options, not length_given) if saved is not None and not args.json else None
     prompts = args.prompt
     if task is not None:
         from ..tasks.model_task import task_prompt
@@ -271,6 +271,8 @@ def run_generate(args: argparse.Namespace) -> int:
         rows = [chat_prompt_ids(model, prompt) + [mask_id] * args.length for prompt in args.prompt]
     else:
         rows = templates(model.tokenizer, mask_id)
+    if notice is not None:
+        print(notice, file=sys.stderr)
     return _sample_and_print(args, options, model, rows, args.prompt, task=defaults)
 
 
@@ -299,8 +301,7 @@ def run_infill(args: argparse.Namespace) -> int:
     saved = None if family is not None else saved_defaults(args.model)  # generation_config.json
     options = sampler_options(args, _base_options(saved, None))
     check_device(args.device)
-    if saved is not None and not args.json:
-        print(_used_defaults(args, saved, options, False), file=sys.stderr)
+    notice = _used_defaults(args, saved, options, False) if saved is not None and not args.json else None
     labels = [args.template or ""]
 
     def templates(tokenizer: Any, placeholder: int) -> list[list[int]]:
@@ -309,7 +310,10 @@ def run_infill(args: argparse.Namespace) -> int:
     if family is not None:  # a model family of its own (registry.FAMILIES): its runner
         return family.run(args, _job(args, options, labels, templates))
     model = load_dlm(args.model, args.device)
-    return _sample_and_print(args, options, model, templates(model.tokenizer, model.config.mask_token_id), labels)
+    rows = templates(model.tokenizer, model.config.mask_token_id)
+    if notice is not None:  # said once the run is sure to start
+        print(notice, file=sys.stderr)
+    return _sample_and_print(args, options, model, rows, labels)
 
 
 def _sample_and_print(args: argparse.Namespace, options: SamplerOptions, model, templates: list[list[int]],

@@ -28,6 +28,10 @@ GENERIC_DEFAULTS: dict[str, str] = {"schedule": "equal", "filter_order": "top_k_
 # The largest classifier-free guidance scale: u + (s + 1)(c - u) overflows float32 logits long before
 # 1e308, and published guidance uses 0-3; a scale above this is a mistake, not a stronger guidance.
 MAX_CFG_SCALE = 1000.0
+# the Python types a field's annotation admits (a float field takes an int; no number field takes a bool)
+_VALUE_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+_TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+               "None": "null", "Strategy": "a Strategy"}
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,7 @@ class SamplerOptions:
     max_edits: int = 2
 
     def __post_init__(self) -> None:
+        self._check_types()
         check_sampling_args(self.temperature, self.top_p, self.top_k)
         if self.steps is not None and self.steps < 1:
             raise InputError(f"steps must be >= 1, got {self.steps}")
@@ -127,6 +132,18 @@ class SamplerOptions:
     @classmethod
     def names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
+
+    def _check_types(self) -> None:
+        """`InputError` for a value of the wrong type (a model's generation_config.json or a request can
+        hold ``"temperature": "hot"``): the range checks below assume numbers, strings and booleans."""
+        for spec in fields(self):
+            value, kinds = getattr(self, spec.name), [k.strip() for k in str(spec.type).split("|")]
+            if (value is None and "None" in kinds) or ("Strategy" in kinds and isinstance(value, Strategy)):
+                continue
+            allowed = tuple(t for k in kinds for t in _VALUE_TYPES.get(k, ()))
+            if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+                wanted = " or ".join(_TYPE_NAMES.get(k, k) for k in kinds)
+                raise InputError(f"{spec.name} must be {wanted}, got {value!r}")
 
     @classmethod
     def merge(cls, options: SamplerOptions | None = None, /, **overrides: Any) -> SamplerOptions:

@@ -52,6 +52,11 @@ class TrainConfig:
         two-copy forward (NBDiff's AR guidance, Tian et al. 2025: the clean copy runs causally, so
         the AR loss costs no second forward and keeps what the AR init knew). 0 = off; validation
         stays the plain ELBO.
+    generation: a DLM's recommended decoding settings, saved with the trained model (the ``difflm``
+        section of its generation_config.json) and used by `difflm generate`, `eval`, `serve` and
+        `DiffusionLM.generate` unless overridden: `difflm.sampling.SamplerOptions` fields
+        (``strategy``, ``threshold``, ``cache``, ``stop_at_eos``, ...) and ``max_new_tokens``. None:
+        none (a model fine-tuned from an init keeps the init's).
     noised_blocks: objective sft with a block diffusion model only: noise and score just this many
         blocks of each row per step, drawn uniformly among those with targets up to the first block
         after the answer's end (the others are the clean context only), so the two-copy forward holds
@@ -102,6 +107,7 @@ class TrainConfig:
     token_reweighting: dict[str, float] | None = None
     ar_loss_weight: float = 0.0
     noised_blocks: int | None = None
+    generation: dict[str, Any] | None = None
     sft: dict[str, Any] = field(default_factory=dict)
     lora: dict[str, Any] | None = None
     continuous: dict[str, Any] = field(default_factory=dict)
@@ -118,6 +124,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         OBJECTIVES.entry(self.objective)  # an unknown name lists the registered ones
+        if self.generation is not None and not isinstance(self.generation, dict):
+            raise ConfigError(f"generation must be a mapping of SamplerOptions fields (and max_new_tokens), "
+                              f"got {self.generation!r}")
         if not self.init and not self.architecture:
             raise ConfigError("give either init (a checkpoint) or architecture (a model to build from scratch)")
         for name in ("seq_length", "batch_size", "grad_accum", "max_steps", "eval_every", "eval_batches",

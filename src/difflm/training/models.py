@@ -9,18 +9,32 @@ from typing import Any, Mapping
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from ..bundled import TOKENIZER_DIR
 from ..config import DiffusionConfig
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, InputError, ModelLoadError
+from ..formats.generation import parse_generation_defaults
+from ..io import tokenizer_dir
 from ..model import DiffusionLM
+from ..sampling.options import defaults_options
 
 
 def load_tokenizer(spec: str) -> Any:
     """The tokenizer of a run's ``tokenizer`` setting: "bundled" (difflm's own) or a directory."""
-    path = TOKENIZER_DIR if spec == "bundled" else Path(spec)
-    if not path.is_dir():
-        raise InputError(f"tokenizer directory {path} not found")
-    return AutoTokenizer.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(tokenizer_dir(spec))
+
+
+def attach_generation_defaults(model: torch.nn.Module, section: Mapping[str, Any]) -> None:
+    """Give the model a run trains the decoding settings of the run's ``generation:`` section, so that the
+    saved model carries them (its generation_config.json: `difflm.formats.generation`) and decodes
+    with them by default. `ConfigError` (one line) for a field `SamplerOptions` does not take, a bad
+    value, or a model that is not a DLM."""
+    if not isinstance(model, DiffusionLM):
+        raise ConfigError("generation: decoding defaults are for diffusion models; this run trains an AR model")
+    try:
+        defaults = parse_generation_defaults(dict(section), "generation")
+        defaults_options(defaults)  # every field a valid SamplerOptions value, checked before any step
+    except ModelLoadError as exc:
+        raise ConfigError(str(exc).replace(" (fix or delete the file)", "")) from None
+    model.generation_defaults = defaults
 
 
 def build_backbone(tokenizer: Any, architecture: Mapping[str, Any]) -> PreTrainedModel:

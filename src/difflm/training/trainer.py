@@ -28,6 +28,7 @@ from ..registry import OBJECTIVES
 from .checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
 from .config import TrainConfig
 from .metrics import MetricsLogger, TrainProgress
+from .models import attach_generation_defaults
 from .objectives import Batch
 from .parallel import describe, make_accelerator
 from .seeding import ANNEALING, step_generator
@@ -59,6 +60,8 @@ class Trainer:
         self.tokenizer = self.objective.load_tokenizer()
         self.train_batches, self.val_batches = self.objective.build_data(self.tokenizer)
         self.model = self.objective.build_model(self.tokenizer)
+        if cfg.generation is not None:  # the decoding settings the saved model carries
+            attach_generation_defaults(self.model, cfg.generation)
 
         self.optimizer = torch.optim.AdamW(_param_groups(self.model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
         # The scheduler is stepped by hand: accelerate's wrapper would step it once per process.

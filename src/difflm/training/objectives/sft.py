@@ -32,7 +32,7 @@ import torch
 
 from ...bundled import MODELS
 from ...errors import ConfigError, InputError
-from ...formats import survey
+from ...formats import survey, write_generation_defaults
 from ...io import resolve_model
 from ...losses import draw_blocks, draw_noise, in_blocks, maskable_positions, masked_diffusion_loss
 from ...losses.ar import ar_response_loss, response_targets
@@ -314,6 +314,8 @@ class SFTObjective(Objective):
             save_adapter(model.model if is_dlm else model, directory, base=self.lora_base, loss=self.settings.loss,
                          tokenizer=self.tokenizer, diffusion=model.config.to_dict() if is_dlm else None,
                          settings=self.cfg.lora)
+            if is_dlm and model.generation_defaults is not None:  # the adapter's own decoding settings
+                write_generation_defaults(directory, model.generation_defaults)
             if self.task:
                 write_model_task(directory, self.task)
             if self.lora.merge:
