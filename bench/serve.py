@@ -174,6 +174,31 @@ def latency(url: str, repeats: int = 30) -> dict:
     return out
 
 
+def write_latency(result: dict, args: argparse.Namespace) -> None:
+    """bench/results/serve_latency.json and the keep-alive section of RESULTS.md."""
+    command = "python bench/serve.py " + " ".join(sys.argv[1:])
+    record = {"command": command.strip(), "date": date.today().isoformat(), "machine": platform.machine(),
+              "python": platform.python_version(), "server_threads": args.threads, "repeats": 30, "result": result}
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "serve_latency.json").write_text(json.dumps(record, indent=1) + "\n")
+    rows = "\n".join(f"| {name} | {r['fresh_ms']} | {r['reused_ms']} | {'yes' if r['ok'] else 'NO'} |"
+                      for name, r in result.items())
+    text = (f"### Keep-alive latency\n\nCommand: `{record['command']}` (median of 30 after 2 warm-up requests, "
+            f"server on loopback with {args.threads} torch thread(s)); raw numbers in bench/results/serve_latency.json  \n"
+            f"Machine: {record['machine']}, python {record['python']}  \nDate: {record['date']}\n\n"
+            "| request | fresh connection ms | reused keep-alive connection ms | reused within 2x of fresh |\n"
+            f"|---|---:|---:|---|\n{rows}\n")
+    path = HERE / "RESULTS.md"
+    begin, end = "<!-- serve-latency:begin -->", "<!-- serve-latency:end -->"
+    content, section = path.read_text(), f"{begin}\n{text}{end}"
+    if begin in content:
+        content = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: section, content, flags=re.S)
+    else:  # at the end of the Serving section, after its reading
+        at = content.index("\n## ", content.index("<!-- serve:end -->"))
+        content = content[:at].rstrip("\n") + "\n\n" + section + "\n" + content[at:]
+    path.write_text(content)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
@@ -194,6 +219,8 @@ def main() -> None:
         for name, r in result.items():
             print(f"{name}: fresh connection {r['fresh_ms']} ms, reused keep-alive connection {r['reused_ms']} ms "
                   f"(median; within 2x: {r['ok']})")
+        if not args.no_write:
+            write_latency(result, args)
         raise SystemExit(0 if all(r["ok"] for r in result.values()) else 1)
     import os
 
