@@ -27,7 +27,7 @@ from .registry import MODEL_KINDS
 
 __all__ = [
     "ADAPTER_FILE", "CHECKPOINT", "DIFFLM_CONFIG", "HF_CONFIG", "TASK_FILE", "directory_kind", "has_marker",
-    "open_text", "read_jsonl", "require_file", "require_model", "resolve_model", "tokenizer_dir",
+    "open_text", "read_jsonl", "require_directory", "require_file", "require_model", "resolve_model", "tokenizer_dir",
 ]
 
 # -- the files that say what a directory is ------------------------------------------------------------
@@ -80,6 +80,14 @@ def require_model(name_or_path: str | os.PathLike) -> Path:
         raise ModelLoadError(f"no model at {path}; pass a model directory or a bundled name "
                              "(ar-base, dlm-adapted, dlm-scratch)")
     return path
+
+
+def require_directory(path: str | os.PathLike) -> Path:
+    """``path`` as a Path if it is a directory, else `ModelLoadError` saying to point at a model directory."""
+    p = Path(path)
+    if not p.is_dir():
+        raise ModelLoadError(f"{p} is not a directory; point to a model directory (config.json + weights)")
+    return p
 
 
 def tokenizer_dir(spec: str | os.PathLike) -> Path:

@@ -13,7 +13,8 @@ from typing import Any
 
 from ..errors import InputError
 from . import check_output_dir
-from .inspect import add_load_arguments, config_overrides, human_count, require_directory
+from ..io import require_directory
+from .inspect import add_load_arguments, config_overrides, human_count
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # what `difflm.formats` loads weights as
 

@@ -24,7 +24,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..bundled import DEFAULT_DLM
-from ..errors import InputError, ModelLoadError
+from ..errors import InputError
 from ..io import require_model
 from ..registry import ATTENTION_OVERRIDES, CACHE_MODES, FILTER_ORDERS, REVEAL_SCHEDULES, STRATEGIES
 from . import choice, integer, number
@@ -155,15 +155,10 @@ def saved_defaults(name_or_path: str) -> GenerationDefaults | None:
     """The decoding defaults a model directory (or bundled name) saved - its generation_config.json, an
     adapter's own or else its base's - read before the weights (`ModelLoadError` for a bad file)."""
     from ..bundled import resolve_model
-    from ..formats import is_adapter_dir, read_adapter, read_generation_defaults
+    from ..formats import saved_generation_defaults
 
     path = resolve_model(name_or_path)
-    if not path.is_dir():
-        return None
-    found = read_generation_defaults(path)
-    if found is None and is_adapter_dir(path):
-        found = read_generation_defaults(read_adapter(path)[1])
-    return found
+    return saved_generation_defaults(path) if path.is_dir() else None
 
 
 def _used_defaults(args: argparse.Namespace, defaults: GenerationDefaults, options: SamplerOptions,

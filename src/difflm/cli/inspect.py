@@ -11,9 +11,8 @@ import argparse
 import json
 from typing import Any
 
-from pathlib import Path
-
-from ..errors import InputError, ModelLoadError
+from ..errors import InputError
+from ..io import require_directory
 from ..registry import FORMATS as FORMAT_NAMES
 from . import integer
 
@@ -23,13 +22,6 @@ def add_load_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=FORMAT_NAMES, metavar="FORMAT",
                         help=f"skip detection and read DIR as this layout: {', '.join(FORMAT_NAMES)}")
     parser.add_argument("--mask-token-id", type=integer(0), help="id of the [MASK] token (needed for plain causal LMs)")
-
-
-def require_directory(path: str) -> None:
-    """`ModelLoadError` (the words of `difflm.formats.require_model_dir`) unless ``path`` is a directory:
-    checked before the formats (and torch) load."""
-    if not Path(path).is_dir():
-        raise ModelLoadError(f"{path} is not a directory; point to a model directory (config.json + weights)")
 
 
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:

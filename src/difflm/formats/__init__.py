@@ -18,7 +18,9 @@ layouts (`loading.load_backbone`: meta device, shard by shard). No checkpoint co
 from __future__ import annotations
 
 from ..registry import FORMATS
-from .adapter import is_adapter_dir, load_adapter, load_adapter_as_dlm, load_adapter_dir, read_adapter
+from .adapter import (
+    is_adapter_dir, load_adapter, load_adapter_as_dlm, load_adapter_dir, read_adapter, saved_generation_defaults,
+)
 from .checkpoint import (
     WEIGHTS_INDEX_NAME,
     WEIGHTS_NAME,
@@ -42,5 +44,5 @@ __all__ = [
     "LoadedModel", "Survey", "TensorInfo", "describe_checkpoint", "detect", "detect_format", "dlm_class", "inspect_checkpoint",
     "is_adapter_dir", "iter_tensors", "layout", "load", "load_adapter", "load_adapter_as_dlm", "load_adapter_dir",
     "load_causal_lm", "load_checkpoint", "load_checkpoint_dir", "load_diffusion_lm", "load_dlm", "load_tokenizer", "plan_checkpoint",
-    "read_adapter", "read_generation_defaults", "register_format", "require_model_dir", "survey", "weight_files", "write_generation_defaults",
+    "read_adapter", "read_generation_defaults", "register_format", "require_model_dir", "saved_generation_defaults", "survey", "weight_files", "write_generation_defaults",
 ]

@@ -28,7 +28,7 @@ from ..bundled import MODELS
 from ..errors import ConfigError, ModelLoadError
 from ..io import ADAPTER_FILE, HF_CONFIG, has_marker
 from .checkpoint import load_tokenizer
-from .generation import read_generation_defaults
+from .generation import GenerationDefaults, read_generation_defaults
 from .loaders import AR_FORMAT, LoadedModel, load_causal_lm, load_dlm
 
 __all__ = ["ADAPTER_FILE", "is_adapter_dir", "load_adapter", "load_adapter_as_dlm", "load_adapter_dir", "peft",
@@ -71,6 +71,16 @@ def read_adapter(path: str | os.PathLike) -> tuple[dict[str, Any], Path]:
         raise ModelLoadError(f"the adapter {path} was trained on {meta.get('base')!r}, which is not a model directory "
                              "any more; put the base checkpoint back there")
     return meta, base
+
+
+def saved_generation_defaults(path: str | os.PathLike) -> GenerationDefaults | None:
+    """The decoding defaults a model directory saved, read before any weight: its own
+    generation_config.json, else - an adapter directory - its base's (what `load` gives the model).
+    `ModelLoadError` for a bad file."""
+    found = read_generation_defaults(path)
+    if found is None and is_adapter_dir(path):
+        found = read_generation_defaults(read_adapter(path)[1])
+    return found
 
 
 def load_adapter(path: str | os.PathLike, *, merge: bool = False, dtype: torch.dtype | str | None = torch.float32,

@@ -20,6 +20,7 @@ from typing import Any, Iterator
 import torch
 
 from ..errors import ModelLoadError
+from ..io import require_directory
 
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
@@ -91,9 +92,7 @@ class Checkpoint:
 
 def require_model_dir(path: str | os.PathLike) -> Path:
     """Return ``path`` as a Path if it is a directory with a config.json, else raise a clear error."""
-    p = Path(path)
-    if not p.is_dir():
-        raise ModelLoadError(f"{p} is not a directory; point to a model directory (config.json + weights)")
+    p = require_directory(path)
     if not (p / "config.json").is_file():
         raise ModelLoadError(f"{p} holds no model: config.json is missing")
     return p
