@@ -172,8 +172,8 @@ def sample_tokens(
     if temperature >= 1.0:  # dividing by >= 1 cannot overflow
         return _draw(logits, scaled, top_p, top_k, gumbel, generator, top_p_first, rows)
     greedy = ~torch.isfinite(scaled.amax(-1, keepdim=True))  # [N, 1]: the row max overflowed (or is NaN)
-    if not bool(greedy.any()):  # the usual case: no extra pass over [N, V] in the sampler's loop
-        return _draw(logits, scaled, top_p, top_k, gumbel, generator, top_p_first, rows)
+    # no `if greedy.any()` shortcut: a data-dependent branch would sync the device at every step (and cannot
+    # run on meta tensors); the cost is one elementwise pass over [N, V], small beside the model call
     scaled = torch.where(greedy, logits, scaled)  # those rows draw (and discard) from finite numbers
     drawn, probs = _draw(logits, scaled, top_p, top_k, gumbel, generator, top_p_first, rows)
     if top_p < 1.0 or 0 < top_k < logits.shape[-1]:  # the greedy probs are the full softmax
