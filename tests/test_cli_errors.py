@@ -29,10 +29,13 @@ def a_file(tmp_path):
 
 
 @pytest.mark.parametrize("argv, match", [
-    (["generate", "hi", "--device", "quantum"], r"--device 'quantum' is not a torch device"),
+    (["generate", "hi", "--device", "quantum"], r"--device: 'quantum' is not a torch device"),
     (["infill", "Let there be [MASK:2].", "--device", "quantum"], r"not a torch device"),
     (["generate", "hi", "--device", "cuda:99"], r"--device cuda:99: not available on this machine"),
     (["generate", "hi", "--device", "meta"], r"--device meta holds no data"),
+    # a family's flag on a model of another family is refused, never ignored
+    (["generate", "hi", "--eta", "0.5"], r"--eta: flag\(s\) of continuous DLMs, and dlm-adapted is not one"),
+    (["infill", "a [MASK:2] b", "--clamp"], r"--clamp: flag\(s\) of continuous DLMs"),
     (["generate", "hi", "--show-steps", "--delay", "-1"], r"--delay must be"),
     (["generate", "hi", "--seed", "-1"], r"--seed must be"),
     (["generate", "hi", "--seed", str(2**64)], r"--seed must be"),

@@ -178,6 +178,8 @@ def _usage_errors(tmp: Path) -> list[list[str]]:
         ["experiment", "ablations", "--jobs", "0"], ["experiment", "ablations", "--seeds", "x"],
         ["experiment", "ablations", "--arms", "bogus"],
         ["demo", "--eval-blocks", "0"], ["demo", "--adapt-steps", "-1"], ["demo", "--seed", "-1"],
+        ["generate", "hi", "--device", "quantum"], ["eval", "--model", "ar-base", "--device", "cuda:x"],
+        ["serve", "--model", "/nonexistent/model"], ["serve", "--device", "gpu"],
     ]
 
 

@@ -149,8 +149,13 @@ def test_eval_uses_the_model_defaults_and_a_setting_overrides_them(saved):
     lm = load_eval_lm(saved, EvalSettings(progress=False))
     assert lm.sampler_options == SamplerOptions(strategy="threshold", threshold=0.5, cache="block")
     assert lm.max_new_tokens == 12 and lm.describe()["generation_defaults"]["max_new_tokens"] == 12
+    # the report records every effective decoding option, whichever layer set it
+    decoding = json.loads(json.dumps(lm.describe()["decoding"]))
+    assert decoding["strategy"] == "threshold" and decoding["threshold"] == 0.5 and decoding["cache"] == "block"
+    assert decoding["max_new_tokens"] == 12 and decoding["temperature"] == SamplerOptions().temperature
     lm = load_eval_lm(saved, EvalSettings(strategy="low_confidence", cache="none", max_new_tokens=5, progress=False))
     assert lm.sampler_options == SamplerOptions() and lm.max_new_tokens == 5
+    assert lm.describe()["decoding"]["strategy"] == "low_confidence" and lm.describe()["decoding"]["max_new_tokens"] == 5
     plain = load_eval_lm(MODELS["dlm-scratch"], EvalSettings(progress=False))
     assert plain.sampler_options == SamplerOptions() and plain.max_new_tokens == 256
 

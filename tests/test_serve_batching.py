@@ -163,3 +163,20 @@ def test_a_client_that_goes_away_stops_its_rows(base):
     connection.close()
     before = metric(base, "difflm_model_calls_total")
     assert _wait_idle(base) - before < 150
+
+
+def test_cached_requests_a_moment_apart_share_one_cohort(dlm):
+    """A cached cohort takes no row once it has stepped; `batch_window_ms` holds a new cohort's first
+    step so that a request arriving a moment later joins it (and the answers stay those of each alone)."""
+    cached = [dict(prompt=p, max_tokens=16, seed=s, temperature=0.9, extra_body={"cache": "dual", "block_length": 8})
+              for p, s in (("In the beginning", 7), ("ROMEO:", 8))]
+    with running_server(dlm, batch_window_ms=1500) as url:
+        api = client(url)
+        alone = [run(api, r)[0] for r in cached]  # each waits out the window alone, then decodes
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(run, api, cached[0])
+            time.sleep(0.3)  # well inside the window: the first cohort has not stepped yet
+            second = pool.submit(run, api, cached[1])
+            together = [first.result(timeout=120), second.result(timeout=120)]
+    assert [text for text, _ in together] == alone
+    assert [batch for _, batch in together] == [2, 2]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, NoReturn
@@ -154,3 +155,19 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# torch.device's device types (c10 DeviceType names): a name outside them fails at once, before torch
+# loads; whether this machine has the device is checked later, with torch (cli.generate.check_device)
+_DEVICE = re.compile(r"(cpu|cuda|mps|xpu|hpu|npu|mtia|maia|xla|meta|ipu|ve|vulkan|fpga|hip|lazy|ideep|mkldnn"
+                     r"|opengl|opencl|privateuseone)(:\d+)?")
+
+
+def device_name(text: str) -> str:
+    """An argparse ``type`` for --device: a torch device string ("cpu", "cuda", "cuda:1", "mps", ...)."""
+    if _DEVICE.fullmatch(text) is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device; use e.g. cpu, cuda, cuda:1 or mps")
+    return text
+
+
+device_name.__name__ = "device"

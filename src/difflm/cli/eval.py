@@ -8,7 +8,7 @@ from ..errors import InputError
 from ..io import require_model
 from ..registry import (CACHE_MODES as CACHE_MODE_NAMES, EVAL_TASKS as TASK_NAMES, FORMATS as FORMAT_NAMES,
                         STRATEGIES as STRATEGY_NAMES)
-from . import choice, integer, number
+from . import choice, device_name, integer, number
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -54,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=integer(1), help="generation budget of GSM8K / HumanEval (default: the "
                    "model's recommended length, else 256)")
     p.add_argument("--limit", type=integer(1), help="evaluate only the first N examples of each task")
-    p.add_argument("--device", help="torch device (default: cpu)")
+    p.add_argument("--device", type=device_name, help="torch device (default: cpu)")
     p.add_argument("--threads", type=integer(1),
                    help="CPU threads for torch (default: torch's choice; on a busy machine 1 can be much faster)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

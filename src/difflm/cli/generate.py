@@ -27,7 +27,7 @@ from ..bundled import DEFAULT_DLM
 from ..errors import InputError
 from ..io import require_model
 from ..registry import ATTENTION_OVERRIDES, CACHE_MODES, FILTER_ORDERS, REVEAL_SCHEDULES, STRATEGIES
-from . import choice, integer, number
+from . import choice, device_name, integer, number
 from .family import MASKED_FLAGS_KEY, GenerationJob, add_family_arguments, claiming_family, masked_flags_given
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ def add_core_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--steps", type=integer(1), help="denoising steps = model calls at most (default: one per token)")
     parser.add_argument("--cfg-scale", type=NON_NEGATIVE, default=0.0, help="classifier-free guidance scale >= 0 (default 0 = off)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N, mps, ... (default cpu)")
+    parser.add_argument("--device", default="cpu", type=device_name, help="torch device: cpu, cuda, cuda:N, mps, ... (default cpu)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per prompt")
     parser.add_argument("--show-steps", action="store_true", help="show the denoising step by step in the terminal")
     parser.add_argument("--delay", type=float, default=0.0, help="with --show-steps: seconds to pause per step")

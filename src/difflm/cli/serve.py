@@ -18,6 +18,8 @@ import sys
 from typing import Any
 
 from ..errors import InputError
+from ..io import require_model
+from . import device_name
 
 
 def register(subparsers: Any) -> None:
@@ -32,7 +34,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--model-name", help="the model id clients send (default: --model as given)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port)")
-    parser.add_argument("--device", default="cpu", help="torch device of the model (default cpu)")
+    parser.add_argument("--device", default="cpu", type=device_name, help="torch device of the model (default cpu)")
     parser.add_argument("--api-key", default=os.environ.get("DIFFLM_API_KEY"),
                         help="require 'Authorization: Bearer KEY' on /v1 and /metrics (default: $DIFFLM_API_KEY, else none)")
     parser.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
@@ -41,6 +43,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens (default 1024)")
     parser.add_argument("--max-n", type=int, default=8, help="largest n and number of prompts per request (default 8)")
     parser.add_argument("--max-batch", type=int, default=64, help="rows per model call at most; 1 = no batching (default 64)")
+    parser.add_argument("--batch-window-ms", type=float, default=20.0,
+                        help="ms a new cached cohort waits for more requests before its first step (default 20; 0 = none)")
     parser.add_argument("--max-queue", type=int, default=256, help="requests waiting before 429 (default 256)")
     parser.add_argument("--request-timeout", type=float, default=300.0, help="seconds per request, queue included (default 300)")
     parser.add_argument("--shutdown-timeout", type=float, default=10.0,
@@ -51,12 +55,14 @@ def register(subparsers: Any) -> None:
 
 def server_config(args: argparse.Namespace) -> Any:
     """The validated `ServerConfig` of the flags (`InputError` on a bad value)."""
+    require_model(args.model)  # a missing model is a one-line error before torch loads
     from ..serve.config import ServerConfig
 
     return ServerConfig(
         model=args.model, model_name=args.model_name, host=args.host, port=args.port, device=args.device,
         api_key=args.api_key, cors_origins=tuple(args.cors_origin), max_prompt_tokens=args.max_prompt_tokens,
         max_tokens_limit=args.max_tokens_limit, max_n=args.max_n, max_batch=args.max_batch, max_queue=args.max_queue,
+        batch_window_ms=args.batch_window_ms,
         request_timeout=args.request_timeout, shutdown_timeout=args.shutdown_timeout, threads=args.threads,
     )
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..errors import InputError
 from ..io import has_marker, resolve_model
 from ..registry import MODEL_KINDS
 
@@ -33,10 +34,15 @@ class ContinuousPlugin:
                            help="continuous DLMs: snap each step's x0 estimate to the nearest embedding (Diffusion-LM)")
 
     def claims(self, args: argparse.Namespace) -> bool:
-        """``--model`` is a continuous DLM directory: its marker file (`registry.MODEL_KINDS`) decides, nothing loads."""
-        return has_marker(resolve_model(args.model), self.name)
+        """``--model`` is a continuous DLM directory (its marker file, `registry.MODEL_KINDS`, decides; nothing
+        loads), or the command line set one of this family's flags (``run`` then refuses another model)."""
+        return has_marker(resolve_model(args.model), self.name) or bool(args.eta) or args.clamp
 
     def run(self, args: argparse.Namespace, job: Any) -> int:
+        if not has_marker(resolve_model(args.model), self.name):  # a continuous flag on another model: never ignored
+            given = ", ".join(flag for flag, on in (("--eta", bool(args.eta)), ("--clamp", args.clamp)) if on)
+            raise InputError(f"{given}: flag(s) of continuous DLMs, and {args.model} is not one (no "
+                             f"{MODEL_KINDS.entry(self.name).meta['marker']}); drop them or pass a continuous model")
         from .cli import run  # torch: only once the run is this family's
 
         return run(args, job)

@@ -309,6 +309,9 @@ class DiffusionEvalLM(EvalLM):
 
     def describe(self) -> dict[str, Any]:
         out = {**super().describe(), "diffusion_config": self.model.config.to_dict()}
+        # what decoding really ran with: the settings over the model's saved defaults over the sampler's,
+        # every field (a report reproduces its numbers without knowing which layer set which value)
+        out["decoding"] = {"max_new_tokens": self.max_new_tokens, **dataclasses.asdict(self.sampler_options)}
         saved = getattr(self.model, "generation_defaults", None)
         if saved is not None:  # the model's own decoding settings (generation_config.json), under the settings'
             out["generation_defaults"] = saved.to_json()

@@ -141,6 +141,11 @@ class RowBatch:
     def __len__(self) -> int:
         return len(self.rows)
 
+    @property
+    def started(self) -> bool:
+        """Whether the batch has stepped (a cohort then takes no new row)."""
+        return self._stepped
+
     def accepts(self, row: Row) -> bool:
         """Whether ``row`` may join now: same key; a cohort also needs the same layout and not to
         have stepped yet."""

@@ -76,7 +76,8 @@ class Server:
         self.defaults = model_options(self.model)
         self.text = TokenText(self.model.tokenizer)
         self.batcher = RequestBatcher(self.model, self.text, max_batch=self.config.max_batch,
-                                      max_queue=self.config.max_queue, metrics=self.metrics)
+                                      max_queue=self.config.max_queue, metrics=self.metrics,
+                                      batch_window=self.config.batch_window_ms / 1000)
         self.batcher.start()
         try:
             yield

@@ -71,13 +71,17 @@ class RequestBatcher:
         max_batch: rows per model call at most (1 = every request alone, in arrival order).
         max_queue: jobs waiting for a slot at most; `submit` answers 429 beyond.
         metrics: a `Metrics` (or None).
+        batch_window: seconds a new cached cohort waits for more rows before its first step (it takes
+            none once it has stepped); a full cohort, or one of rows that need no cache, never waits.
     """
 
     def __init__(self, model: Any, text: TokenText, *, max_batch: int = 64, max_queue: int = 256,
-                 metrics: Any = None) -> None:
+                 metrics: Any = None, batch_window: float = 0.0) -> None:
         self.model, self.text = model, text
         self.max_batch, self.max_queue = max_batch, max_queue
         self.metrics = metrics
+        self.batch_window = batch_window
+        self._born: dict[int, float] = {}  # id(batch) -> when it was made (for the cohort window)
         self._pending: collections.deque[Job] = collections.deque()
         self._batches: list[RowBatch] = []
         self._jobs: dict[int, Job] = {}  # id(row) -> job, for rows in a batch
@@ -136,14 +140,33 @@ class RequestBatcher:
                     return
                 self._expire(time.perf_counter())
                 self._admit()
-            for batch in list(self._batches):
+                ready, wait = self._ready(time.perf_counter())
+                if not ready and wait is not None:  # only young cohorts: let more rows arrive (or the window end)
+                    self._wake.wait(wait)
+                    continue
+            for batch in ready:
                 try:
                     self._step(batch)
                 except Exception as exc:  # a bug or out of memory: fail this batch's requests, keep serving
                     traceback.print_exc(file=sys.stderr)
                     self._fail(batch, exc)
             self._batches = [b for b in self._batches if len(b)]
+            self._born = {id(b): self._born[id(b)] for b in self._batches if id(b) in self._born}
             self._gauges()
+
+    def _ready(self, now: float) -> tuple[list[RowBatch], float | None]:
+        """The batches to step now, and (when none is) the seconds until the first young cohort's
+        window ends. A cohort that has not stepped waits `batch_window` from its making for more rows,
+        unless it is full (a lone request pays the window once, before its first step)."""
+        ready, waits = [], []
+        for batch in self._batches:
+            age = now - self._born.get(id(batch), now - self.batch_window)
+            young = batch.lockstep and not batch.started and len(batch) < self.max_batch and age < self.batch_window
+            if young:
+                waits.append(self.batch_window - age)
+            else:
+                ready.append(batch)
+        return ready, (min(waits) if waits else None)
 
     def _active_rows(self) -> int:
         return sum(len(b) for b in self._batches)
@@ -166,6 +189,7 @@ class RequestBatcher:
                 if batch is None:
                     batch = RowBatch(self.model, choice.row.key)
                     self._batches.append(batch)
+                    self._born[id(batch)] = time.perf_counter()
                 batch.add(choice.row)
                 self._jobs[id(choice.row)] = job
 

@@ -26,6 +26,9 @@ class ServerConfig:
     max_n: largest ``n`` (choices per prompt) and number of prompts of one request.
     max_batch: rows (choices) denoised in one model call at most; 1 = no batching.
     max_queue: requests waiting for a slot before new ones get 429.
+    batch_window_ms: how long a new cached cohort (rows decoded with a KV cache, in lock step) waits
+        for more rows before its first step: a cohort takes no row once it has stepped, so without a
+        wait requests arriving a few milliseconds apart each decode alone. 0 = step at once.
     request_timeout: seconds a request may take in all (queue included) before it is cancelled.
     shutdown_timeout: seconds SIGINT/SIGTERM waits for requests in flight before cancelling them.
     threads: torch CPU threads (None: torch's default).
@@ -43,6 +46,7 @@ class ServerConfig:
     max_n: int = 8
     max_batch: int = 64
     max_queue: int = 256
+    batch_window_ms: float = 20.0
     request_timeout: float = 300.0
     shutdown_timeout: float = 10.0
     threads: int | None = None
@@ -53,6 +57,8 @@ class ServerConfig:
         for name in ("max_tokens_limit", "max_n", "max_batch"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.batch_window_ms) and 0 <= self.batch_window_ms <= 10_000):
+            raise InputError(f"--batch-window-ms must be in [0, 10000], got {self.batch_window_ms}")
         if self.max_queue < 0:
             raise InputError(f"--max-queue must be >= 0, got {self.max_queue}")
         if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:

@@ -1,0 +1,8 @@
+"""Native backbones for published architectures that have no stock transformers class.
+
+Each module here is a transformers `PreTrainedModel` (config class registered with the Auto classes
+under a difflm-owned model_type) whose parameter names follow the published checkpoint, so a format's
+`LoadPlan` maps weights name for name and loads them shard by shard like any stock backbone. They take
+the causal-LM calling convention every difflm backbone takes (``input_ids``, an explicit 4-D
+``attention_mask``, ``position_ids``) and return ``.logits``; no checkpoint code is ever run.
+"""
