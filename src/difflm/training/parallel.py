@@ -1,5 +1,5 @@
-"""How a run is spread over processes: data parallelism (DDP) or fully sharded data parallelism
-(FSDP2), both through accelerate.
+"""How a run is spread over processes: data parallelism (DDP), fully sharded data parallelism
+(FSDP2) or DeepSpeed ZeRO, all through accelerate.
 
 ``distributed`` in the training config chooses:
 
@@ -16,16 +16,25 @@ accelerate enables FSDP only on accelerator devices (CUDA, XPU, ...); on CPU it 
 to DDP. FSDP2 itself runs on CPU with the gloo backend, so difflm switches accelerate's process-wide
 state to FSDP there (`_force_fsdp_on_cpu`): the same code path as on a GPU, testable under
 ``torchrun --nproc_per_node 2`` on a laptop.
+
+DeepSpeed comes only from the launcher (``accelerate launch --config_file
+configs/accelerate/deepspeed.yaml``). The trainer hands accelerate no DataLoader, so the batch numbers
+DeepSpeed insists on are filled from the run's config before `prepare` (`deepspeed_config`), and its
+engine, which divides the loss by its accumulation steps and steps the optimizer at the boundary it is
+told, is driven by `backward`.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState, PartialState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+from ..errors import ConfigError
 
 DISTRIBUTED = ("ddp", "fsdp")
 
@@ -67,6 +76,77 @@ def _force_fsdp_on_cpu(accelerator: Accelerator, plugin: FullyShardedDataParalle
     PartialState._shared_state["distributed_type"] = DistributedType.FSDP
     accelerator.state.distributed_type = DistributedType.FSDP
     accelerator.state.fsdp_plugin = plugin
+
+
+# DeepSpeed's bucket sizes that accelerate derives from ``model.config.hidden_size`` when they are "auto"
+_HIDDEN_SIZE_KEYS = {"reduce_bucket_size": lambda h: h * h, "stage3_prefetch_bucket_size": lambda h: int(0.9 * h * h),
+                     "stage3_param_persistence_threshold": lambda h: 10 * h}
+
+
+def deepspeed_config(config: dict[str, Any], *, micro_batch_size: int, grad_accum: int, processes: int,
+                     grad_clip: float | None, hidden_size: int | None = None) -> dict[str, Any]:
+    """``config`` (a DeepSpeed config as accelerate's plugin holds it) with the run's numbers in place of
+    "auto"; a copy. What the run decides - the micro-batch per process, the accumulation steps, the
+    global batch, gradient clipping - must be "auto" or absent there, or agree (`ConfigError`).
+
+    accelerate reads the micro-batch from a DataLoader passed to `prepare`; the trainer draws its own
+    batches, so without this accelerate raises on "auto". ZeRO-3 keeps every weight sharded, and the
+    run ends by saving a loadable model: its 16-bit gather on save is switched on (accelerate's
+    default is off, and `get_state_dict` then raises). Bucket sizes left "auto" are derived from the
+    backbone's ``hidden_size`` here, as accelerate would, because a `DiffusionLM`'s own config has none."""
+    out = copy.deepcopy(config)
+    decided = {"train_micro_batch_size_per_gpu": micro_batch_size, "gradient_accumulation_steps": grad_accum,
+               "train_batch_size": micro_batch_size * grad_accum * processes,
+               "gradient_clipping": float(grad_clip or 0.0)}
+    for key, value in decided.items():
+        given = out.get(key, "auto")
+        if given not in ("auto", None) and given != value:
+            raise ConfigError(f"the DeepSpeed config sets {key}={given}, the run needs {value} (batch_size, grad_accum "
+                              f"and grad_clip of the training config decide it): set {key} to auto or leave it out")
+        out[key] = value
+    zero = out.setdefault("zero_optimization", {})
+    if zero.get("stage") == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    for key, derive in _HIDDEN_SIZE_KEYS.items():
+        if zero.get(key) == "auto" and hidden_size:
+            zero[key] = derive(hidden_size)
+    return out
+
+
+def prepare_deepspeed(accelerator: Accelerator, model: torch.nn.Module, *, micro_batch_size: int, grad_accum: int,
+                      grad_clip: float | None) -> None:
+    """Under DeepSpeed, write the run's numbers into accelerate's DeepSpeed config (`deepspeed_config`)
+    before `prepare`; nothing under other engines."""
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return
+    plugin = accelerator.state.deepspeed_plugin
+    filled = deepspeed_config(plugin.deepspeed_config, micro_batch_size=micro_batch_size, grad_accum=grad_accum,
+                              processes=accelerator.num_processes, grad_clip=grad_clip, hidden_size=_hidden_size(model))
+    plugin.deepspeed_config.clear()  # in place: the plugin's HfDeepSpeedConfig holds the same dict
+    plugin.deepspeed_config.update(filled)
+    accelerator.gradient_accumulation_steps = grad_accum  # else accelerate warns of a mismatch and adopts DeepSpeed's
+
+
+def backward(accelerator: Accelerator, loss: torch.Tensor, *, grad_accum: int, boundary: bool) -> None:
+    """Backpropagate one micro-batch's ``loss`` (already divided by ``grad_accum``).
+
+    DeepSpeed's engine divides by its accumulation steps itself and steps the optimizer inside
+    backward whenever accelerate says gradients are to be synchronised: it is told that only at the
+    step's last micro-batch (``boundary``), and gets the undivided loss. Other engines: plain
+    `accelerator.backward`."""
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        accelerator.sync_gradients = boundary
+        loss = loss * grad_accum
+    accelerator.backward(loss)
+
+
+def _hidden_size(model: torch.nn.Module) -> int | None:
+    """The backbone's hidden size: the model's own config, or its inner model's (a `DiffusionLM`)."""
+    for owner in (model, getattr(model, "model", None)):
+        size = getattr(getattr(owner, "config", None), "hidden_size", None)
+        if isinstance(size, int):
+            return size
+    return None
 
 
 def describe(accelerator: Accelerator) -> dict[str, Any]:

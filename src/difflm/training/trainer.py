@@ -30,7 +30,7 @@ from .config import TrainConfig
 from .metrics import MetricsLogger, TrainProgress
 from .models import attach_generation_defaults
 from .objectives import Batch
-from .parallel import describe, make_accelerator
+from .parallel import backward, describe, make_accelerator, prepare_deepspeed
 from .seeding import ANNEALING, step_generator
 
 
@@ -68,6 +68,9 @@ class Trainer:
         self.scheduler = get_cosine_with_min_lr_schedule_with_warmup(
             self.optimizer, cfg.warmup_steps, cfg.max_steps, min_lr=cfg.min_lr
         )
+        # DeepSpeed takes its batch numbers from the run, as no DataLoader passes through prepare
+        prepare_deepspeed(acc, self.model, micro_batch_size=per_process, grad_accum=cfg.grad_accum,
+                          grad_clip=cfg.grad_clip)
         self.wrapped, self.optimizer = acc.prepare(self.model, self.optimizer)
         acc.register_for_checkpointing(self.scheduler)
         self.step, self.tokens = 0, 0
@@ -88,7 +91,7 @@ class Trainer:
             sync = contextlib.nullcontext() if m == len(micro) - 1 else acc.no_sync(self.wrapped)
             with sync, acc.autocast():
                 loss = self.objective.loss(self.wrapped, batch, step=step, generator=generator) / cfg.grad_accum
-            acc.backward(loss)
+            backward(acc, loss, grad_accum=cfg.grad_accum, boundary=m == len(micro) - 1)
             total += loss.item()
         if cfg.grad_clip:
             acc.clip_grad_norm_(self.wrapped.parameters(), cfg.grad_clip)
