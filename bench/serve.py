@@ -10,6 +10,13 @@ request, client side, queueing included.
     python bench/serve.py                        # 1, 4, 16, 64 clients; writes bench/serve.json, serve.png, RESULTS.md
     python bench/serve.py --clients 1 4 --no-write --requests 1    # a smoke run
     python bench/serve.py --latency              # keep-alive check only: reused vs fresh connections
+    python bench/serve.py --model dlm-gsm --recommended --max-tokens 128   # a model's own decoding settings
+
+``--recommended`` sends no decoding field (only prompt, max_tokens and seed), so every request runs with
+the model's saved settings (its generation_config.json: for dlm-gsm threshold decoding with the block
+cache, ~6 tokens per call); a task model gets its task's prompts (test-split GSM questions). Results of
+a model other than dlm-adapted go to bench/results/serve_MODEL.json, bench/serve_MODEL.png and a
+RESULTS.md block of their own.
 
 ``--latency`` times small requests (GET /health and a 2-token completion) on one reused keep-alive
 connection against a fresh connection per request; the reused median must be within 2x the fresh
@@ -36,8 +43,8 @@ HERE = Path(__file__).resolve().parent
 PROMPTS = ["ROMEO:", "And God said", "KING HENRY:", "JULIET:", "The LORD is", "HAMLET:", "In the beginning", "MACBETH:"]
 
 
-def start_server(max_batch: int, threads: int) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "difflm", "serve", "--port", "0", "--threads", str(threads),
+def start_server(max_batch: int, threads: int, model: str = "dlm-adapted") -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, "-m", "difflm", "serve", "--model", model, "--port", "0", "--threads", str(threads),
                              "--max-batch", str(max_batch), "--max-queue", "1024"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
@@ -53,16 +60,36 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
+def task_prompts(model: str, n: int = 64) -> list[str] | None:
+    """The prompts of a task model (its task.json names the task): test-split GSM questions as its
+    training formatted them; None for a text model."""
+    from difflm.bundled import resolve_model
+    from difflm.tasks import make_examples
+    from difflm.tasks.formatting import sft_texts
+    from difflm.tasks.model_task import read_model_task
+
+    path = resolve_model(model)
+    task = read_model_task(path) if path.is_dir() else None
+    if task is None:
+        return None
+    if task != "gsm":
+        raise SystemExit(f"bench/serve.py has prompts for text models and the gsm task model, not for {task}")
+    return [sft_texts(record)[0] for record in make_examples("gsm", n, seed=0, split="test")]
+
+
 def run_level(url: str, clients: int, requests: int, args: argparse.Namespace) -> dict:
     api = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=600)
+    prompts = args.prompts or PROMPTS
+    # the bench's fixed decoding (full canvas, one token per step), or none: the model's saved settings
+    decoding = {} if args.recommended else {"temperature": 0.8}
 
     def client(c: int) -> list[tuple[float, int, str, bool]]:
         out = []
         for r in range(requests):
             start = time.perf_counter()
             try:
-                resp = api.completions.create(model="dlm-adapted", prompt=PROMPTS[(c + r) % len(PROMPTS)],
-                                              max_tokens=args.max_tokens, temperature=0.8, seed=1000 * c + r)
+                resp = api.completions.create(model=args.model, prompt=prompts[(c * requests + r) % len(prompts)],
+                                              max_tokens=args.max_tokens, seed=1000 * c + r, **decoding)
                 out.append((time.perf_counter() - start, resp.usage.completion_tokens, resp.choices[0].text, True))
             except openai.APIError as exc:
                 out.append((time.perf_counter() - start, 0, str(exc), False))
@@ -103,7 +130,7 @@ def plot(results: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     right.set_yscale("log")
-    fig.suptitle("difflm serve on loopback: bundled dlm-adapted, 2-core CPU")
+    fig.suptitle(f"difflm serve on loopback: bundled {results.get('model', 'dlm-adapted')}, 2-core CPU")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -115,8 +142,10 @@ def markdown(results: dict, args: argparse.Namespace, command: str) -> str:
         f"{platform.python_version()}, server `--threads {args.threads}`  ",
         f"Date: {date.today().isoformat()}",
         "",
-        f"Each client sends {args.requests} non-streamed completions in turn (max_tokens {args.max_tokens}, steps = "
-        "max_tokens, low_confidence, temperature 0.8, fixed seeds) with the official `openai` client; throughput = "
+        f"Model: {args.model}. Each client sends {args.requests} non-streamed completions in turn (max_tokens {args.max_tokens}, "
+        + ("no decoding field: the model's saved settings " + args.settings + ", " if args.recommended else
+           "steps = max_tokens, low_confidence, temperature 0.8, ")
+        + "fixed seeds) with the official `openai` client; throughput = "
         "completion tokens / wall time, latency per request client side (queue included). Batched: default "
         "`--max-batch 64`; unbatched: `--max-batch 1` (one request at a time).",
         "",
@@ -205,10 +234,21 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2, help="requests per client (default 2)")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the server (default 2)")
+    parser.add_argument("--model", default="dlm-adapted", help="bundled name or directory the server serves (default %(default)s)")
+    parser.add_argument("--recommended", action="store_true",
+                        help="send no decoding field: every request runs with the model's saved settings")
     parser.add_argument("--no-write", action="store_true", help="print only: no JSON, plot or RESULTS.md")
     parser.add_argument("--latency", action="store_true",
                         help="only the keep-alive check: reused vs fresh connection medians (exit 1 if reused > 2x)")
     args = parser.parse_args()
+    args.prompts = task_prompts(args.model)
+    args.settings = ""
+    if args.recommended:
+        from difflm.bundled import resolve_model
+        from difflm.formats import saved_generation_defaults
+
+        saved = saved_generation_defaults(resolve_model(args.model))
+        args.settings = "(none saved: the sampler's defaults)" if saved is None else f"`{json.dumps(saved.options)}`"
     if args.latency:
         proc, url = start_server(64, args.threads)
         try:
@@ -227,7 +267,7 @@ def main() -> None:
     args.cpus = os.cpu_count()
     results: dict = {}
     for mode, max_batch in (("batched", 64), ("unbatched", 1)):
-        proc, url = start_server(max_batch, args.threads)
+        proc, url = start_server(max_batch, args.threads, args.model)
         try:
             run_level(url, 1, 1, args)  # warm-up
             results[mode] = []
@@ -238,6 +278,7 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(timeout=60)
+    results["model"] = args.model
     results["same_texts"] = all(a["texts"] == b["texts"] for a, b in zip(results["batched"], results["unbatched"]))
     print("same texts batched and unbatched:", results["same_texts"])
     command = "python bench/serve.py " + " ".join(sys.argv[1:])
@@ -248,14 +289,23 @@ def main() -> None:
     for mode in ("batched", "unbatched"):
         for level in results[mode]:
             level.pop("texts")
-    (HERE / "serve.json").write_text(json.dumps(results, indent=1) + "\n")
-    plot(results, HERE / "serve.png")
+    default = args.model == "dlm-adapted" and not args.recommended
+    tag = "" if default else f":{Path(args.model).name}{':recommended' if args.recommended else ''}"
+    json_path = HERE / "serve.json" if default else HERE / "results" / f"serve_{tag[1:].replace(':', '_')}.json"
+    json_path.parent.mkdir(exist_ok=True)
+    json_path.write_text(json.dumps(results, indent=1) + "\n")
+    plot_name = "serve.png" if default else f"serve_{tag[1:].replace(':', '_')}.png"
+    plot(results, HERE / plot_name)
+    text = text.replace("](serve.png)", f"]({plot_name})")
     path = HERE / "RESULTS.md"
-    begin, end = "<!-- serve:begin -->", "<!-- serve:end -->"
+    begin, end = f"<!-- serve{tag}:begin -->", f"<!-- serve{tag}:end -->"
     content = path.read_text()
     section = f"{begin}\n{text}\n{end}"
     if begin in content:
         content = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: section, content, flags=re.S)
+    elif "<!-- serve:end -->" in content:  # after the default block of the Serving section
+        at = content.index("<!-- serve:end -->") + len("<!-- serve:end -->")
+        content = content[:at] + f"\n\n{section}" + content[at:]
     else:
         content = content.rstrip("\n") + f"\n\n## Serving\n\n{section}\n"
     path.write_text(content)

@@ -9,9 +9,14 @@
    block grid with its exact block cache, a full-attention DLM in blocks of 32 with the dual and
    prefix caches; exact match (GSM8K extraction), tokens per model call, tokens/s. Tokens are the
    response up to and including its EOS, for every method.
+3. GSM, longer chains (`gsm-long`): test-split problems with 5 arithmetic steps, one more than any
+   problem the models were trained on (their data has 2-4), kept where prompt and answer fit the
+   models' context: a held-out variant that is out of distribution in length, not only in numbers.
+   AR greedy, the one-token reference and threshold decoding at 0.99 and 0.9.
 
     python bench/tasks.py                        # bundled models -> results/tasks.json, tasks.png, RESULTS.md
-    python bench/tasks.py --only gsm --n-gsm 100 # one part; the other part's numbers are kept
+    python bench/tasks.py --only gsm --n-gsm 100 # one part; the other parts' numbers are kept
+    python bench/tasks.py --only gsm-long        # the longer-chain GSM variant only
     python bench/tasks.py --random-models --quick --no-write   # prove the pipeline, no training
 
 The full run at one thread is roughly 35 minutes on a busy 2-core machine (the sudoku DLM, 3 orders x
@@ -65,6 +70,8 @@ SUDOKU_STRATEGIES = ("topk_margin", "entropy", "low_confidence")
 BINS = ((20, 29), (30, 39), (40, 50))
 CANVAS, BLOCK = 128, 32
 THRESHOLDS, QUICK_THRESHOLDS = (0.99, 0.98, 0.95, 0.9, 0.8, 0.7, 0.5, 0.3), (0.9, 0.5)
+LONG_STEPS, LONG_THRESHOLDS = 5, (0.99, 0.9)  # gsm-long: one step past the training data's 2-4
+PARTS = ("sudoku", "gsm", "gsm-long")
 # With one thread, speed is CPU time of this process: on a machine shared with other jobs the wall
 # clock measures their load as much as ours. With more threads, wall time.
 CLOCK: dict[str, Any] = {"name": "wall", "now": time.perf_counter}
@@ -184,14 +191,14 @@ def sudoku_targets(rows: list[dict]) -> list[str]:
 
 
 # -- gsm -------------------------------------------------------------------------------------------
-def gsm_methods(quick: bool, block_model: bool = False) -> list[dict]:
+def gsm_methods(quick: bool, block_model: bool = False, thresholds: tuple[float, ...] | None = None) -> list[dict]:
     """AR, the one-token-per-call reference, then threshold decoding x cache. A block diffusion DLM
     uses its exact block cache throughout (its finished blocks never change); a full-attention DLM
     the dual cache at every threshold and the prefix cache at 0.9 for comparison."""
     out = [{"method": "AR greedy + KV cache", "kind": "ar"},
            {"method": "DLM low_confidence, 1 token/call", "kind": "dlm", "strategy": "low_confidence",
             "cache": "block" if block_model else "none"}]
-    every = QUICK_THRESHOLDS if quick else THRESHOLDS
+    every = thresholds or (QUICK_THRESHOLDS if quick else THRESHOLDS)
     for cache, thresholds in ((("block", every),) if block_model else (("dual", every), ("prefix", (0.9,)))):
         out += [{"method": f"DLM threshold {t} {cache}", "kind": "dlm", "strategy": "threshold", "threshold": t, "cache": cache}
                 for t in thresholds]
@@ -225,25 +232,44 @@ def gsm_one(method: dict, lm, prompt: list[int], budget: int) -> tuple[list[int]
     return res.sequences[0][res.generate_mask[0]].tolist(), res.steps
 
 
-def bench_gsm(args, paths: dict[str, Path], progress: Progress) -> dict:
+def gsm_items(models: dict, n: int, context: int, long: bool) -> tuple[list[tuple], int]:
+    """(prompts by kind, token budget, answer) of ``n`` test problems, and how many were drawn. The
+    standard set: the first ``n`` of the test split, 128 new tokens or what the context leaves. The long
+    set (LONG_STEPS steps): problems whose prompt and whole answer (with EOS) fit the context, budget the
+    rest of the context - a problem the models cannot even hold is not a fair question."""
+    records = make_examples("gsm", 2 * n + 16 if long else n, seed=0, split="test",
+                            **({"steps": (LONG_STEPS, LONG_STEPS)} if long else {}))
+    items = []
+    for record in records:
+        prompt, answer = sft_texts(record)
+        prompts = {kind: lm.bos + lm.encode(prompt) for kind, lm in models.items()}
+        room = context - max(len(p) for p in prompts.values())
+        if long:
+            if max(len(lm.encode(answer)) for lm in models.values()) + 1 > room:
+                continue
+            budget = room
+        else:  # 128 new tokens, or what the context leaves after a long prompt (the longest response fits)
+            budget = min(CANVAS, room)
+        items.append((prompts, budget, gsm8k_final_answer(record["answer"])))
+        if len(items) == n:
+            break
+    return items, len(records)
+
+
+def bench_gsm(args, paths: dict[str, Path], progress: Progress, long: bool = False) -> dict:
     settings = EvalSettings(batch_size=1, progress=False)
     models = {"ar": load(paths["gsm-ar"], "ar", settings), "dlm": load(paths["gsm-dlm"], "dlm", settings)}
     context = min(lm.max_length or 10**9 for lm in models.values())
-    items = []
-    for record in make_examples("gsm", args.n_gsm, seed=0, split="test"):
-        prompts = {kind: lm.bos + lm.encode(sft_texts(record)[0]) for kind, lm in models.items()}
-        # 128 new tokens, or what the context leaves after a long prompt (the longest response fits)
-        budget = min(CANVAS, context - max(len(p) for p in prompts.values()))
-        items.append((prompts, budget, gsm8k_final_answer(record["answer"])))
+    items, drawn = gsm_items(models, args.n_gsm_long if long else args.n_gsm, context, long)
     block_size = models["dlm"].model.config.block_size
-    methods = gsm_methods(args.quick, block_model=block_size is not None)
+    methods = gsm_methods(args.quick, block_model=block_size is not None, thresholds=LONG_THRESHOLDS if long else None)
     for method in methods:  # warm-up, untimed
         gsm_one(method, models[method["kind"]], items[0][0][method["kind"]], 16)
     rows = []
     for method in methods:
         lm = models[method["kind"]]
         stops = stop_token_ids(lm.model)  # EOS and pad, for both kinds
-        bar = progress.add_task(f"gsm {method['method']}", total=len(items))
+        bar = progress.add_task(f"{'gsm-long' if long else 'gsm'} {method['method']}", total=len(items))
         correct, tokens, calls, seconds, examples = [], 0, 0, 0.0, []
         for prompts, budget, answer in items:
             start = CLOCK["now"]()
@@ -267,10 +293,22 @@ def bench_gsm(args, paths: dict[str, Path], progress: Progress) -> dict:
         if row is not ar:
             paired = paired_comparison([c == "1" for c in row["outcomes"]], [c == "1" for c in ar["outcomes"]])
             row["vs_ar"] = {"only_this": paired.only_a, "only_ar": paired.only_b, "p_value": paired.p_value}
+    if long:
+        return {"n": len(items), "drawn": drawn, "steps": LONG_STEPS, "block_length": block_size or BLOCK,
+                "block_model": block_size is not None, "context": context, "rows": rows, "targets": gsm_long_lines(rows)}
     capped = sum(b < CANVAS for _, b, _ in items)
     return {"n": len(items), "canvas": CANVAS, "block_length": block_size or BLOCK, "block_model": block_size is not None,
             "context": context, "capped": capped,
             "rows": rows, "targets": gsm_targets(rows)}
+
+
+def gsm_long_lines(rows: list[dict]) -> list[str]:
+    """What the longer chains show (no target was set for them): each DLM method's EM against AR's."""
+    ar = next(r for r in rows if r["kind"] == "ar")
+    return [f"gsm-long: {r['method']}: EM {r['em']:.1f}% vs AR {ar['em']:.1f}% "
+            f"({r['vs_ar']['only_this']} right only here / {r['vs_ar']['only_ar']} only by AR, p {r['vs_ar']['p_value']:.2f}), "
+            f"{r['tokens_per_call']:.2f} tokens/call, {r['tokens_per_second'] / ar['tokens_per_second']:.2f}x AR tokens/s"
+            for r in rows if r is not ar]
 
 
 def gsm_targets(rows: list[dict]) -> list[str]:
@@ -317,11 +355,19 @@ def markdown(result: dict) -> str:
         out += [f"| {r['method']} | {r['acc']:.1f} ± {r['acc_stderr']:.1f} | " + " | ".join(_pct(v) for v in r["by_blanks"].values())
                 + f" | {r['valid_grid']:.1f} | {r['cell_acc']:.1f} | {r['seconds_per_puzzle']:.3f} |" for r in s["rows"]]
         out += ["", *[f"- {line}" for line in s["targets"]], ""]
-    if "gsm" in result:
-        g = result["gsm"]
+    for part in ("gsm", "gsm-long"):
+        if part not in result:
+            continue
+        g = result[part]
         ar = next(r for r in g["rows"] if r["kind"] == "ar")
-        out += [f"GSM: `{g['command']}` ({g['when']}); {g['n']} test problems, batch 1, greedy, {g['canvas']} new tokens "
-                f"({g['capped']} prompts get what the {g['context']}-token context leaves), DLM blocks of {g['block_length']} "
+        if part == "gsm":
+            head = (f"GSM: `{g['command']}` ({g['when']}); {g['n']} test problems, batch 1, greedy, {g['canvas']} new tokens "
+                    f"({g['capped']} prompts get what the {g['context']}-token context leaves)")
+        else:
+            head = (f"GSM, longer chains: `{g['command']}` ({g['when']}); {g['n']} test problems of {g['steps']} arithmetic "
+                    f"steps (the training data has 2-4), those of the first {g['drawn']} drawn whose prompt and answer fit the "
+                    f"{g['context']}-token context; batch 1, greedy, the rest of the context as budget")
+        out += [head + f", DLM blocks of {g['block_length']} "
                 f"{'(a block diffusion model: its training grid, exact block KV cache) ' if g.get('block_model') else ''}"
                 "with stop at EOS; tokens = the response up to and including EOS.", "",
                 "| method | EM % | tokens/call | tokens/s | x AR | model calls | right where AR is wrong / wrong where AR is right, p |",
@@ -385,12 +431,13 @@ def plot(result: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     for role, name in BUNDLED.items():
-        parser.add_argument(f"--{role}", default=name, help=f"model directory or bundled name (default %(default)s)")
+        parser.add_argument(f"--{role}", default=name, help="model directory or bundled name (default %(default)s)")
     parser.add_argument("--random-models", action="store_true", help="random-weight stand-ins of the four configs (pipeline check)")
     parser.add_argument("--n-gsm", type=int, help="GSM test problems (default 1000, the whole test split; quick 8)")
+    parser.add_argument("--n-gsm-long", type=int, help="longer-chain GSM test problems (default 500; quick 8)")
     parser.add_argument("--n-sudoku", type=int, help="sudoku test puzzles (default 300; quick 20)")
     parser.add_argument("--batch", type=int, default=50, help="sudoku rows per model call (default %(default)s)")
-    parser.add_argument("--only", choices=("gsm", "sudoku"), help="run one part (a written result keeps the other's)")
+    parser.add_argument("--only", choices=PARTS, help="run one part (a written result keeps the others')")
     parser.add_argument("--quick", action="store_true", help="few examples, thresholds 0.9 and 0.5 only")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out-dir", type=Path, help="write tasks.json and tasks.png here instead (RESULTS.md untouched)")
@@ -398,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.n_gsm = args.n_gsm or (8 if args.quick else 1000)
     args.n_sudoku = args.n_sudoku or (20 if args.quick else 300)
+    args.n_gsm_long = args.n_gsm_long or (8 if args.quick else 500)
     torch.set_num_threads(args.threads)
     transformers_logging.disable_progress_bar()  # per-load bars would bury rich's
     if args.threads == 1:
@@ -411,20 +459,20 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"machine": machine(), "torch": torch.__version__, "threads": args.threads, "clock": CLOCK["name"],
                               "models": {r: "random" if args.random_models else str(getattr(args, r.replace("-", "_"))) for r in BUNDLED}}
     with Progress() as progress:
-        for part, bench in (("sudoku", bench_sudoku), ("gsm", bench_gsm)):
+        benches = {"sudoku": bench_sudoku, "gsm": bench_gsm,
+                   "gsm-long": lambda *a: bench_gsm(*a, long=True)}
+        for part, bench in benches.items():
             if args.only in (None, part):
                 result[part] = {"command": command, "when": time.strftime("%Y-%m-%d"), **bench(args, paths, progress)}
     tmp.cleanup()
-    for part in ("sudoku", "gsm"):
+    for part in PARTS:
         for line in result.get(part, {}).get("targets", []):
             print(line)
     write_default = not args.no_write and not args.random_models and args.out_dir is None
     json_path, plot_path = (args.out_dir / "tasks.json", args.out_dir / "tasks.png") if args.out_dir else (RESULTS_JSON, PLOT)
     if args.only and write_default and RESULTS_JSON.is_file():  # keep the part not rerun
-        other = "gsm" if args.only == "sudoku" else "sudoku"
         previous = json.loads(RESULTS_JSON.read_text())
-        if other in previous:
-            result[other] = previous[other]
+        result.update({part: previous[part] for part in PARTS if part != args.only and part in previous})
     body = markdown(result)
     print(body)
     if not args.no_write and (write_default or args.out_dir):

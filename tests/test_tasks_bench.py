@@ -48,3 +48,33 @@ def test_gsm_table_shows_the_paired_comparison():
     text = tasks_bench.markdown(result)
     assert "| DLM 0.99 | 98.6 ± 0.4 | 6.10 | 2150 | 3.07 | 10 | 8 / 12, p 0.50 |" in text
     assert "| AR | 99.0 ± 0.4 | 1.00 | 700 | 1.00 | 10 | - |" in text
+
+
+class _LM:
+    """What gsm_items reads of an EvalLM: BOS ids and an encoder (one id per character: lengths are known)."""
+
+    bos = [0]
+
+    def encode(self, text):
+        return [1] * len(text)
+
+
+def test_the_long_gsm_set_is_held_out_longer_and_fits_the_context():
+    """gsm-long: test-split problems of LONG_STEPS steps (one past the training data's 2-4), only those
+    whose prompt and whole answer (and EOS) fit the context, each given the rest of the context."""
+    from difflm.tasks import keyed_examples
+    from difflm.tasks.splits import split_of
+
+    models = {"ar": _LM(), "dlm": _LM()}
+    context = 520
+    items, drawn = tasks_bench.gsm_items(models, 20, context, long=True)
+    assert 0 < len(items) <= 20 and drawn >= len(items)
+    keyed = keyed_examples("gsm", drawn, seed=0, split="test", steps=(tasks_bench.LONG_STEPS,) * 2)
+    kept = [r for _, r in keyed if 1 + len(tasks_bench.sft_texts(r)[0]) + len(tasks_bench.sft_texts(r)[1]) + 1 <= context]
+    assert len(kept) >= len(items) and len(kept) < len(keyed)  # the context really drops some
+    assert all(split_of(k) == "test" for k, _ in keyed)
+    for (prompts, budget, answer), record in zip(items, kept):
+        assert budget == context - len(prompts["dlm"]) and answer == tasks_bench.gsm8k_final_answer(record["answer"])
+        assert record["answer"].count("\n") >= tasks_bench.LONG_STEPS  # 5 lines of reasoning, then '#### n'
+    standard, _ = tasks_bench.gsm_items(models, 5, context, long=False)
+    assert all(b == min(tasks_bench.CANVAS, context - len(p["dlm"])) for p, b, _ in standard)
