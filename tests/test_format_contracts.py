@@ -13,6 +13,8 @@ from typing import Any, Callable
 
 import pytest
 import torch
+from llada2_layouts import write_llada2
+from mdlm_layouts import write_mdlm
 from published_layouts import write_diffugpt, write_dream, write_llada, write_llama, write_sdar
 
 from difflm import formats
@@ -55,6 +57,8 @@ FORMAT_WRITERS: dict[str, Callable[[Path], Any]] = {
     "dream": write_dream,
     "sdar": write_sdar,
     "diffullama": lambda path: write_llama(path, marker=True),
+    "mdlm": write_mdlm,
+    "llada2": write_llada2,
     "causal-lm": _causal_lm,
 }
 

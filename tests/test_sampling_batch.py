@@ -28,6 +28,8 @@ SAMPLED = [
     dict(cache="block", attention="block_causal", temperature=1.0, block_length=3, stop_at_eos=True),
     # the step's revisits and sub-blocks (the same `DecodingStep` in `denoise` and `RowBatch`)
     dict(editing_threshold=0.0, max_edits=2, temperature=1.0, block_length=4),
+    dict(editing_threshold=0.0, max_edits=6, post_edit_steps=3, temperature=1.0, block_length=4),  # LLaDA 2.1
+    dict(editing_threshold=0.1, max_edits=6, post_edit_steps=4, cache="dual", block_length=4, temperature=1.0),
     dict(remask=0.5, max_edits=1, temperature=1.0, block_length=4, steps=12),
     dict(sub_block_length=2, block_length=4, temperature=1.0),
     dict(sub_block_length=3, strategy="random", temperature=1.0, steps=5, stop_at_eos=True),

@@ -153,3 +153,11 @@ class DiffusionConfig:
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "DiffusionConfig":
         return cls.from_dict(read_json_config(Path(directory) / CONFIG_NAME))
+
+
+def is_uniform_state(model: Any) -> bool:
+    """Whether ``model`` (anything with a `DiffusionConfig` ``config``) is a uniform-state diffusion LM
+    (UDLM, Duo: no mask token, tokens renoised to uniform noise): ``config.extra["process"] == "uniform"``,
+    set by its loader (`difflm.formats.mdlm`)."""
+    extra = getattr(getattr(model, "config", None), "extra", None) or {}
+    return extra.get("process") == "uniform"

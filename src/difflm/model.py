@@ -221,6 +221,7 @@ class DiffusionLM(nn.Module):
         step: int | None = None,
         generator: torch.Generator | None = None,
         groups: torch.Tensor | None = None,
+        timesteps: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Aligned logits: ``logits[:, i]`` is the prediction for token ``i``.
 
@@ -239,6 +240,7 @@ class DiffusionLM(nn.Module):
             generator: RNG for the annealing draw (any device: see `difflm.rng`).
             groups: LongTensor [B, L], decoding groups for "block_causal" (default for a block
                 diffusion model: its block grid, `block_groups`).
+            timesteps: FloatTensor [B], noise levels for a time-conditioned backbone (UDLM, Duo), if given.
         Returns:
             FloatTensor [B, L, V]. With ``shift`` the backbone's prediction made at i-1 is moved to
             i; position 0 has no prediction of its own and holds a copy of position 1's (Dream's
@@ -250,7 +252,9 @@ class DiffusionLM(nn.Module):
         mask4d = self.attention_mask_4d(input_ids, attention_mask, attention=attention, step=step,
                                         generator=generator, groups=groups)
         position_ids = None if attention_mask is None else self.position_ids(attention_mask, input_ids)
-        raw = self.model(input_ids=input_ids, attention_mask=mask4d, position_ids=position_ids, use_cache=False).logits
+        time = {} if timesteps is None else {"timesteps": timesteps}
+        raw = self.model(input_ids=input_ids, attention_mask=mask4d, position_ids=position_ids, use_cache=False,
+                         **time).logits
         return self.aligned(raw)
 
     def aligned(self, raw: torch.Tensor) -> torch.Tensor:

@@ -137,6 +137,8 @@ FORMATS = Registry("format", {
     "dream": "difflm.formats.dream",
     "sdar": "difflm.formats.sdar",
     "diffullama": "difflm.formats.diffullama",
+    "llada2": "difflm.formats.llada2",
+    "mdlm": "difflm.formats.mdlm",
     "causal-lm": "difflm.formats.causal_lm",
 })
 

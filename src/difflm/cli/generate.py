@@ -75,6 +75,9 @@ def add_core_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     """The flags of ``command`` ("generate" or "infill") that are not a family's: those every family shares,
     then the masked sampler's, in their own group."""
     parser.add_argument("--model", default=DEFAULT_DLM, help=f"model directory or bundled model name (default {DEFAULT_DLM})")
+    parser.add_argument("--preset", metavar="NAME",
+                        help="a named decoding mode of the model's layout instead of its default settings "
+                        "(e.g. LLaDA 2.1: quality, speed); flags still override it")
     parser.add_argument("--steps", type=integer(1), help="denoising steps = model calls at most (default: one per token)")
     parser.add_argument("--cfg-scale", type=NON_NEGATIVE, default=0.0, help="classifier-free guidance scale >= 0 (default 0 = off)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -121,6 +124,9 @@ def _add_masked_arguments(parser: argparse.ArgumentParser, command: str) -> None
                            help="ReMDM-style remasking: mask each committed token of the block again with probability "
                            "P at every step but the block's last (default 0 = off)"),
         group.add_argument("--max-edits", type=integer(1), help="edits or remasks per position at most (default 2)"),
+        group.add_argument("--post-edit-steps", type=integer(0), metavar="N",
+                           help="with --editing-threshold: up to N edit-only model calls once a block is filled, "
+                           "until one edits nothing (LLaDA 2.1's max_post_steps; default 0)"),
         group.add_argument("--stop-at-eos", action=argparse.BooleanOptionalAction,
                            help="stop a row once a finished block holds EOS"),
         group.add_argument("--suppress-eos", action=argparse.BooleanOptionalAction,
@@ -151,13 +157,20 @@ def sampler_options(args: argparse.Namespace, base: SamplerOptions | None = None
     return over_model(base, **given_options(args))
 
 
-def saved_defaults(name_or_path: str) -> GenerationDefaults | None:
+def saved_defaults(name_or_path: str, preset: str | None = None) -> GenerationDefaults | None:
     """The decoding defaults a model directory (or bundled name) saved - its generation_config.json, an
-    adapter's own or else its base's - read before the weights (`ModelLoadError` for a bad file)."""
+    adapter's own or else its base's, else its layout's published decoding - or the named ``preset`` of
+    its layout; read before the weights (`ModelLoadError` for a bad file, `InputError` for an unknown preset)."""
     from ..bundled import resolve_model
-    from ..formats import saved_generation_defaults
+    from ..formats import generation_presets, saved_generation_defaults
 
     path = resolve_model(name_or_path)
+    if preset is not None:
+        presets = generation_presets(path) if path.is_dir() else {}
+        if preset not in presets:
+            offered = f"its presets: {', '.join(presets)}" if presets else "it offers none"
+            raise InputError(f"--preset {preset!r}: {name_or_path} has no such decoding preset ({offered})")
+        return presets[preset]
     return saved_generation_defaults(path) if path.is_dir() else None
 
 
@@ -234,7 +247,9 @@ def run_generate(args: argparse.Namespace) -> int:
     task, defaults = found if found is not None else (None, None)
     # every bad value fails before the model loads, those that need no torch first
     _check_run_args(args)
-    saved = None if family is not None else saved_defaults(args.model)  # generation_config.json
+    if family is not None and args.preset is not None:
+        raise InputError(f"--preset applies to masked DLMs; {args.model} is decoded by the {family.name} family's sampler")
+    saved = None if family is not None else saved_defaults(args.model, args.preset)  # generation_config.json
     base = _base_options(saved, defaults)
     length_given = args.length is not None
     if args.length is None:  # the model's recommended length; a task model saved without one: its task's
@@ -293,7 +308,9 @@ def run_infill(args: argparse.Namespace) -> int:
 
     parts = parse_template(args.template) if args.template is not None else gap_template(args.prefix, args.suffix, args.length)
     family = claiming_family(args)
-    saved = None if family is not None else saved_defaults(args.model)  # generation_config.json
+    if family is not None and args.preset is not None:
+        raise InputError(f"--preset applies to masked DLMs; {args.model} is decoded by the {family.name} family's sampler")
+    saved = None if family is not None else saved_defaults(args.model, args.preset)  # generation_config.json
     options = sampler_options(args, _base_options(saved, None))
     check_device(args.device)
     notice = _used_defaults(args, saved, options, False) if saved is not None and not args.json else None

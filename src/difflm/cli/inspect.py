@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from ..errors import InputError
+from ..bundled import resolve_model
 from ..io import require_directory
 from ..registry import FORMATS as FORMAT_NAMES
 from . import integer
@@ -42,13 +43,14 @@ def register(subparsers: Any) -> None:
         description="Detect the layout of a checkpoint directory and print what difflm would load: family, "
         "architecture, parameters, dtype, mask id, shift, attention, special tokens - and why.",
     )
-    parser.add_argument("dir", help="checkpoint directory (config.json + safetensors)")
+    parser.add_argument("dir", help="checkpoint directory (config.json + safetensors) or bundled model name")
     add_load_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    args.dir = str(resolve_model(args.dir))  # a bundled name reads as its directory
     require_directory(args.dir)
     from ..formats import describe_checkpoint, detect, read_adapter
     from ..io import CHECKPOINT, directory_kind
@@ -79,13 +81,15 @@ def run(args: argparse.Namespace) -> int:
     cfg = info["config"]
     rows = [
         ("family", cfg.family),
-        ("architecture", f"{info['architecture']}  (stock transformers class, no remote code)"),
+        ("architecture", f"{info['architecture']}  ("
+                         + ("difflm's native backbone" if info["native_backbone"] else "stock transformers class")
+                         + ", no remote code)"),
         ("parameters", human_count(info["parameters"])),
         ("weights", f"{info['stored_dtype']}, {human_bytes(info['stored_bytes'])} in {info['files']} file(s)"),
         ("vocabulary", str(info["vocab_size"])),
         ("mask id", _describe_token(cfg.mask_token_id, info["tokens"].get("mask"))),
         ("shift", "yes (the logit at i-1 predicts token i)" if cfg.shift else "no (the logit at i predicts token i)"),
-        ("attention", cfg.attention),
+        ("attention", cfg.attention + (f", blocks of {cfg.block_size}" if cfg.block_size else "")),
         ("tokens", ", ".join(f"{name} {_describe_token(*value)}" for name, value in info["tokens"].items()
                              if name != "mask") or "none"),
         ("tokenizer", f"{info['tokenizer'] or 'none'}; chat template: {'yes' if info['chat_template'] else 'no'}"),

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import rng
+from ..config import is_uniform_state
 from ..errors import InputError
 from ..losses.block import two_copy_logits
 from ..noise import get_schedule, sample_t
@@ -191,6 +192,9 @@ def _score_rows(model, requests: Sequence[ScoreRequest], rows: list[_Row], *, ba
 
 
 def _targets(model, requests: Sequence[ScoreRequest]) -> None:
+    if is_uniform_state(model):  # no mask token: the masked bound of such a model would be a meaningless number
+        raise InputError("this is a uniform-state model (UDLM, Duo): its bound is difflm.evaluation.uniform."
+                         "uniform_elbo_nll, not the masked ELBO (difflm eval picks it by itself)")
     check_requests(requests, vocab_size=model.vocab_size, max_length=model.max_length,
                    first_target=model.first_predictable_position, forbidden_id=model.config.mask_token_id)
 

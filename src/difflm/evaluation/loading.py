@@ -20,6 +20,7 @@ from ..formats import AR_FORMAT, FORMATS, LoadedModel, load
 from ..registry import MODEL_KINDS, Entry
 from .lm import AREvalLM, DiffusionEvalLM, EvalLM, Layout
 from .settings import EvalSettings
+from .uniform import UniformEvalLM, is_uniform_state
 
 __all__ = ["AR_FORMAT", "check_format", "eval_lm", "load_eval_lm", "scoring_summary"]
 
@@ -40,6 +41,8 @@ def eval_lm(loaded: LoadedModel, settings: EvalSettings | None = None, *, name: 
         return adapter(loaded, settings, name=name)
     layout = Layout(loaded.format, loaded.given, loaded.reason, loaded.model_type)
     cls = AREvalLM if loaded.autoregressive else DiffusionEvalLM
+    if cls is DiffusionEvalLM and is_uniform_state(loaded.model):  # UDLM / Duo: no mask token, their own bound
+        cls = UniformEvalLM
     return cls(loaded.model, loaded.tokenizer, settings, name=name, layout=layout)
 
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from ..registry import FORMATS
 from .adapter import (
-    is_adapter_dir, load_adapter, load_adapter_as_dlm, load_adapter_dir, read_adapter, saved_generation_defaults,
+    generation_presets, is_adapter_dir, load_adapter, load_adapter_as_dlm, load_adapter_dir, read_adapter,
+    saved_generation_defaults,
 )
 from .checkpoint import (
     WEIGHTS_INDEX_NAME,
@@ -42,7 +43,7 @@ from .loading import LoadPlan
 __all__ = [
     "AR_FORMAT", "FORMATS", "GENERATION_CONFIG", "GenerationDefaults", "WEIGHTS_INDEX_NAME", "WEIGHTS_NAME", "Checkpoint", "Detection", "Format", "LoadPlan",
     "LoadedModel", "Survey", "TensorInfo", "describe_checkpoint", "detect", "detect_format", "dlm_class", "inspect_checkpoint",
-    "is_adapter_dir", "iter_tensors", "layout", "load", "load_adapter", "load_adapter_as_dlm", "load_adapter_dir",
+    "generation_presets", "is_adapter_dir", "iter_tensors", "layout", "load", "load_adapter", "load_adapter_as_dlm", "load_adapter_dir",
     "load_causal_lm", "load_checkpoint", "load_checkpoint_dir", "load_diffusion_lm", "load_dlm", "load_tokenizer", "plan_checkpoint",
     "read_adapter", "read_generation_defaults", "register_format", "require_model_dir", "saved_generation_defaults", "survey", "weight_files", "write_generation_defaults",
 ]

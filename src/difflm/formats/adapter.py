@@ -28,6 +28,7 @@ from ..bundled import MODELS
 from ..errors import ConfigError, ModelLoadError
 from ..io import ADAPTER_FILE, HF_CONFIG, has_marker
 from .checkpoint import load_tokenizer
+from .detection import detect, published_generation
 from .generation import GenerationDefaults, read_generation_defaults
 from .loaders import AR_FORMAT, LoadedModel, load_causal_lm, load_dlm
 
@@ -80,7 +81,23 @@ def saved_generation_defaults(path: str | os.PathLike) -> GenerationDefaults | N
     found = read_generation_defaults(path)
     if found is None and is_adapter_dir(path):
         found = read_generation_defaults(read_adapter(path)[1])
+    if found is None and not is_adapter_dir(path):  # a published checkpoint: its layout's own decoding
+        found = _published(path)[0]
     return found
+
+
+def generation_presets(path: str | os.PathLike) -> dict[str, GenerationDefaults]:
+    """The named decoding modes a model directory's layout offers (``--preset NAME``; e.g. LLaDA 2.1's
+    "quality" and "speed"), an adapter's those of its base; {} when it offers none. Configs only."""
+    return _published(read_adapter(path)[1] if is_adapter_dir(path) else path)[1]
+
+
+def _published(path: str | os.PathLike) -> tuple[GenerationDefaults | None, dict[str, GenerationDefaults]]:
+    try:
+        found = detect(path)
+    except ModelLoadError:  # not a checkpoint layout (a family's model): the loader says what it is
+        return None, {}
+    return published_generation(found)
 
 
 def load_adapter(path: str | os.PathLike, *, merge: bool = False, dtype: torch.dtype | str | None = torch.float32,

@@ -32,6 +32,8 @@ def describe_checkpoint(path: str | os.PathLike, *, format: str | None = None, *
         "reason": found.reason,
         "family": cfg.family,
         "architecture": type(model).__name__,
+        # a class of difflm.backbones (a published architecture transformers has no class for), else stock
+        "native_backbone": type(model).__module__.startswith("difflm.backbones"),
         "parameters": parameter_count(model),
         "stored_dtype": str(ckpt.stored_dtype).removeprefix("torch."),
         "stored_bytes": ckpt.stored_bytes,

@@ -21,6 +21,7 @@ from typing import Any, Callable
 from ..errors import ModelLoadError
 from ..registry import FORMATS
 from .checkpoint import Checkpoint, inspect_checkpoint, load_tokenizer
+from .generation import GenerationDefaults
 from .loading import LoadPlan
 
 Detector = Callable[[Checkpoint], "str | None"]
@@ -90,6 +91,16 @@ def detect(path: str | os.PathLike, format: str | None = None) -> Detection:
 def detect_format(path: str | os.PathLike) -> str:
     """Name of the layout of a checkpoint directory (see `registry.FORMATS`)."""
     return detect(path).format
+
+
+def published_generation(found: Detection) -> tuple[GenerationDefaults | None, dict[str, GenerationDefaults]]:
+    """How checkpoints of this layout decode when their directory saved no settings (the layout module's
+    optional ``generation_defaults(ckpt)``), and its named presets (``generation_presets(ckpt)``); from
+    config.json alone. Layouts without them: (None, {})."""
+    module = FORMATS.get(found.format, ModelLoadError)
+    defaults = getattr(module, "generation_defaults", None)
+    presets = getattr(module, "generation_presets", None)
+    return (defaults(found.checkpoint) if defaults else None), (presets(found.checkpoint) if presets else {})
 
 
 def plan_checkpoint(found: Detection, overrides: dict[str, Any]) -> tuple[LoadPlan, Any]:

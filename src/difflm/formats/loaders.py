@@ -21,7 +21,7 @@ from ..errors import ModelLoadError
 from ..io import CHECKPOINT
 from ..registry import MODEL_KINDS, Entry
 from .checkpoint import load_tokenizer
-from .detection import AR_FORMAT, detect, plan_checkpoint
+from .detection import AR_FORMAT, detect, plan_checkpoint, published_generation
 from .generation import read_generation_defaults
 from .loading import DTYPES, load_backbone
 
@@ -102,7 +102,8 @@ def load_dlm(
 def _load_dlm(cls: type | None, found: Any, dtype: Any, attn_implementation: str, progress: bool | None,
               overrides: dict[str, Any]) -> Any:
     plan, tokenizer = plan_checkpoint(found, overrides)
-    defaults = read_generation_defaults(found.checkpoint.path)  # a bad file fails before the weights load
+    # a bad file fails before the weights load; without saved settings, the layout's published decoding
+    defaults = read_generation_defaults(found.checkpoint.path) or published_generation(found)[0]
     model = load_backbone(plan, found.checkpoint, dtype=dtype, attn_implementation=attn_implementation, progress=progress)
     dlm = (cls or dlm_class())(model, plan.config, tokenizer)
     dlm.generation_defaults = defaults  # the difflm section of generation_config.json (formats.generation)

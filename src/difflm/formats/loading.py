@@ -20,6 +20,7 @@ from typing import Any, Callable
 import torch
 from transformers import PretrainedConfig, PreTrainedModel
 
+from .. import backbones  # noqa: F401  (registers difflm's native backbones with the Auto classes)
 from ..config import DiffusionConfig
 from ..errors import ConfigError, ModelLoadError
 from .checkpoint import Checkpoint, iter_tensors

@@ -204,7 +204,9 @@ class RowBatch:
             if row.cancelled:  # a cohort's cancelled row: computes nothing more
                 continue
             row.canvas = out.canvas[b, pad:].clone()
-            row.schedule.advance(None if out.edits is None else out.edits[b:b + 1, pad:].clone())
+            post = not inputs[b].candidates.any()  # an edit-only step after the block's last mask
+            row.schedule.advance(None if out.edits is None else out.edits[b:b + 1, pad:].clone(), post=post,
+                                 edited=bool(out.committed[b].any()))
             if not batch.positions[b].any():  # a cohort's row with nothing left in this block
                 continue
             row.calls += 1
@@ -225,11 +227,17 @@ class RowBatch:
         """The row's `DecodingStep.prepare` (remasking, candidates); nothing for a row that is
         cancelled, done, or past its block's budget."""
         s = row.schedule
-        if row.cancelled or s.done or not s.running or id(row) in self._waiting:
+        if row.cancelled or s.done or not (s.running or s.post_editing) or id(row) in self._waiting:
             none = torch.zeros_like(row.generate_mask)[None]
             return StepInput(row.canvas[None], none, none, s.edits)
-        return self.decode.prepare(row.canvas[None], s.block, s.edits, remask=s.may_remask,
+        return self.decode.prepare(row.canvas[None], s.block, s.edits, remask=s.may_remask and s.running,
                                    generator=rng.RowGenerators([row.generator]))
+
+    @staticmethod
+    def _has_work(row: Row, inputs: StepInput) -> bool:
+        """Whether the row steps: a masked candidate, or (its block filled) an edit-only step
+        (``post_edit_steps``) with something it may edit."""
+        return bool(inputs.candidates.any()) or (row.schedule.post_editing and bool(inputs.to_edit.any()))
 
     def _ready(self, row: Row) -> StepInput | None:
         """An open batch's row, moved on to a step with candidates (what `denoise` does for a batch
@@ -238,7 +246,7 @@ class RowBatch:
             if not row.schedule.started:
                 row.schedule.start(row.canvas[None])
             inputs = self._prepare(row)
-            if inputs.candidates.any():
+            if self._has_work(row, inputs):
                 return inputs
             row.end_block()
         return None
@@ -251,7 +259,7 @@ class RowBatch:
                 inputs = [self._prepare(r) for r in self._members]
                 # a row whose block has nothing left waits for the others (alone, its block would end
                 # here): it is not prepared again - no remasking draws - until the next block
-                self._waiting |= {id(r) for r, i in zip(self._members, inputs) if not i.candidates.any()}
+                self._waiting |= {id(r) for r, i in zip(self._members, inputs) if not self._has_work(r, i)}
                 if len(self._waiting) < len(self._members):
                     return self._members, inputs
                 for r in self._members:

@@ -72,6 +72,10 @@ class SamplerOptions:
     remask: ReMDM-style remasking: at every step of a block but its last, each token committed
         earlier in the block is masked again with this probability and re-decided (0 = off).
     max_edits: how often one position may be edited or remasked, so that decoding settles.
+    post_edit_steps: with ``editing_threshold``, once no position of the block is masked any more, up to
+        this many more model calls that only edit (LLaDA 2.1's ``max_post_steps``); the first call that
+        edits nothing ends the block. 0 = the block ends with its last mask (they are not counted in
+        ``steps``).
     """
 
     steps: int | None = None
@@ -94,6 +98,7 @@ class SamplerOptions:
     editing_threshold: float | None = None
     remask: float = 0.0
     max_edits: int = 2
+    post_edit_steps: int = 0
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -122,6 +127,8 @@ class SamplerOptions:
             raise InputError(f"remask must be a probability in [0, 1), got {self.remask}")
         if isinstance(self.max_edits, bool) or not isinstance(self.max_edits, int) or self.max_edits < 1:
             raise InputError(f"max_edits must be an integer >= 1, got {self.max_edits!r}")
+        if isinstance(self.post_edit_steps, bool) or not isinstance(self.post_edit_steps, int) or self.post_edit_steps < 0:
+            raise InputError(f"post_edit_steps must be an integer >= 0, got {self.post_edit_steps!r}")
         self.commit_strategy  # noqa: B018 - validates strategy, threshold and alg_temp now
 
     @cached_property

@@ -22,6 +22,7 @@ from .canvas import TokenIds, as_rows, build_canvas, template_canvas
 from .denoiser import Denoiser
 from .options import SamplerOptions, model_length, model_options, over_model
 from .step import BlockSchedule, DecodingStep, LogitsProcessor, SamplerStep, commit_step, stop_token_ids, trim_at_stop
+from .uniform import is_uniform_state, uniform_denoise
 
 __all__ = ["Callback", "Generation", "LogitsProcessor", "SamplerStep", "commit_step", "denoise", "fill", "generate",
            "infill", "row_generators", "stop_token_ids", "trim_at_stop"]
@@ -92,6 +93,10 @@ def denoise(
     """
     opts = SamplerOptions.merge(options, **overrides).for_family(getattr(model.config, "family", None))
     generator = row_generators(generator, canvas.shape[0])
+    if is_uniform_state(model):  # UDLM / Duo: no mask token to commit; their reverse process (sampling/uniform.py)
+        return Generation(*uniform_denoise(model, canvas, generate_mask, attention_mask, options=opts, generator=generator,
+                                           callback=callback, output_history=output_history,
+                                           logits_processor=logits_processor))
     mask_id = model.config.mask_token_id
     schedule, groups = BlockSchedule.plan(model, canvas, generate_mask, attention_mask, opts)
     denoiser = Denoiser(
@@ -107,18 +112,19 @@ def denoise(
             schedule.start(canvas)
             denoiser.start_block(schedule.block, within=schedule.parent)
         inputs = None
-        if schedule.running:
-            inputs = decode.prepare(canvas, schedule.block, schedule.edits, remask=schedule.may_remask,
-                                    generator=generator)
+        if schedule.running or schedule.post_editing:
+            inputs = decode.prepare(canvas, schedule.block, schedule.edits,
+                                    remask=schedule.may_remask and schedule.running, generator=generator)
             canvas, schedule.edits = inputs.canvas, inputs.edits
-        if inputs is None or not inputs.candidates.any():  # the block's budget is spent or nothing is masked
-            canvas = schedule.end_unit(canvas)
+        post = inputs is not None and not inputs.candidates.any()  # nothing masked: an edit-only step at most
+        if inputs is None or (post and not (schedule.post_editing and inputs.to_edit.any())):
+            canvas = schedule.end_unit(canvas)  # the block's budget is spent, or it is filled (and edited)
             continue
         logits = denoiser(canvas, inputs.positions)
         out = decode(logits, inputs, step=schedule.step, steps=schedule.budget,
                      num_to_commit=schedule.num_to_commit(inputs.candidates), generator=generator)
         canvas = out.canvas
-        schedule.advance(out.edits)
+        schedule.advance(out.edits, post=post, edited=bool(out.committed.any()))
         if history is not None:
             history.append(canvas.clone())
         if callback is not None:

@@ -106,6 +106,7 @@ class BlockSchedule:
         self.edits = torch.zeros(generate_mask.shape, dtype=torch.long, device=generate_mask.device) if revisits else None
         self.stopped = torch.zeros(generate_mask.shape[0], dtype=torch.bool, device=generate_mask.device)
         self._all_stopped = False
+        self.post_steps, self._post_edited = 0, True  # edit-only steps after the unit's last mask
 
     @classmethod
     def plan(cls, model: Any, canvas: torch.Tensor, generate_mask: torch.Tensor, attention_mask: torch.Tensor | None,
@@ -161,6 +162,13 @@ class BlockSchedule:
         """Remasking runs at every step of a unit but its last: the unit must end filled."""
         return self.budget is not None and self.step < self.budget - 1
 
+    @property
+    def post_editing(self) -> bool:
+        """Whether an edit-only step may run once the unit has no mask left (``post_edit_steps``): some
+        remain and the previous one edited something (LLaDA 2.1's generate)."""
+        return (self.budget is not None and self.options.editing_threshold is not None and self._post_edited
+                and self.post_steps < self.options.post_edit_steps)
+
     # -- moving on ---------------------------------------------------------------------------------
     def start(self, canvas: torch.Tensor) -> None:
         """Start the current unit (canvas: LongTensor [B, L]); see `start_together`."""
@@ -189,15 +197,21 @@ class BlockSchedule:
     def num_to_commit(self, candidates: torch.Tensor) -> torch.Tensor:
         """LongTensor [B]: tokens a fixed-count strategy commits in each row at this step, given the
         candidates BoolTensor [B, L]."""
+        if self.budget is not None and self.step >= self.budget:  # an edit-only step past the budget: no commit
+            return torch.zeros(candidates.shape[0], dtype=torch.long, device=candidates.device)
         if self._counts is not None:
             return self._counts[self.step]
         if self.options.schedule == "dream":
             return dream_commit_count(candidates.sum(-1), self.step, self.budget)
         return -(-candidates.sum(-1) // (self.budget - self.step))  # remasking: a share of what is masked now
 
-    def advance(self, edits: torch.Tensor | None) -> None:
-        """A step of the current unit ran; ``edits``: its `StepOutput.edits`."""
-        self.step += 1
+    def advance(self, edits: torch.Tensor | None, *, post: bool = False, edited: bool = True) -> None:
+        """A step of the current unit ran; ``edits``: its `StepOutput.edits`; ``post``: it was an edit-only
+        step after the unit's last mask, which ``edited`` something or not."""
+        if post:
+            self.post_steps, self._post_edited = self.post_steps + 1, edited
+        else:
+            self.step += 1
         self.edits = edits
 
     def end_unit(self, canvas: torch.Tensor) -> torch.Tensor:
@@ -208,6 +222,7 @@ class BlockSchedule:
             canvas = canvas.masked_fill(self.stopped[:, None] & (canvas == self.mask_id), self.fill_id)
             self._all_stopped = bool(self.stopped.all())
         self.unit, self.step, self.budget, self._counts = self.unit + 1, 0, None, None
+        self.post_steps, self._post_edited = 0, True
         return canvas
 
 
@@ -291,9 +306,12 @@ class DecodingStep:
         if self.logits_processor is not None:
             logits = self.logits_processor(logits, positions)
         is_candidate = inputs.candidates[positions]  # which logits rows are candidates'
-        committed, proposals = commit_step(opts, logits[is_candidate], inputs.canvas, inputs.candidates, step=step,
-                                           steps=steps, num_to_commit=num_to_commit, generator=generator,
-                                           stop_ids=self.stop_ids, mask_id=self.mask_id)
+        if not inputs.candidates.any():  # an edit-only step (post_edit_steps): nothing to commit
+            committed, proposals = torch.zeros_like(inputs.candidates), inputs.canvas
+        else:
+            committed, proposals = commit_step(opts, logits[is_candidate], inputs.canvas, inputs.candidates, step=step,
+                                               steps=steps, num_to_commit=num_to_commit, generator=generator,
+                                               stop_ids=self.stop_ids, mask_id=self.mask_id)
         canvas = torch.where(committed, proposals, inputs.canvas)
         edits = inputs.edits
         if opts.editing_threshold is not None and inputs.to_edit.any():

@@ -24,6 +24,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from .. import formats
+from ..config import is_uniform_state
 from ..errors import InputError, ModelLoadError
 from ..sampling import Row, SamplerOptions
 from ..sampling.options import model_options
@@ -51,7 +52,11 @@ def load_model(config: ServerConfig) -> Any:
                   f"decode it with `difflm generate --model {config.model}`")
         raise ModelLoadError(f"difflm serve serves masked diffusion LMs (a DLM checkpoint or a DLM adapter); "
                              f"{config.model} is {what}: {advice}")
-    return formats.load_diffusion_lm(config.model, device=config.device)
+    model = formats.load_diffusion_lm(config.model, device=config.device)
+    if is_uniform_state(model):  # the server's batched rows run the masked loop only
+        raise ModelLoadError(f"difflm serve serves masked diffusion LMs; {config.model} is a uniform-state model "
+                             f"(UDLM, Duo): decode it with `difflm generate --model {config.model}`")
+    return model
 
 
 class Server:

@@ -22,7 +22,7 @@ Bool = Annotated[bool, Strict()]
 # difflm's decoding options accepted as extra body fields (`SamplerOptions` fields, by name).
 DECODING_FIELDS = ("steps", "strategy", "block_length", "threshold", "cfg_scale", "cache", "alg_temp", "top_k",
                    "gumbel", "attention", "schedule", "filter_order", "stop_at_eos", "suppress_eos",
-                   "sub_block_length", "editing_threshold", "remask", "max_edits")
+                   "sub_block_length", "editing_threshold", "remask", "max_edits", "post_edit_steps")
 
 
 class APIError(Exception):
@@ -61,6 +61,7 @@ class DecodingFields(BaseModel):
     editing_threshold: float | None = None
     remask: float | None = None
     max_edits: Int | None = None
+    post_edit_steps: Int | None = None
     stream_steps: Bool = False  # stream every denoising step (canvas, commits) for visualisers
 
 
