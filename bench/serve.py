@@ -43,9 +43,11 @@ HERE = Path(__file__).resolve().parent
 PROMPTS = ["ROMEO:", "And God said", "KING HENRY:", "JULIET:", "The LORD is", "HAMLET:", "In the beginning", "MACBETH:"]
 
 
-def start_server(max_batch: int, threads: int, model: str = "dlm-adapted") -> tuple[subprocess.Popen, str]:
+def start_server(max_batch: int, threads: int, model: str = "dlm-adapted", window: float | None = None,
+                 ) -> tuple[subprocess.Popen, str]:
+    extra = [] if window is None else ["--batch-window-ms", str(window)]
     proc = subprocess.Popen([sys.executable, "-m", "difflm", "serve", "--model", model, "--port", "0", "--threads", str(threads),
-                             "--max-batch", str(max_batch), "--max-queue", "1024"],
+                             "--max-batch", str(max_batch), "--max-queue", "1024", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     match = re.search(r"http://127\.0\.0\.1:\d+", line)
@@ -158,8 +160,8 @@ def markdown(results: dict, args: argparse.Namespace, command: str) -> str:
             lines.append(f"| {clients} | {mode} | {r['requests']} | {r['errors']} | {r['tokens_per_s']} | {r['p50_s']} | "
                          f"{r['p99_s']} | {r['wall_s']} |")
     lines += ["", "![serving throughput and latency](serve.png)", ""]
-    one = next(r for r in results["batched"] if r["clients"] == 1)
-    if 16 in args.clients:
+    one = next((r for r in results["batched"] if r["clients"] == 1), None)
+    if one is not None and 16 in args.clients:
         sixteen = next(r for r in results["batched"] if r["clients"] == 16)
         ratio = sixteen["tokens_per_s"] / one["tokens_per_s"]
         lines.append(f"Targets: batched throughput at 16 clients = {ratio:.2f}x one client's (target >= 3x: "
@@ -235,6 +237,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the server (default 2)")
     parser.add_argument("--model", default="dlm-adapted", help="bundled name or directory the server serves (default %(default)s)")
+    parser.add_argument("--batch-window-ms", type=float, help="the server's --batch-window-ms (default: the server's)")
     parser.add_argument("--recommended", action="store_true",
                         help="send no decoding field: every request runs with the model's saved settings")
     parser.add_argument("--no-write", action="store_true", help="print only: no JSON, plot or RESULTS.md")
@@ -267,7 +270,7 @@ def main() -> None:
     args.cpus = os.cpu_count()
     results: dict = {}
     for mode, max_batch in (("batched", 64), ("unbatched", 1)):
-        proc, url = start_server(max_batch, args.threads, args.model)
+        proc, url = start_server(max_batch, args.threads, args.model, args.batch_window_ms)
         try:
             run_level(url, 1, 1, args)  # warm-up
             results[mode] = []

@@ -166,17 +166,25 @@ def test_a_client_that_goes_away_stops_its_rows(base):
 
 
 def test_cached_requests_a_moment_apart_share_one_cohort(dlm):
-    """A cached cohort takes no row once it has stepped; `batch_window_ms` holds a new cohort's first
-    step so that a request arriving a moment later joins it (and the answers stay those of each alone)."""
+    """A cached cohort takes no row once it has stepped; on a busy server `batch_window_ms` holds a new
+    cohort's first step so that a request arriving a moment later joins it (the answers stay those of
+    each alone); on an idle server a lone request starts at once."""
     cached = [dict(prompt=p, max_tokens=16, seed=s, temperature=0.9, extra_body={"cache": "dual", "block_length": 8})
               for p, s in (("In the beginning", 7), ("ROMEO:", 8))]
-    with running_server(dlm, batch_window_ms=1500) as url:
+    busy = dict(prompt="JULIET:", max_tokens=200, seed=1, temperature=0.9, extra_body={"steps": 200})  # uncached
+    with running_server(dlm, batch_window_ms=3000) as url:
         api = client(url)
-        alone = [run(api, r)[0] for r in cached]  # each waits out the window alone, then decodes
-        with ThreadPoolExecutor(2) as pool:
+        start = time.perf_counter()
+        alone = [run(api, r)[0] for r in cached]  # idle server: no wait
+        assert time.perf_counter() - start < 3.0  # neither waited out the 3 s window
+        with ThreadPoolExecutor(3) as pool:
+            background = pool.submit(run, api, busy)
+            while metric(url, "difflm_active_rows") < 1:  # the server is busy
+                time.sleep(0.01)
             first = pool.submit(run, api, cached[0])
             time.sleep(0.3)  # well inside the window: the first cohort has not stepped yet
             second = pool.submit(run, api, cached[1])
             together = [first.result(timeout=120), second.result(timeout=120)]
+            background.result(timeout=120)
     assert [text for text, _ in together] == alone
     assert [batch for _, batch in together] == [2, 2]

@@ -44,7 +44,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--max-n", type=int, default=8, help="largest n and number of prompts per request (default 8)")
     parser.add_argument("--max-batch", type=int, default=64, help="rows per model call at most; 1 = no batching (default 64)")
     parser.add_argument("--batch-window-ms", type=float, default=20.0,
-                        help="ms a new cached cohort waits for more requests before its first step (default 20; 0 = none)")
+                        help="ms a new cached cohort of a busy server waits for more requests before its first step (default 20; 0 = never)")
     parser.add_argument("--max-queue", type=int, default=256, help="requests waiting before 429 (default 256)")
     parser.add_argument("--request-timeout", type=float, default=300.0, help="seconds per request, queue included (default 300)")
     parser.add_argument("--shutdown-timeout", type=float, default=10.0,

@@ -72,7 +72,8 @@ class RequestBatcher:
         max_queue: jobs waiting for a slot at most; `submit` answers 429 beyond.
         metrics: a `Metrics` (or None).
         batch_window: seconds a new cached cohort waits for more rows before its first step (it takes
-            none once it has stepped); a full cohort, or one of rows that need no cache, never waits.
+            none once it has stepped) while other batches are in flight; a full cohort, one of rows that
+            need no cache, or one on an idle server never waits.
     """
 
     def __init__(self, model: Any, text: TokenText, *, max_batch: int = 64, max_queue: int = 256,
@@ -156,12 +157,15 @@ class RequestBatcher:
 
     def _ready(self, now: float) -> tuple[list[RowBatch], float | None]:
         """The batches to step now, and (when none is) the seconds until the first young cohort's
-        window ends. A cohort that has not stepped waits `batch_window` from its making for more rows,
-        unless it is full (a lone request pays the window once, before its first step)."""
+        window ends. A cohort that has not stepped waits `batch_window` from its making for more rows
+        while the server is busy (other batches in flight: more requests are likely to come), unless it
+        is full; a request alone on an idle server starts at once."""
         ready, waits = [], []
         for batch in self._batches:
             age = now - self._born.get(id(batch), now - self.batch_window)
-            young = batch.lockstep and not batch.started and len(batch) < self.max_batch and age < self.batch_window
+            busy = any(len(other) for other in self._batches if other is not batch)
+            young = (batch.lockstep and not batch.started and len(batch) < self.max_batch and busy
+                     and age < self.batch_window)
             if young:
                 waits.append(self.batch_window - age)
             else:

@@ -26,9 +26,9 @@ class ServerConfig:
     max_n: largest ``n`` (choices per prompt) and number of prompts of one request.
     max_batch: rows (choices) denoised in one model call at most; 1 = no batching.
     max_queue: requests waiting for a slot before new ones get 429.
-    batch_window_ms: how long a new cached cohort (rows decoded with a KV cache, in lock step) waits
-        for more rows before its first step: a cohort takes no row once it has stepped, so without a
-        wait requests arriving a few milliseconds apart each decode alone. 0 = step at once.
+    batch_window_ms: how long a new cached cohort (rows decoded with a KV cache, in lock step) of a busy
+        server waits for more rows before its first step: a cohort takes no row once it has stepped, so
+        without a wait requests arriving a few milliseconds apart each decode alone. 0 = step at once.
     request_timeout: seconds a request may take in all (queue included) before it is cancelled.
     shutdown_timeout: seconds SIGINT/SIGTERM waits for requests in flight before cancelling them.
     threads: torch CPU threads (None: torch's default).
