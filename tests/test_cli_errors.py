@@ -33,6 +33,7 @@ def a_file(tmp_path):
     (["infill", "Let there be [MASK:2].", "--device", "quantum"], r"not a torch device"),
     (["generate", "hi", "--device", "cuda:99"], r"--device cuda:99: not available on this machine"),
     (["generate", "hi", "--device", "meta"], r"--device meta holds no data"),
+    (["generate", "hi", "--post-edit-steps", "3"], r"post_edit_steps edits a filled block: it needs editing_threshold"),
     # a family's flag on a model of another family is refused, never ignored
     (["generate", "hi", "--eta", "0.5"], r"--eta: flag\(s\) of continuous DLMs, and dlm-adapted is not one"),
     (["infill", "a [MASK:2] b", "--clamp"], r"--clamp: flag\(s\) of continuous DLMs"),

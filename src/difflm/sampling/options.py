@@ -129,6 +129,8 @@ class SamplerOptions:
             raise InputError(f"max_edits must be an integer >= 1, got {self.max_edits!r}")
         if isinstance(self.post_edit_steps, bool) or not isinstance(self.post_edit_steps, int) or self.post_edit_steps < 0:
             raise InputError(f"post_edit_steps must be an integer >= 0, got {self.post_edit_steps!r}")
+        if self.post_edit_steps and self.editing_threshold is None:  # never silently ignored
+            raise InputError("post_edit_steps edits a filled block: it needs editing_threshold")
         self.commit_strategy  # noqa: B018 - validates strategy, threshold and alg_temp now
 
     @cached_property
