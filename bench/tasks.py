@@ -7,8 +7,9 @@
 2. GSM, test split, batch size 1: AR greedy (transformers `generate`, KV cache), the DLM one token per
    call (low_confidence, the reference EM) and threshold decoding - a block diffusion DLM on its own
    block grid with its exact block cache, a full-attention DLM in blocks of 32 with the dual and
-   prefix caches; exact match (GSM8K extraction), tokens per model call, tokens/s. Tokens are the
-   response up to and including its EOS, for every method.
+   prefix caches; a block model with a causal view (block_context causal) also self-speculative
+   decoding (its AR head's greedy output, a block drafted per call); exact match (GSM8K extraction),
+   tokens per model call, tokens/s. Tokens are the response up to and including its EOS, for every method.
 3. GSM, longer chains (`gsm-long`): test-split problems with 5 arithmetic steps, one more than any
    problem the models were trained on (their data has 2-4), kept where prompt and answer fit the
    models' context: a held-out variant that is out of distribution in length, not only in numbers.
@@ -191,10 +192,12 @@ def sudoku_targets(rows: list[dict]) -> list[str]:
 
 
 # -- gsm -------------------------------------------------------------------------------------------
-def gsm_methods(quick: bool, block_model: bool = False, thresholds: tuple[float, ...] | None = None) -> list[dict]:
+def gsm_methods(quick: bool, block_model: bool = False, thresholds: tuple[float, ...] | None = None,
+                causal_view: bool = False) -> list[dict]:
     """AR, the one-token-per-call reference, then threshold decoding x cache. A block diffusion DLM
     uses its exact block cache throughout (its finished blocks never change); a full-attention DLM
-    the dual cache at every threshold and the prefix cache at 0.9 for comparison."""
+    the dual cache at every threshold and the prefix cache at 0.9 for comparison. A block model with a
+    causal view (block_context causal) adds self-speculative decoding (its AR head's greedy output)."""
     out = [{"method": "AR greedy + KV cache", "kind": "ar"},
            {"method": "DLM low_confidence, 1 token/call", "kind": "dlm", "strategy": "low_confidence",
             "cache": "block" if block_model else "none"}]
@@ -202,6 +205,8 @@ def gsm_methods(quick: bool, block_model: bool = False, thresholds: tuple[float,
     for cache, thresholds in ((("block", every),) if block_model else (("dual", every), ("prefix", (0.9,)))):
         out += [{"method": f"DLM threshold {t} {cache}", "kind": "dlm", "strategy": "threshold", "threshold": t, "cache": cache}
                 for t in thresholds]
+    if causal_view:
+        out.append({"method": "DLM self-speculative", "kind": "dlm", "speculative": True})
     return out
 
 
@@ -221,6 +226,9 @@ def gsm_one(method: dict, lm, prompt: list[int], budget: int) -> tuple[list[int]
                                 eos_token_id=lm.eos_token_id)
         ids = out[0, len(prompt) :].tolist()
         return ids, len(ids)  # one forward per generated token (the prefill makes the first)
+    if method.get("speculative"):  # drafts a block per call, verified by the causal view: no step budget
+        res = generate(lm.model, prompt, max_new_tokens=budget, stop_at_eos=True, speculative=True, return_dict=True)
+        return res.sequences[0][res.generate_mask[0]].tolist(), res.steps
     options = {k: method[k] for k in ("strategy", "cache", "threshold") if k in method}
     # steps = 32 per block: exactly one token per step in every block, the last (shorter) one too
     size = lm.model.config.block_size
@@ -262,7 +270,8 @@ def bench_gsm(args, paths: dict[str, Path], progress: Progress, long: bool = Fal
     context = min(lm.max_length or 10**9 for lm in models.values())
     items, drawn = gsm_items(models, args.n_gsm_long if long else args.n_gsm, context, long)
     block_size = models["dlm"].model.config.block_size
-    methods = gsm_methods(args.quick, block_model=block_size is not None, thresholds=LONG_THRESHOLDS if long else None)
+    methods = gsm_methods(args.quick, block_model=block_size is not None, thresholds=LONG_THRESHOLDS if long else None,
+                          causal_view=models["dlm"].model.config.block_context == "causal")
     for method in methods:  # warm-up, untimed
         gsm_one(method, models[method["kind"]], items[0][0][method["kind"]], 16)
     rows = []
@@ -315,7 +324,7 @@ def gsm_targets(rows: list[dict]) -> list[str]:
     """>= 3 tokens per call with EM within 1 point of the one-token reference; >= 2.5x the AR
     tokens/s at EM >= AR's EM - 1 point."""
     ar = next(r for r in rows if r["kind"] == "ar")
-    ref = next(r for r in rows if r["kind"] == "dlm" and r["strategy"] == "low_confidence")
+    ref = next(r for r in rows if r["kind"] == "dlm" and r.get("strategy") == "low_confidence")
     fast = [r for r in rows if r["kind"] == "dlm" and r is not ref]
     lines = []
     near_ref = [r for r in fast if r["em"] >= ref["em"] - 1]
@@ -401,7 +410,7 @@ def plot(result: dict, path: Path) -> None:
     if "gsm" in result:
         rows = result["gsm"]["rows"]
         ar = next(r for r in rows if r["kind"] == "ar")
-        ref = next(r for r in rows if r["kind"] == "dlm" and r["strategy"] == "low_confidence")
+        ref = next(r for r in rows if r["kind"] == "dlm" and r.get("strategy") == "low_confidence")
         for cache, color in (("dual", "tab:green"), ("prefix", "tab:orange"), ("block", "tab:purple")):
             rs = [r for r in rows if r.get("cache") == cache and r.get("strategy") == "threshold"]
             if not rs:

@@ -131,6 +131,10 @@ def _add_masked_arguments(parser: argparse.ArgumentParser, command: str) -> None
                            help="stop a row once a finished block holds EOS"),
         group.add_argument("--suppress-eos", action=argparse.BooleanOptionalAction,
                            help="commit EOS only when nothing else is left"),
+        group.add_argument("--speculative", action=argparse.BooleanOptionalAction,
+                           help="self-speculative decoding of a block model with a causal view (block_context causal): "
+                           "draft a block with the diffusion view, verify it with the AR view in the same call; the "
+                           "output is the AR view's own decoding"),
     ]
     if command == "generate":
         actions.append(group.add_argument("--chat", action="store_true", help="wrap each prompt in the checkpoint's "

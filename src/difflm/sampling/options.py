@@ -76,6 +76,12 @@ class SamplerOptions:
         this many more model calls that only edit (LLaDA 2.1's ``max_post_steps``); the first call that
         edits nothing ends the block. 0 = the block ends with its last mask (they are not counted in
         ``steps``).
+    speculative: self-speculative decoding (`difflm.sampling.speculative`): a block diffusion model whose
+        finished blocks are read causally (``block_context: causal``) drafts the next block with its
+        diffusion view and verifies the drafts with its causal (AR) view, in one forward per call. The
+        output is the AR view's own decoding - token for token under greedy, in distribution when
+        sampling (speculative sampling) - in fewer calls. A continuation only; steps, strategy,
+        threshold, block_length and cache have no effect.
     """
 
     steps: int | None = None
@@ -99,6 +105,7 @@ class SamplerOptions:
     remask: float = 0.0
     max_edits: int = 2
     post_edit_steps: int = 0
+    speculative: bool = False
 
     def __post_init__(self) -> None:
         self._check_types()

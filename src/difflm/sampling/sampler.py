@@ -21,6 +21,7 @@ from ..errors import InputError
 from .canvas import TokenIds, as_rows, build_canvas, template_canvas
 from .denoiser import Denoiser
 from .options import SamplerOptions, model_length, model_options, over_model
+from .speculative import speculative_denoise
 from .step import BlockSchedule, DecodingStep, LogitsProcessor, SamplerStep, commit_step, stop_token_ids, trim_at_stop
 from .uniform import is_uniform_state, uniform_denoise
 
@@ -93,6 +94,10 @@ def denoise(
     """
     opts = SamplerOptions.merge(options, **overrides).for_family(getattr(model.config, "family", None))
     generator = row_generators(generator, canvas.shape[0])
+    if opts.speculative:  # draft with the diffusion view, verify with the causal view (sampling/speculative.py)
+        return Generation(*speculative_denoise(model, canvas, generate_mask, attention_mask, options=opts,
+                                               generator=generator, callback=callback, output_history=output_history,
+                                               logits_processor=logits_processor))
     if is_uniform_state(model):  # UDLM / Duo: no mask token to commit; their reverse process (sampling/uniform.py)
         return Generation(*uniform_denoise(model, canvas, generate_mask, attention_mask, options=opts, generator=generator,
                                            callback=callback, output_history=output_history,

@@ -57,9 +57,13 @@ def sampler_options(request: CommonFields, base: SamplerOptions | None = None) -
     generation_config.json, `model_options`; None: the sampler's): a field the request sets wins
     (400 on a bad value)."""
     try:
-        return over_model(base, **request.sampler_overrides())
+        options = over_model(base, **request.sampler_overrides())
     except InputError as exc:
         raise sampler_error(exc) from None
+    if options.speculative:  # a model's generation_config.json may ask for it; the batcher cannot run it
+        raise APIError(400, "speculative decoding is not available in the server's batched sampler; "
+                       "use `difflm generate --speculative`", param="speculative", code="unsupported_parameter")
+    return options
 
 
 def _check_lengths(prompt_tokens: int, max_tokens: int, model: Any, config: ServerConfig, param: str) -> None:

@@ -62,6 +62,8 @@ class DecodingFields(BaseModel):
     remask: float | None = None
     max_edits: Int | None = None
     post_edit_steps: Int | None = None
+    # not a DECODING_FIELDS entry: self-speculation runs rows one by one, which the batcher cannot (refused)
+    speculative: Bool | None = None
     stream_steps: Bool = False  # stream every denoising step (canvas, commits) for visualisers
 
 
@@ -104,6 +106,9 @@ class CommonFields(DecodingFields):
             if getattr(self, name, None) not in values:
                 raise APIError(400, f"{name} is not supported by difflm's diffusion sampler", param=name,
                                code="unsupported_parameter")
+        if self.speculative:
+            raise APIError(400, "speculative decoding is not available in the server's batched sampler; "
+                           "use `difflm generate --speculative`", param="speculative", code="unsupported_parameter")
 
     def sampler_overrides(self) -> dict[str, Any]:
         """The `SamplerOptions` fields this request sets (temperature and top_p included)."""
