@@ -177,3 +177,23 @@ def test_the_server_refuses_speculative_with_a_400():
         sampler_options(CompletionRequest(model="m", prompt="hi"), SamplerOptions(speculative=True))
     assert caught.value.status == 400 and caught.value.param == "speculative"
     assert not sampler_options(CompletionRequest(model="m", prompt="hi"), SamplerOptions()).speculative
+
+
+def test_difflm_eval_generates_speculatively_and_infills_as_usual():
+    """`difflm eval --speculative` (EvalSettings.speculative): open-ended generation is the AR head's own
+    greedy decoding; infilling tasks (a suffix) keep the other options."""
+    from difflm.evaluation import DiffusionEvalLM, EvalSettings
+
+    from conftest import tiny_tokenizer
+
+    model = causal_block_model(4)
+    lm = DiffusionEvalLM(model, tiny_tokenizer(), EvalSettings(speculative=True, batch_size=2, progress=False))
+    assert lm.sampler_options.speculative and not lm.infill_options.speculative
+    prompts = [[5, 9, 17], [6, 7, 8, 10, 11]]
+    stops = set(stop_token_ids(model))
+    expected = [ar_greedy(model, p, 9).tokens for p in prompts]
+    expected = [t[:next((i for i, x in enumerate(t) if x in stops), len(t))] for t in expected]  # the answer, cut at EOS
+    assert lm.generate(prompts, 9) == expected
+    assert len(lm.fill([[5, 9]], [[20, 21]], 4)[0]) == 4
+    with pytest.raises(InputError, match="speculative must be true or false"):
+        EvalSettings(speculative="yes")

@@ -51,6 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--stop-at-eos", action=argparse.BooleanOptionalAction,
                    help="DLM generation: stop a row once a finished block holds EOS (variable-length answers, "
                    "e.g. GSM8K; use with --block-length; default: the model's generation_config.json, else off)")
+    p.add_argument("--speculative", action=argparse.BooleanOptionalAction,
+                   help="DLM generation: self-speculative decoding of a block model with a causal view (the output is "
+                   "its AR view's own decoding, in fewer calls; open-ended tasks only)")
     p.add_argument("--max-new-tokens", type=integer(1), help="generation budget of GSM8K / HumanEval (default: the "
                    "model's recommended length, else 256)")
     p.add_argument("--limit", type=integer(1), help="evaluate only the first N examples of each task")
@@ -90,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         common_random_numbers=not args.independent_options, seed=args.seed,
         batch_size=args.batch_size, reference_steps=args.reference_steps, steps=args.steps,
         block_length=args.block_length, strategy=args.strategy, threshold=args.threshold, cache=args.cache,
-        stop_at_eos=args.stop_at_eos, max_new_tokens=args.max_new_tokens, limit=args.limit,
+        stop_at_eos=args.stop_at_eos, speculative=args.speculative, max_new_tokens=args.max_new_tokens, limit=args.limit,
         progress=not args.no_progress,
     )  # validates every value, the sampler options too: before loading anything, a typo should fail fast
     check_format(args.format)

@@ -227,8 +227,8 @@ class DiffusionEvalLM(EvalLM):
         # generated token, the reference protocol. Infilling has a given length: no stop at EOS.
         # over the model's own decoding settings (its generation_config.json) where the settings leave one at None
         self.sampler_options: SamplerOptions = self.settings.sampler_options(model_options(model))
-        self.infill_options = dataclasses.replace(self.sampler_options, stop_at_eos=False) \
-            if self.sampler_options.stop_at_eos else self.sampler_options
+        # infilling has a given length (no stop at EOS) and a suffix (no self-speculation, which continues)
+        self.infill_options = dataclasses.replace(self.sampler_options, stop_at_eos=False, speculative=False)
         self.generation_stats = GenerationStats()
 
     @property

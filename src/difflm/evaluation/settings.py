@@ -13,7 +13,7 @@ from .likelihood import ESTIMATORS
 
 
 DEFAULT_MAX_NEW_TOKENS = 256  # the generation budget of a model that recommends none
-SAMPLER_FIELDS = ("steps", "strategy", "block_length", "threshold", "cache", "stop_at_eos")  # SamplerOptions fields
+SAMPLER_FIELDS = ("steps", "strategy", "block_length", "threshold", "cache", "stop_at_eos", "speculative")  # SamplerOptions
 
 
 @dataclass
@@ -34,6 +34,8 @@ class EvalSettings:
     cache: the sampler's block-wise KV cache: "none", "prefix", "dual" (or "block").
     stop_at_eos: stop a generated row once a finished block holds EOS/pad (variable-length answers,
         e.g. GSM8K); applies to open-ended generation, not to infilling (its length is given).
+    speculative: self-speculative decoding of a block model with a causal view (open-ended generation
+        only: it continues a prompt; infilling tasks decode as the other options say).
     The DLM sampler options (steps .. stop_at_eos) are validated here, before any model loads; an AR
     model ignores them. Left at None they are the model's own (its generation_config.json,
     `difflm.sampling.options.model_options`), else the sampler's defaults.
@@ -55,6 +57,7 @@ class EvalSettings:
     threshold: float | None = None
     cache: str | None = None
     stop_at_eos: bool | None = None
+    speculative: bool | None = None
     max_new_tokens: int | None = None
     limit: int | None = None
     progress: bool = True
@@ -74,8 +77,9 @@ class EvalSettings:
             raise InputError(f"unknown estimator {self.estimator!r}; choose one of {', '.join(ESTIMATORS)}")
         if self.threshold is not None and (isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float))):
             raise InputError(f"threshold must be a number in (0, 1], got {self.threshold!r}")
-        if self.stop_at_eos is not None and not isinstance(self.stop_at_eos, bool):
-            raise InputError(f"stop_at_eos must be true or false, got {self.stop_at_eos!r}")
+        for name in ("stop_at_eos", "speculative"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
+                raise InputError(f"{name} must be true or false, got {getattr(self, name)!r}")
         # strategy, threshold and cache: fail now, not after the model loaded (a threshold without a strategy is
         # checked as the threshold strategy's: the model's own strategy decides, once it has loaded)
         self.sampler_options(SamplerOptions(strategy="threshold") if self.strategy is None and self.threshold else None)
