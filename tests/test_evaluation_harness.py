@@ -218,3 +218,21 @@ def test_the_command_line(model_dirs, task_dir):  # noqa: F811
          "--device", "cpu"], capture_output=True, text=True, timeout=600, env=os.environ.copy())
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "difflm_toy_choice" in proc.stdout and "acc" in proc.stdout
+
+
+def test_speculative_reaches_generation_through_model_args(tmp_path):
+    """speculative=true in --model_args: a block model with a causal view answers with its AR head's own
+    greedy decoding (difflm.sampling.speculative), as `difflm eval --speculative` does."""
+    from conftest import tiny_dlm, tiny_tokenizer
+
+    from difflm.sampling.speculative import ar_greedy
+
+    dlm = tiny_dlm("llama", attention="block_causal", block_size=4, block_context="causal")
+    dlm.tokenizer = tiny_tokenizer()
+    dlm.save_pretrained(tmp_path / "m")
+    model = DiffLMHarnessModel(str(tmp_path / "m"), device="cpu", speculative=True)
+    assert model.lm.sampler_options.speculative
+    prompt = model.lm.bos + model.lm.encode("w5 w9 w17")
+    (ids,) = model.lm.generate([prompt], 6)
+    expected = ar_greedy(model.lm.model, prompt, 6).tokens
+    assert ids == expected[:len(ids)] and len(ids) >= 1

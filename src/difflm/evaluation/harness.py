@@ -85,7 +85,7 @@ def _device(requested: str | None) -> str | None:
 @register_model("difflm")
 class DiffLMHarnessModel(LM):
     """``--model_args pretrained=DIR[,format=..,n_samples=..,estimator=..,stratified=..,seed=..,steps=..,
-    block_length=..,strategy=..,threshold=..,cache=none|prefix|dual,stop_at_eos=true|false,max_new_tokens=..,
+    block_length=..,strategy=..,threshold=..,cache=none|prefix|dual,stop_at_eos=true|false,speculative=true|false,max_new_tokens=..,
     greedy_check=true|false]`` - the options of `difflm eval` of the same names. The decoding options left out
     are the model's own (its generation_config.json), as in `difflm eval`."""
 
@@ -93,13 +93,14 @@ class DiffLMHarnessModel(LM):
                  stratified: bool = True,
                  seed: int = 0, steps: int | None = None, block_length: int | None = None,
                  strategy: str | None = None, threshold: float | None = None, cache: str | None = None,
-                 stop_at_eos: bool | None = None, max_new_tokens: int | None = None, greedy_check: bool = True,
+                 stop_at_eos: bool | None = None, speculative: bool | None = None, max_new_tokens: int | None = None,
+                 greedy_check: bool = True,
                  batch_size: Any = 16, device: str | None = None, **_: Any) -> None:
         super().__init__()
         settings = EvalSettings(n_samples=n_samples, estimator=estimator, stratified=stratified, seed=seed,
                                 batch_size=_batch_size(batch_size, 16), steps=steps, block_length=block_length,
                                 strategy=strategy, threshold=threshold, cache=cache, stop_at_eos=stop_at_eos,
-                                max_new_tokens=max_new_tokens, progress=False)
+                                speculative=speculative, max_new_tokens=max_new_tokens, progress=False)
         self.lm = load_eval_lm(str(pretrained), settings, format=format or None, device=_device(device))
         print(scoring_summary(self.lm, "format"), file=sys.stderr)
         self.greedy_check = greedy_check
