@@ -134,6 +134,22 @@ def _check_task_section(section: str) -> None:
                       section)
     assert calls, "the GSM answer and its tokens per call are missing"
     assert float(calls[5]) == pytest.approx(int(calls[3]) / int(calls[4]), abs=0.05)
+    # the self-speculative run: exactly the DLM's own AR greedy answer, in fewer calls than tokens
+    spec = re.search(r"answer (\d+) \((correct|wrong: \d+)\), exactly its own AR greedy answer; (\d+) tokens in (\d+) "
+                     r"model calls", section)
+    assert spec, "the self-speculative GSM answer is missing"
+    from difflm.model import DiffusionLM
+    from difflm.sampling.speculative import ar_greedy
+    from difflm.sampling.templates import continuation_ids
+    from difflm.tasks.formatting import GSM_PROMPT
+
+    gsm = DiffusionLM.from_pretrained(MODELS["dlm-gsm"]).eval()
+    question = make_examples("gsm", 1, seed=0, split="test")[0]["question"]
+    prompt = [t for t in continuation_ids(GSM_PROMPT.format(question=question), gsm.tokenizer, gsm.mask_token_id, 1)
+              if t != gsm.mask_token_id]
+    answer = gsm.tokenizer.decode(ar_greedy(gsm, prompt, demo_tasks.GSM_LENGTH).tokens, skip_special_tokens=True)
+    assert re.search(r"#### (\d+)", answer)[1] == spec[1]
+    assert int(spec[4]) < int(spec[3])  # several tokens per call
 
 
 def test_demo_bad_arguments_are_one_line(tmp_path):
