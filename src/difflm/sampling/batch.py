@@ -204,9 +204,11 @@ class RowBatch:
             if row.cancelled:  # a cohort's cancelled row: computes nothing more
                 continue
             row.canvas = out.canvas[b, pad:].clone()
-            post = not inputs[b].candidates.any()  # an edit-only step after the block's last mask
+            # an edit-only step after the block's last mask (checked only when the option is on: no host
+            # sync per row otherwise; a cohort's row that merely waits counts as an ordinary step, as before)
+            post = row.schedule.post_editing and not inputs[b].candidates.any()
             row.schedule.advance(None if out.edits is None else out.edits[b:b + 1, pad:].clone(), post=post,
-                                 edited=bool(out.committed[b].any()))
+                                 edited=post and bool(out.committed[b].any()))
             if not batch.positions[b].any():  # a cohort's row with nothing left in this block
                 continue
             row.calls += 1

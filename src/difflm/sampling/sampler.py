@@ -129,7 +129,8 @@ def denoise(
         out = decode(logits, inputs, step=schedule.step, steps=schedule.budget,
                      num_to_commit=schedule.num_to_commit(inputs.candidates), generator=generator)
         canvas = out.canvas
-        schedule.advance(out.edits, post=post, edited=bool(out.committed.any()))
+        # `edited` only matters after an edit-only step: no host sync on the ordinary steps
+        schedule.advance(out.edits, post=post, edited=post and bool(out.committed.any()))
         if history is not None:
             history.append(canvas.clone())
         if callback is not None:
