@@ -79,10 +79,8 @@ def saved_generation_defaults(path: str | os.PathLike) -> GenerationDefaults | N
     generation_config.json, else - an adapter directory - its base's (what `load` gives the model).
     `ModelLoadError` for a bad file."""
     found = read_generation_defaults(path)
-    if found is None and is_adapter_dir(path):
-        found = read_generation_defaults(read_adapter(path)[1])
-    if found is None and not is_adapter_dir(path):  # a published checkpoint: its layout's own decoding
-        found = _published(path)[0]
+    if found is None:  # an adapter: its base's; a published checkpoint: its layout's own decoding
+        found = read_generation_defaults(read_adapter(path)[1]) if is_adapter_dir(path) else _published(path)[0]
     return found
 
 
