@@ -28,12 +28,13 @@ sys.path.insert(0, str(HERE))
 
 from decode import (  # noqa: E402
     CLOCK, SAMPLING, Method, distinct_n, load_ar, load_documents, make_prompts, nll_under, run_method,
+    validation_passages,
 )
 from training_report import machine, replace_section  # noqa: E402
 
 from difflm import DiffusionLM  # noqa: E402
 from difflm.bundled import resolve_model  # noqa: E402
-from difflm.evaluation.likelihood import ScoreRequest, ar_nll, elbo_nll  # noqa: E402
+from difflm.evaluation.likelihood import ar_nll, elbo_nll  # noqa: E402
 
 SECTION = "## Block diffusion decoding"
 
@@ -82,13 +83,7 @@ def generation_rows(models: dict, grid, prompts, length: int, seed: int) -> list
 
 def likelihood_rows(models: dict, tokenizer, docs, n_passages: int) -> list[dict]:
     """Per-token NLL (AR) or ELBO bound (DLMs) on validation passages of 128 tokens after BOS."""
-    passages = []
-    for doc in docs:
-        ids = tokenizer(doc["text"])["input_ids"]
-        if len(ids) >= 129:
-            passages.append(ScoreRequest(tuple(ids[:129]), 1, 129))
-        if len(passages) == n_passages:
-            break
+    passages = validation_passages(tokenizer, docs, n_passages)
     tokens = sum(r.num_targets for r in passages)
     rows = [{"model": "ar-base", "bound": "exact NLL",
              "nats_per_token": sum(e.nll for e in ar_nll(models["ar-base"], passages, progress=False)) / tokens,

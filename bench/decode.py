@@ -120,6 +120,20 @@ def make_infill_examples(tokenizer, docs: list[dict], count: int, seed: int = 0)
     return out
 
 
+def validation_passages(tokenizer, docs: list[dict], count: int, length: int = 128) -> list:
+    """Likelihood requests: the first ``length`` tokens after BOS of the first ``count`` documents that long."""
+    from difflm.evaluation.likelihood import ScoreRequest
+
+    passages = []
+    for doc in docs:
+        ids = tokenizer(doc["text"])["input_ids"]
+        if len(ids) > length:
+            passages.append(ScoreRequest(tuple(ids[: length + 1]), 1, length + 1))
+        if len(passages) == count:
+            break
+    return passages
+
+
 # -- metrics ---------------------------------------------------------------------------------------
 @torch.inference_mode()
 def nll_under(ar, prompt: list[int], tokens: list[int]) -> tuple[float, int]:

@@ -60,10 +60,11 @@ def recipe(name: str, corpus: list[str], sft: list[str], ar_init: Path) -> list[
         "block": corpus + ["diffusion.block_size=4", "diffusion.block_context=causal", "ar_loss_weight=0.5"],
         "sft": sft + ["noised_blocks=2", "diffusion.block_size=4", "grad_accum=2"],
         "continuous": corpus + ["continuous.embed_dim=8"],
+        "uniform": corpus + [f"init={ar_init}", "diffusion.anneal_steps=3"],
     }[name]
 
 
-RECIPES = ("ar", "diffusion", "adapt", "block", "sft", "continuous")
+RECIPES = ("ar", "diffusion", "adapt", "block", "sft", "continuous", "uniform")
 
 
 def test_every_objective_has_a_recipe():

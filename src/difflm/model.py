@@ -240,7 +240,9 @@ class DiffusionLM(nn.Module):
             generator: RNG for the annealing draw (any device: see `difflm.rng`).
             groups: LongTensor [B, L], decoding groups for "block_causal" (default for a block
                 diffusion model: its block grid, `block_groups`).
-            timesteps: FloatTensor [B], noise levels for a time-conditioned backbone (UDLM, Duo), if given.
+            timesteps: FloatTensor [B], noise levels for a time-conditioned backbone (UDLM, Duo), if given;
+                a backbone without a time input (`takes_time` False: a time-free uniform-state DLM, which
+                reads the noise level off x_t like DiffuGPT) ignores them.
         Returns:
             FloatTensor [B, L, V]. With ``shift`` the backbone's prediction made at i-1 is moved to
             i; position 0 has no prediction of its own and holds a copy of position 1's (Dream's
@@ -252,7 +254,7 @@ class DiffusionLM(nn.Module):
         mask4d = self.attention_mask_4d(input_ids, attention_mask, attention=attention, step=step,
                                         generator=generator, groups=groups)
         position_ids = None if attention_mask is None else self.position_ids(attention_mask, input_ids)
-        time = {} if timesteps is None else {"timesteps": timesteps}
+        time = {} if timesteps is None or not self.takes_time else {"timesteps": timesteps}
         raw = self.model(input_ids=input_ids, attention_mask=mask4d, position_ids=position_ids, use_cache=False,
                          **time).logits
         return self.aligned(raw)
@@ -295,6 +297,11 @@ class DiffusionLM(nn.Module):
         )
         logits = out.logits if self.keeps_logits else out.logits[keep]
         return logits.reshape(-1, logits.shape[-1]).float(), (out.past_key_values if use_cache else None)
+
+    @cached_property
+    def takes_time(self) -> bool:
+        """Whether the backbone's forward takes a noise-level input ``timesteps`` (difflm's DiT does)."""
+        return "timesteps" in inspect.signature(self.model.forward).parameters
 
     @cached_property
     def keeps_logits(self) -> bool:

@@ -124,6 +124,7 @@ OBJECTIVES = Registry("objective", {
     "diffusion": "difflm.training.objectives.pretrain:DiffusionObjective",
     "adapt": "difflm.training.objectives.pretrain:AdaptObjective",
     "block": "difflm.training.objectives.block:BlockObjective",
+    "uniform": "difflm.training.objectives.uniform:UniformObjective",
     "sft": ("difflm.training.objectives.sft:SFTObjective", {"sections": ("sft", "lora", "noised_blocks")}),
     "continuous": ("difflm.continuous.training:ContinuousObjective", {"sections": ("continuous",)}),
 })

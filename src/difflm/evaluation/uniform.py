@@ -77,6 +77,10 @@ def uniform_elbo_nll(
         raise InputError(f"n_samples must be an integer >= 1, got {n_samples!r}")
     if not is_uniform_state(model):
         raise InputError("the uniform-state ELBO needs a uniform-state model (config.extra['process'] == 'uniform')")
+    if getattr(model.config, "block_size", None) is not None:
+        raise InputError("the uniform-state ELBO of a block diffusion model (one noise level per block, two-copy "
+                         "forward) is reported by its training run's validation only; difflm eval scores "
+                         "full-attention uniform-state models")
     vocab = int(model.vocab_size)
     check_requests(requests, vocab_size=vocab, max_length=model.max_length,
                    first_target=model.first_predictable_position)

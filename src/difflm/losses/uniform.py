@@ -41,10 +41,11 @@ from .. import rng
 from ..config import is_uniform_state
 from ..errors import InputError
 from ..noise import check_t, sample_t
+from .block import two_copy_logits
 
 __all__ = ["CONVENTIONS", "SCHEDULE_EPS", "UniformLossOutput", "UniformTimes", "draw_uniform_noise",
-           "is_uniform_state", "time_conditioned_logits", "uniform_diffusion_loss", "uniform_nll_from_logits",
-           "uniform_times"]
+           "is_uniform_state", "time_conditioned_logits", "uniform_block_times", "uniform_diffusion_loss",
+           "uniform_nll_from_logits", "uniform_times"]
 
 SCHEDULE_EPS = 1e-3  # the log-linear eps of both reference repositories
 CONVENTIONS = ("duo", "udlm")
@@ -114,19 +115,34 @@ def uniform_nll_from_logits(logits: torch.Tensor, x0: torch.Tensor, xt: torch.Te
 def draw_uniform_noise(shape: torch.Size | tuple[int, ...], replace_prob: torch.Tensor, vocab_size: int, *,
                        generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One draw of the forward process's randomness on the CPU (`difflm.rng`: a seed gives the same draw on
-    every device): ``replace`` BoolTensor [B, L] (u < replace_prob, row-wise) and ``noise_tokens``
+    every device): ``replace`` BoolTensor [B, L] (u < replace_prob, given per row [B] or per token [B, L]) and ``noise_tokens``
     LongTensor [B, L] uniform on [0, vocab_size) (used where ``replace``)."""
     u = rng.uniform(tuple(shape), generator=generator, device="cpu")
-    replace = u < replace_prob.detach().float().cpu().reshape(-1, *([1] * (len(shape) - 1)))
+    prob = replace_prob.detach().float().cpu()
+    replace = u < (prob if prob.dim() == len(shape) else prob.reshape(-1, *([1] * (len(shape) - 1))))
     noise_tokens = rng.integers(vocab_size, tuple(shape), generator=generator, device="cpu")
     return replace, noise_tokens
 
 
+def uniform_block_times(model: Any, x0: torch.Tensor, *, antithetic: bool = False, eps: float = SCHEDULE_EPS,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+    """Noise levels t FloatTensor [B, L] (CPU) of a block diffusion model: one level per block of
+    `DiffusionLM.block_groups`, drawn from [eps, 1] (antithetic across all blocks if asked), given per token."""
+    groups = model.block_groups(x0.cpu())
+    per_block = sample_t(x0.shape[0] * (int(groups.max()) + 1), antithetic=antithetic, eps=eps, generator=generator,
+                         device="cpu")
+    return per_block.view(x0.shape[0], -1).gather(1, groups)
+
+
 def time_conditioned_logits(model: Any, x_t: torch.Tensor, attention_mask: torch.Tensor | None,
-                            sigma: torch.Tensor) -> torch.Tensor:
-    """Aligned logits [B, L, V] of a time-conditioned `DiffusionLM` (its backbone takes ``timesteps=``, the
-    noise level sigma [B], as difflm's DiT does): `DiffusionLM.logits` with the time input."""
-    return model.logits(x_t, attention_mask, timesteps=sigma)
+                            sigma: torch.Tensor, *, forward: Any = None, step: int | None = None,
+                            generator: torch.Generator | None = None) -> torch.Tensor:
+    """Aligned logits [B, L, V] of a uniform-state `DiffusionLM` given the noise level sigma [B]: `DiffusionLM.logits`
+    with the time input (a time-free backbone ignores it). ``forward``: the module to call instead of ``model``
+    (a training run's DDP/FSDP wrapper), with ``step`` / ``generator`` for annealed attention."""
+    if forward is None:
+        return model.logits(x_t, attention_mask, timesteps=sigma, step=step, generator=generator)
+    return forward(x_t, attention_mask, timesteps=sigma, step=step, generator=generator)
 
 
 @dataclass
@@ -154,6 +170,9 @@ def uniform_diffusion_loss(
     eps: float = SCHEDULE_EPS,
     antithetic: bool = False,
     generator: torch.Generator | None = None,
+    forward: Any = None,
+    step: int | None = None,
+    anneal_generator: torch.Generator | None = None,
 ) -> UniformLossOutput:
     """Monte Carlo estimate of the uniform-state negative ELBO of ``x0`` (lower is better), exactly
     reproducible on fixed noise: with ``t``, ``replace`` and ``noise_tokens`` given it is a deterministic
@@ -162,12 +181,16 @@ def uniform_diffusion_loss(
     Args:
         model: a time-conditioned `DiffusionLM` (UDLM / Duo: `is_uniform_state`).
         x0: LongTensor [B, L] of clean tokens.
-        t: FloatTensor [B] in (0, 1]; drawn from [eps, 1] (antithetic optionally) when None.
+        t: FloatTensor [B] in (0, 1], or [B, L] per token (a block diffusion model: one level per block,
+            `uniform_block_times`); drawn from [eps, 1] (antithetic optionally) when None.
         replace: BoolTensor [B, L], the positions whose token is resampled; with ``noise_tokens``
             (LongTensor [B, L], the uniform draws used there). Drawn together when None.
         attention_mask: [B, L], 0 for padding: neither noised, scored nor attended.
         src_mask: BoolTensor [B, L], positions never noised nor scored (the context of a conditional bound).
         convention: "duo" (default) or "udlm" (the reference quirk, see the module doc).
+        forward: the module that computes the logits (a training run's wrapped model); default ``model``.
+        step, anneal_generator: the training step and its draw for annealed attention (adaptation from an
+            AR model); without a step the model's attention is used as configured, annealing over.
     Returns:
         `UniformLossOutput`; ``loss`` = sum of token_nll over the scored positions / their number (the
         references' per-token NLL of a batch).
@@ -177,13 +200,20 @@ def uniform_diffusion_loss(
     if (replace is None) != (noise_tokens is None):
         raise InputError("give both replace and noise_tokens (one draw of the forward process), or neither")
     device, vocab = x0.device, int(model.vocab_size)
+    blockwise = getattr(model.config, "block_size", None) is not None
     if t is None:
         if replace is not None:
             raise InputError("a given noise draw needs its noise levels t")
-        t = sample_t(x0.shape[0], antithetic=antithetic, eps=eps, generator=generator, device="cpu")
-    t = check_t(t.float().reshape(-1).to(device))
-    if t.shape[0] != x0.shape[0]:
-        raise InputError(f"t has {t.shape[0]} noise levels for {x0.shape[0]} rows; give one per row")
+        t = uniform_block_times(model, x0, antithetic=antithetic, eps=eps, generator=generator) if blockwise else \
+            sample_t(x0.shape[0], antithetic=antithetic, eps=eps, generator=generator, device="cpu")
+    t = t.float().to(device)
+    per_token = t.dim() == 2
+    t = check_t(t if per_token else t.reshape(-1))
+    if (t.shape != x0.shape) if per_token else (t.shape[0] != x0.shape[0]):
+        raise InputError(f"t has shape {tuple(t.shape)} for x0 of shape {tuple(x0.shape)}; give one level per row "
+                         "(or per token, for a block diffusion model)")
+    if per_token and getattr(model, "takes_time", False):
+        raise InputError("per-token noise levels need a backbone without a time input (its sigma is per row)")
     times = uniform_times(t, eps=eps, convention=convention)
     if replace is None:
         replace, noise_tokens = draw_uniform_noise(x0.shape, times.replace_prob, vocab, generator=generator)
@@ -194,12 +224,16 @@ def uniform_diffusion_loss(
     if src_mask is not None:
         scored = scored & ~src_mask.to(device).bool()
     x_t = torch.where(replace & scored, noise_tokens, x0)
-    logits = time_conditioned_logits(model, x_t, attention_mask, times.sigma)
+    if blockwise:  # every block denoised seeing the clean blocks before it (BD3-LM's two-copy forward)
+        logits = two_copy_logits(model, x_t, x0, attention_mask, forward=forward)
+    else:
+        logits = time_conditioned_logits(model, x_t, attention_mask, times.sigma, forward=forward, step=step,
+                                         generator=anneal_generator)
     token_nll = torch.zeros(x0.shape, dtype=torch.float32, device=device)
-    rows = scored.nonzero()[:, 0]
-    if rows.numel():
-        token_nll[scored] = uniform_nll_from_logits(logits[scored], x0[scored], x_t[scored], times.alpha[rows],
-                                                    times.dalpha[rows]).float()
+    if scored.any():
+        pick = (lambda v: v[scored]) if per_token else (lambda v: v[scored.nonzero()[:, 0]])
+        token_nll[scored] = uniform_nll_from_logits(logits[scored], x0[scored], x_t[scored], pick(times.alpha),
+                                                    pick(times.dalpha)).float()
     count = int(scored.sum())
     return UniformLossOutput(token_nll.sum() / max(count, 1), token_nll, x_t, t, count)
 
