@@ -41,7 +41,7 @@ def test_inspect_says_what_it_detected_and_why(tmp_path, capsys):
     assert f["weights"].startswith("bfloat16") and "2 file(s)" in f["weights"]
     n_params = LLADA["vocab"] * LLADA["hidden"] * 2 + LLADA["layers"] * (4 * 32 * 32 + 3 * 32 * 48 + 2 * 32) + 32
     assert f"({n_params:,})" in f["parameters"]
-    assert f["mask id"] == f"{mask} '<|mdm_mask|>'"
+    assert f["mask id"] == f"{mask} '<|mdm_mask|>'" and f["process"].startswith("masked")
     assert f["shift"].startswith("no") and f["attention"] == "bidirectional"
     assert f"bos {bos} '<|startoftext|>'" in f["tokens"] and f"end_of_turn[0] {eot} '<|eot_id|>'" in f["tokens"]
     assert f["tokenizer"].endswith("chat template: yes")
@@ -126,3 +126,18 @@ def test_generate_chat_applies_the_template_and_stops_at_the_end_of_turn(tmp_pat
     assert seen["templates"] == [prompt + [DREAM["mask"]] * 6]
     result = json.loads(out)
     assert result["new_tokens"] == reply and result["text"] == model.tokenizer.decode(reply)
+
+
+def test_inspect_names_a_uniform_state_process_and_its_placeholder_mask(tmp_path, capsys):
+    from diffusion_gemma_layouts import write_diffusion_gemma
+
+    write_llama(tmp_path / "ar", marker=False)
+    dlm = DiffusionLM.from_causal_lm(tmp_path / "ar", mask_token=5)
+    dlm.config = dlm.config.replace(extra={"process": "uniform"})
+    dlm.save_pretrained(tmp_path / "uniform")
+    f = _fields(_run(capsys, "inspect", str(tmp_path / "uniform"))[1])
+    assert f["process"].startswith("uniform-state") and "ancestral" in f["process"]
+    assert f["mask id"].endswith("(a placeholder: no [MASK] is ever written)")
+    write_diffusion_gemma(tmp_path / "dg")
+    f = _fields(_run(capsys, "inspect", str(tmp_path / "dg"))[1])
+    assert f["process"].startswith("uniform-state") and "canvas decoder" in f["process"]

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import pytest
 import torch
+from diffusion_gemma_layouts import decoder_logits, write_diffusion_gemma
 from llada2_layouts import write_llada2
 from mdlm_layouts import write_mdlm
 from published_layouts import write_diffugpt, write_dream, write_llada, write_llama, write_sdar
@@ -36,6 +37,8 @@ def _logits(model: Any) -> torch.Tensor:
             clean = torch.zeros_like(IDS, dtype=torch.bool)
             clean[:, :3] = True
             return model.denoise(z, torch.full((IDS.shape[0],), 0.5), clean, IDS % model.config.vocab_size).float()
+        if (getattr(getattr(model, "config", None), "extra", None) or {}).get("denoiser") == "encoder-decoder":
+            return decoder_logits(model, IDS)  # DiffusionGemma: the decoder's logits over a canvas
         if hasattr(model, "logits"):  # a DiffusionLM: aligned logits
             return model.logits(IDS).float()
         return model(input_ids=IDS).logits.float()  # a transformers causal LM
@@ -58,6 +61,7 @@ FORMAT_WRITERS: dict[str, Callable[[Path], Any]] = {
     "sdar": write_sdar,
     "diffullama": lambda path: write_llama(path, marker=True),
     "mdlm": write_mdlm,
+    "diffusion-gemma": write_diffusion_gemma,
     "llada2": write_llada2,
     "causal-lm": _causal_lm,
 }

@@ -22,9 +22,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from .atomic import atomic_directory
-from .attention import (
-    anneal_ratio, attention_pattern, block_causal_attention_mask, context_causal_attention_mask, to_4d,
-)
+from .attention import anneal_ratio, attention_pattern, block_causal_attention_mask, context_causal_attention_mask, to_4d
 from .config import DiffusionConfig
 from .errors import ConfigError, InputError, ModelLoadError
 from .formats import GenerationDefaults, load_checkpoint, load_tokenizer, require_model_dir, write_generation_defaults
@@ -50,10 +48,8 @@ class DiffusionLM(nn.Module):
         super().__init__()
         impl = getattr(model.config, "_attn_implementation", None) or "eager"
         if impl not in _MASKABLE_IMPLEMENTATIONS:
-            raise ConfigError(
-                f"attention implementation {impl!r} cannot take a custom attention mask; "
-                "load the backbone with attn_implementation='sdpa' or 'eager'"
-            )
+            raise ConfigError(f"attention implementation {impl!r} cannot take a custom attention mask; "
+                              "load the backbone with attn_implementation='sdpa' or 'eager'")
         self.model = model
         self.config = config
         self.tokenizer = tokenizer
@@ -206,10 +202,8 @@ class DiffusionLM(nn.Module):
 
     def _check_length(self, length: int) -> None:
         if self.max_length is not None and length > self.max_length:
-            raise InputError(
-                f"sequence of {length} tokens is longer than the model's context of {self.max_length}; "
-                "shorten the prompt or ask for fewer new tokens"
-            )
+            raise InputError(f"sequence of {length} tokens is longer than the model's context of {self.max_length}; "
+                             "shorten the prompt or ask for fewer new tokens")
 
     # -- the forward pass ----------------------------------------------------------------------
     def logits(
@@ -250,6 +244,8 @@ class DiffusionLM(nn.Module):
         """
         if input_ids.dim() != 2:
             raise InputError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
+        if (self.config.extra or {}).get("denoiser") == "encoder-decoder":  # an encoder cache + a canvas decoder
+            raise InputError("DiffusionGemma has no forward over one sequence (so no ELBO); decode it with generate()")
         self._check_length(input_ids.shape[1])
         mask4d = self.attention_mask_4d(input_ids, attention_mask, attention=attention, step=step,
                                         generator=generator, groups=groups)
@@ -291,10 +287,8 @@ class DiffusionLM(nn.Module):
         """
         keep = self.prediction_sources(targets)
         kwargs = {"logits_to_keep": keep} if self.keeps_logits else {}
-        out = self.model(
-            input_ids=input_ids, attention_mask=attention_mask_4d, position_ids=position_ids,
-            past_key_values=past_key_values, use_cache=use_cache, **kwargs,
-        )
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask_4d, position_ids=position_ids,
+                         past_key_values=past_key_values, use_cache=use_cache, **kwargs)
         logits = out.logits if self.keeps_logits else out.logits[keep]
         return logits.reshape(-1, logits.shape[-1]).float(), (out.past_key_values if use_cache else None)
 
@@ -354,9 +348,8 @@ class DiffusionLM(nn.Module):
         if isinstance(model_or_path, (str, os.PathLike)):
             path = require_model_dir(model_or_path)
             try:
-                model = AutoModelForCausalLM.from_pretrained(
-                    path, dtype=dtype or "auto", attn_implementation=attn_implementation
-                )
+                model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto",
+                                                             attn_implementation=attn_implementation)
             except (OSError, ValueError, KeyError) as exc:
                 raise ModelLoadError(f"could not load a causal LM from {path}: {exc}") from None
             tokenizer = tokenizer or load_tokenizer(path)

@@ -26,7 +26,7 @@ from .errors import ConfigError, DiffLMError
 
 __all__ = [
     "ATTENTION_OVERRIDES", "CACHE_MODES", "DATA_SPLITS", "DECODING", "DATA_TASKS", "EVAL_TASKS", "Entry", "FAMILIES",
-    "FILTER_ORDERS", "FORMATS", "GSM_SUMS", "MODEL_KINDS", "OBJECTIVES", "Registry", "REVEAL_SCHEDULES",
+    "FILTER_ORDERS", "FORMATS", "GSM_SUMS", "MODEL_KINDS", "OBJECTIVES", "RANDOM_STREAMS", "Registry", "REVEAL_SCHEDULES",
     "STRATEGIES", "lazy_attributes",
 ]
 
@@ -140,6 +140,7 @@ FORMATS = Registry("format", {
     "diffullama": "difflm.formats.diffullama",
     "llada2": "difflm.formats.llada2",
     "mdlm": "difflm.formats.mdlm",
+    "diffusion-gemma": "difflm.formats.diffusion_gemma",
     "causal-lm": "difflm.formats.causal_lm",
 })
 
@@ -199,5 +200,6 @@ CACHE_MODES = ("none", "prefix", "dual", "block")  # difflm.sampling.denoiser.De
 ATTENTION_OVERRIDES = ("causal", "bidirectional", "block_causal")  # SamplerOptions.attention
 REVEAL_SCHEDULES = ("equal", "dream")  # how many tokens a step reveals (SamplerOptions.schedule)
 FILTER_ORDERS = ("top_k_first", "top_p_first")  # SamplerOptions.filter_order
+RANDOM_STREAMS = ("difflm", "transformers")  # SamplerOptions.random_stream (difflm.sampling.renoise)
 DATA_SPLITS = ("train", "validation", "test")  # difflm.tasks.splits
 GSM_SUMS = ("whole", "pairwise")  # difflm.tasks.gsm

@@ -11,3 +11,4 @@ the causal-LM calling convention every difflm backbone takes (``input_ids``, an 
 # difflm wrote with one of them (model_type "difflm_*") loads like any stock checkpoint
 from . import dit  # noqa: F401,E402
 from . import llada2_moe  # noqa: F401,E402
+from . import diffusion_gemma  # noqa: F401,E402  (transformers' own class, registered for AutoModelForCausalLM)

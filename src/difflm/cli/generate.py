@@ -29,6 +29,7 @@ from ..io import require_model
 from ..registry import ATTENTION_OVERRIDES, CACHE_MODES, FILTER_ORDERS, REVEAL_SCHEDULES, STRATEGIES
 from . import choice, device_name, integer, number
 from .family import MASKED_FLAGS_KEY, GenerationJob, add_family_arguments, claiming_family, masked_flags_given
+from .renoising import add_renoising_arguments
 
 if TYPE_CHECKING:
     from ..formats import GenerationDefaults
@@ -136,6 +137,7 @@ def _add_masked_arguments(parser: argparse.ArgumentParser, command: str) -> None
                            "draft a block with the diffusion view, verify it with the AR view in the same call; the "
                            "output is the AR view's own decoding"),
     ]
+    actions += add_renoising_arguments(parser)  # refused by a family like the masked flags
     if command == "generate":
         actions.append(group.add_argument("--chat", action="store_true", help="wrap each prompt in the checkpoint's "
                                           "chat template; print the reply up to the end of the turn"))
@@ -366,7 +368,7 @@ def _sample_and_print(args: argparse.Namespace, options: SamplerOptions, model, 
                 "prompt": label, "text": text, "generated": tokenizer.decode(result.new_tokens[b], skip_special_tokens=True),
                 "new_tokens": result.new_tokens[b], "steps": result.steps, "seconds": round(seconds, 4),
                 "tokens_per_second": round(total_new / seconds, 2),
-                "tokens_per_call": round(len(result.new_tokens[b]) / max(result.steps, 1), 2),
+                "tokens_per_call": round(result.tokens_per_call()[b], 2),
                 **({"verdict": verdict} if verdict else {}), "options": dataclasses.asdict(options),
             }))
             continue
@@ -376,7 +378,7 @@ def _sample_and_print(args: argparse.Namespace, options: SamplerOptions, model, 
             if verdict:
                 print(verdict)
             print(f"({len(result.new_tokens[b])} tokens in {result.steps} model calls, "
-                  f"{len(result.new_tokens[b]) / max(result.steps, 1):.1f} per call)")
+                  f"{result.tokens_per_call()[b]:.1f} per call)")
     return 0
 
 

@@ -87,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
         ("parameters", human_count(info["parameters"])),
         ("weights", f"{info['stored_dtype']}, {human_bytes(info['stored_bytes'])} in {info['files']} file(s)"),
         ("vocabulary", str(info["vocab_size"])),
-        ("mask id", _describe_token(cfg.mask_token_id, info["tokens"].get("mask"))),
+        ("process", _process(cfg)),
+        ("mask id", _describe_token(cfg.mask_token_id, info["tokens"].get("mask"))
+         + ("  (a placeholder: no [MASK] is ever written)" if (cfg.extra or {}).get("process") == "uniform" else "")),
         ("shift", "yes (the logit at i-1 predicts token i)" if cfg.shift else "no (the logit at i predicts token i)"),
         ("attention", cfg.attention + (f", blocks of {cfg.block_size}" if cfg.block_size else "")),
         ("tokens", ", ".join(f"{name} {_describe_token(*value)}" for name, value in info["tokens"].items()
@@ -98,6 +100,16 @@ def run(args: argparse.Namespace) -> int:
     for name, value in rows:
         print(f"{name:<13} {value}")
     return 0
+
+
+def _process(cfg: Any) -> str:
+    """The diffusion process in words: what a noisy token is."""
+    extra = cfg.extra or {}
+    if extra.get("process") != "uniform":
+        return "masked (absorbing state: a noisy token is [MASK])"
+    if extra.get("denoiser") == "encoder-decoder":
+        return "uniform-state (a noisy token is a uniformly random token), an encoder cache + a canvas decoder"
+    return "uniform-state (a noisy token is a uniformly random token; ancestral steps, or renoising with entropy_bound)"
 
 
 def human_count(n: int) -> str:

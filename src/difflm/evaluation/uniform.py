@@ -133,10 +133,21 @@ class UniformEvalLM(DiffusionEvalLM):
     (`difflm.sampling.uniform`). The masked-diffusion reference score does not apply."""
 
     @property
+    def scores_likelihood(self) -> bool:
+        """False for an encoder-decoder canvas model (DiffusionGemma): no forward over one sequence, no ELBO."""
+        return (self.model.config.extra or {}).get("denoiser") != "encoder-decoder"
+
+    @property
     def scoring(self) -> str:
+        if not self.scores_likelihood:
+            return "none: an encoder-decoder canvas model (DiffusionGemma) has no ELBO; generation tasks only"
         return f"the uniform-state ELBO (Monte Carlo over t, {self.settings.n_samples} samples)"
 
     def nll(self, requests: Sequence[ScoreRequest], keys: Sequence[int] | None = None) -> list[NLLEstimate]:
+        if not self.scores_likelihood:
+            raise InputError("this task scores likelihoods, and an encoder-decoder canvas model (DiffusionGemma) has "
+                             "no forward over one sequence and no ELBO: run generation tasks (gsm8k, humaneval, "
+                             "countdown, sudoku)")
         s = self.settings
         return uniform_elbo_nll(self.model, requests, n_samples=s.n_samples, stratified=s.stratified, seed=s.seed,
                                 keys=keys, batch_size=s.batch_size, progress=s.progress)

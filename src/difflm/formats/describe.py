@@ -16,6 +16,7 @@ def describe_checkpoint(path: str | os.PathLike, *, format: str | None = None, *
     ckpt = found.checkpoint
     plan, tokenizer = plan_checkpoint(found, overrides)
     model = empty_model(plan.hf_config, "sdpa")
+    model.tie_weights()  # a meta model comes untied: DiffusionGemma's shared encoder layers would count twice
     plan_key_mapping(plan, ckpt, model)  # raises if names or shapes do not fit
     cfg = plan.config
     named = {"bos": cfg.bos_token_id, "eos": cfg.eos_token_id, "pad": cfg.pad_token_id, "mask": cfg.mask_token_id}

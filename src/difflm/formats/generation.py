@@ -78,6 +78,15 @@ def read_generation_defaults(directory: str | os.PathLike) -> GenerationDefaults
     """The ``difflm`` section of ``directory``/generation_config.json, or None (no file, or a file
     without the section). `ModelLoadError` in one line for a file that is not a JSON object or a
     section of the wrong shape."""
+    data = read_generation_config(directory)
+    if data is None or SECTION not in data:
+        return None
+    return parse_generation_defaults(data[SECTION], str(Path(directory) / GENERATION_CONFIG))
+
+
+def read_generation_config(directory: str | os.PathLike) -> dict[str, Any] | None:
+    """``directory``/generation_config.json as a dict, or None without the file; `ModelLoadError` in one
+    line for a file that is not a JSON object."""
     path = Path(directory) / GENERATION_CONFIG
     if not path.is_file():
         return None
@@ -87,9 +96,7 @@ def read_generation_defaults(directory: str | os.PathLike) -> GenerationDefaults
         raise ModelLoadError(f"{path} is not valid JSON ({exc}); fix or delete it") from None
     if not isinstance(data, dict):
         raise ModelLoadError(f"{path} must hold a JSON object, got {type(data).__name__}; fix or delete it")
-    if SECTION not in data:
-        return None
-    return parse_generation_defaults(data[SECTION], str(path))
+    return data
 
 
 def write_generation_defaults(directory: str | os.PathLike, defaults: GenerationDefaults) -> Path:

@@ -109,6 +109,9 @@ def empty_model(hf_config: PretrainedConfig, attn_implementation: str) -> PreTra
 
 def _tied_names(model: PreTrainedModel) -> set[str]:
     """Parameters that `tie_weights` fills from another one (the output head of tied models)."""
+    expanded = getattr(model, "all_tied_weights_keys", None)  # transformers 5: every tied name, patterns expanded
+    if expanded:  # DiffusionGemma ties its encoder's layers to its decoder's by regex patterns
+        return set(expanded)
     if not getattr(model.config.get_text_config(), "tie_word_embeddings", False):
         return set()
     tied = getattr(model, "_tied_weights_keys", None) or {}

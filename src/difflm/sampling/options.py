@@ -13,11 +13,11 @@ from functools import cached_property
 from typing import Any
 
 from ..errors import InputError, ModelLoadError
-from ..registry import ATTENTION_OVERRIDES, CACHE_MODES, FILTER_ORDERS, REVEAL_SCHEDULES
+from ..registry import ATTENTION_OVERRIDES, CACHE_MODES, FILTER_ORDERS, RANDOM_STREAMS, REVEAL_SCHEDULES
 from .strategies import Strategy, get_strategy
 from .tokens import check_sampling_args
 
-__all__ = ["ATTENTION_OVERRIDES", "FAMILY_DEFAULTS", "FILTER_ORDERS", "GENERIC_DEFAULTS", "MAX_CFG_SCALE", "SamplerOptions",
+__all__ = ["ATTENTION_OVERRIDES", "FAMILY_DEFAULTS", "FILTER_ORDERS", "GENERIC_DEFAULTS", "MAX_CFG_SCALE", "RANDOM_STREAMS", "SamplerOptions",
            "defaults_options", "model_length", "model_options", "over_model"]
 
 # The conventions of a model family (``DiffusionConfig.family``) that apply where an option is None.
@@ -106,6 +106,12 @@ class SamplerOptions:
     max_edits: int = 2
     post_edit_steps: int = 0
     speculative: bool = False
+    entropy_bound: float | None = None
+    t_min: float | None = None
+    t_max: float | None = None
+    stability_threshold: int | None = None
+    confidence_threshold: float | None = None
+    random_stream: str = "difflm"
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -138,7 +144,34 @@ class SamplerOptions:
             raise InputError(f"post_edit_steps must be an integer >= 0, got {self.post_edit_steps!r}")
         if self.post_edit_steps and self.editing_threshold is None:  # never silently ignored
             raise InputError("post_edit_steps edits a filled block: it needs editing_threshold")
+        self._check_renoising()
         self.commit_strategy  # noqa: B018 - validates strategy, threshold and alg_temp now
+
+    def _check_renoising(self) -> None:
+        """The renoising sampler's options: ranges, and the pairs that only make sense together."""
+        if self.entropy_bound is not None and not 0 < self.entropy_bound < math.inf:
+            raise InputError(f"entropy_bound must be a finite number > 0, got {self.entropy_bound}")
+        if (self.t_min is None) != (self.t_max is None):
+            raise InputError("t_min and t_max form one temperature schedule: give both or neither")
+        if self.t_min is not None and not 0 <= self.t_min < self.t_max < math.inf:
+            raise InputError(f"the temperature schedule needs 0 <= t_min < t_max (finite), got t_min={self.t_min}, "
+                             f"t_max={self.t_max}")
+        if (self.stability_threshold is None) != (self.confidence_threshold is None):
+            raise InputError("stability_threshold and confidence_threshold form one stopping rule: give both or neither")
+        if self.stability_threshold is not None and self.stability_threshold < 0:
+            raise InputError(f"stability_threshold must be an integer >= 0, got {self.stability_threshold}")
+        if self.confidence_threshold is not None and not 0 < self.confidence_threshold < math.inf:
+            raise InputError(f"confidence_threshold must be a finite number > 0, got {self.confidence_threshold}")
+        if self.random_stream not in RANDOM_STREAMS:
+            raise InputError(f"unknown random_stream {self.random_stream!r}; choose one of {', '.join(RANDOM_STREAMS)}")
+
+    def renoising_options(self) -> list[str]:
+        """The renoising sampler's options set here (names): refused by the samplers they do not apply to."""
+        on = {"entropy_bound": self.entropy_bound is not None, "t_min": self.t_min is not None,
+              "t_max": self.t_max is not None, "stability_threshold": self.stability_threshold is not None,
+              "confidence_threshold": self.confidence_threshold is not None,
+              "random_stream": self.random_stream != "difflm"}
+        return [name for name, value in on.items() if value]
 
     @cached_property
     def commit_strategy(self) -> Strategy:

@@ -21,6 +21,7 @@ from ..errors import InputError
 from .canvas import TokenIds, as_rows, build_canvas, template_canvas
 from .denoiser import Denoiser
 from .options import SamplerOptions, model_length, model_options, over_model
+from .renoise import renoise_denoise, uses_renoising
 from .speculative import speculative_denoise
 from .step import BlockSchedule, DecodingStep, LogitsProcessor, SamplerStep, commit_step, stop_token_ids, trim_at_stop
 from .uniform import is_uniform_state, uniform_denoise
@@ -44,6 +45,8 @@ class Generation:
         first EOS/pad (variable length).
     steps: denoising steps run (= model calls; with CFG each call runs a doubled batch).
     history: the canvas after every step (``output_history=True``), else None.
+    row_calls: per row, the model calls it took part in (the renoising sampler: calls after a row's block
+        stopped early, or after the row ended at EOS, do not count), else None.
     """
 
     sequences: torch.Tensor
@@ -51,6 +54,12 @@ class Generation:
     new_tokens: list[list[int]]
     steps: int
     history: list[torch.Tensor] | None = field(default=None, repr=False)
+    row_calls: list[int] | None = None
+
+    def tokens_per_call(self) -> list[float]:
+        """Per row, generated tokens (after ``stop_at_eos`` trimming) per model call it took part in."""
+        calls = self.row_calls or [self.steps] * len(self.new_tokens)
+        return [len(tokens) / max(n, 1) for tokens, n in zip(self.new_tokens, calls)]
 
 
 @torch.inference_mode()
@@ -98,6 +107,14 @@ def denoise(
         return Generation(*speculative_denoise(model, canvas, generate_mask, attention_mask, options=opts,
                                                generator=generator, callback=callback, output_history=output_history,
                                                logits_processor=logits_processor))
+    if is_uniform_state(model) and uses_renoising(model, opts):  # DiffusionGemma's loop (sampling/renoise.py)
+        return Generation(*renoise_denoise(model, canvas, generate_mask, attention_mask, options=opts, generator=generator,
+                                           callback=callback, output_history=output_history,
+                                           logits_processor=logits_processor))
+    if opts.renoising_options():  # never silently ignored
+        kind = "a uniform-state model without entropy_bound" if is_uniform_state(model) else "a masked diffusion model"
+        raise InputError(f"option(s) {', '.join(opts.renoising_options())} belong to the renoising sampler of "
+                         f"uniform-state models (set entropy_bound); they do not apply to {kind}")
     if is_uniform_state(model):  # UDLM / Duo: no mask token to commit; their reverse process (sampling/uniform.py)
         return Generation(*uniform_denoise(model, canvas, generate_mask, attention_mask, options=opts, generator=generator,
                                            callback=callback, output_history=output_history,
