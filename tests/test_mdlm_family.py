@@ -344,15 +344,11 @@ def test_difflm_generate_runs_a_uniform_model(udlm_dir, capsys):
     assert len(record["new_tokens"]) == 6
 
 
-def test_masked_scoring_and_serving_refuse_a_uniform_model(models, udlm_dir):
-    """What has no meaning for a uniform-state model says so in one line: the masked ELBO (difflm eval
-    picks the uniform bound by itself) and the server, whose batched rows run the masked loop only."""
-    from difflm.errors import InputError, ModelLoadError
+def test_masked_scoring_refuses_a_uniform_model(models):
+    """The masked ELBO has no meaning for a uniform-state model and says so in one line (difflm eval picks the
+    uniform bound by itself; the server serves these models through the sampler, tests/test_serve_uniform.py)."""
+    from difflm.errors import InputError
     from difflm.evaluation.likelihood import ScoreRequest, elbo_nll
-    from difflm.serve.app import load_model
-    from difflm.serve.config import ServerConfig
 
     with pytest.raises(InputError, match="uniform-state model"):
         elbo_nll(models["udlm"], [ScoreRequest.continuation([1, 2], [3, 4])], n_samples=2)
-    with pytest.raises(ModelLoadError, match="serves masked diffusion LMs; .* is a uniform-state model"):
-        load_model(ServerConfig(model=str(udlm_dir)))

@@ -6,7 +6,11 @@
         model.generate(ids, max_new_tokens=64, callback=view)
 
 Prompt text is shown plain, tokens still masked as dim blocks, tokens committed at this step
-highlighted, and earlier commits in green. On a terminal (or in Jupyter) one frame is redrawn in
+highlighted, and earlier commits in green. A uniform-state run (UDLM, Duo, difflm's ``objective:
+uniform``) has no mask: every generated position holds a token from the first step on and a step
+*changes* some of them, so its frames show the tokens changed at this step highlighted, the others
+kept, special tokens by name (noise draws them too), and a header that counts changes. A sampler says
+its canvas has no mask by passing ``mask_token_id=None`` in its `SamplerStep`. On a terminal (or in Jupyter) one frame is redrawn in
 place at every step; written to a file or a pipe, every step's frame is printed in turn, so the
 output is a record of the denoising. Used by ``difflm generate --show-steps``,
 ``difflm infill --show-steps`` and ``difflm demo``.
@@ -25,7 +29,8 @@ from rich.text import Text
 
 from .sampling import SamplerStep
 
-STYLES = {"prompt": "", "masked": "dim", "new": "bold black on bright_green", "done": "green"}
+STYLES = {"prompt": "", "masked": "dim", "new": "bold black on bright_green", "done": "green",
+          "changed": "bold black on yellow", "kept": "cyan", "special": "dim"}
 
 
 class DenoisingView:
@@ -64,6 +69,7 @@ class DenoisingView:
         self._live: Live | None = None
         self._printing_frames = False  # inside the context on a console that cannot redraw
         self._token_text: dict[int, str] = {}
+        self._special_text: dict[int, str] = {}
 
     @property
     def redraws_in_place(self) -> bool:
@@ -100,6 +106,8 @@ class DenoisingView:
 
     def render(self, step: SamplerStep) -> Panel:
         """The view of one step: one block of text per shown row under a progress line."""
+        if step.mask_token_id is None:
+            return self._render_uniform(step)
         canvas, generated, committed = step.canvas.cpu(), step.generate_mask.cpu(), step.committed.cpu()
         real = step.attention_mask.cpu().bool() if step.attention_mask is not None else torch.ones_like(generated)
         masked = generated & (canvas == step.mask_token_id) if step.mask_token_id is not None else torch.zeros_like(generated)
@@ -118,6 +126,37 @@ class DenoisingView:
                 text.append(piece, style=style)
             texts.append(text)
         return Panel(Group(header, *texts), title=self.title, title_align="left")
+
+    def _render_uniform(self, step: SamplerStep) -> Panel:
+        """A step of a canvas without masks: ``step.committed`` holds the positions this step changed."""
+        canvas, generated = step.canvas.cpu(), step.generate_mask.cpu()
+        changed = step.committed.cpu() & generated
+        real = step.attention_mask.cpu().bool() if step.attention_mask is not None else torch.ones_like(generated)
+        rows = self.rows if self.rows is not None else range(canvas.shape[0])
+        header = Text(f"step {step.step + 1}/{step.total_steps}  block {step.block + 1}  "
+                      f"{int(changed.sum())}/{int(generated.sum())} tokens changed", style="bold")
+        texts = []
+        for b in rows:
+            text = Text()
+            for pos in real[b].nonzero().flatten().tolist():
+                token = int(canvas[b, pos])
+                if not generated[b, pos]:
+                    text.append(self._text_of(token), style=STYLES["prompt"])
+                    continue
+                piece = self._text_of(token)
+                if not piece:  # a special token (EOS, pad, even the mask token) drawn as noise: shown by name
+                    piece, style = self._special_of(token), STYLES["special"]
+                else:
+                    style = STYLES["kept"]
+                text.append(piece, style=STYLES["changed"] if changed[b, pos] else style)
+            texts.append(text)
+        return Panel(Group(header, *texts), title=self.title, title_align="left")
+
+    def _special_of(self, token: int) -> str:
+        """The name of a token that decodes to no text (special tokens), e.g. ``<|eos|>`` (cached)."""
+        if token not in self._special_text:
+            self._special_text[token] = self.tokenizer.decode([token], skip_special_tokens=False) or f"<{token}>"
+        return self._special_text[token]
 
     def _text_of(self, token: int) -> str:
         """Text of one token (cached; special tokens such as BOS show as nothing)."""

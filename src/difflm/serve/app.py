@@ -24,7 +24,6 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from .. import formats
-from ..config import is_uniform_state
 from ..errors import InputError, ModelLoadError
 from ..sampling import Row, SamplerOptions
 from ..sampling.options import model_options
@@ -35,28 +34,26 @@ from .metrics import Metrics
 from .prompts import chat_rows, check_model, completion_rows, sampler_options
 from .protocol import APIError, ChatRequest, CompletionRequest, parse_body, sampler_error
 from .streaming import ChoiceText, TokenText, sse
+from .whole import WholeRow, check_fields, decodes_whole, whole_choice_text
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
 def load_model(config: ServerConfig) -> Any:
     """The `DiffusionLM` that ``config.model`` names (a bundled name or a directory), on ``config.device``;
-    `ModelLoadError` for anything but a masked diffusion LM with a tokenizer (`difflm.formats.load_diffusion_lm`),
-    told from the directory's configs before any weights load (`difflm.formats.survey`)."""
+    `ModelLoadError` for anything but a discrete diffusion LM with a tokenizer - masked, or uniform-state
+    (`difflm.formats.load_diffusion_lm`) - told from the directory's configs before any weights load
+    (`difflm.formats.survey`)."""
     found = formats.survey(config.model)
     if found.autoregressive or found.kind not in ("dlm", "adapter"):
         what = ("a plain causal LM" if found.kind == "causal-lm" else
                 f"an adapter of a causal LM ({found.reason})" if found.kind == "adapter" else
-                f"a {found.kind} model (its {found.reason.partition(' (')[0]} says so), not a masked DLM")
+                f"a {found.kind} model (its {found.reason.partition(' (')[0]} says so), not a discrete DLM")
         advice = ("adapt it to a masked DLM first (`difflm train --objective adapt`)" if found.autoregressive else
                   f"decode it with `difflm generate --model {config.model}`")
-        raise ModelLoadError(f"difflm serve serves masked diffusion LMs (a DLM checkpoint or a DLM adapter); "
-                             f"{config.model} is {what}: {advice}")
-    model = formats.load_diffusion_lm(config.model, device=config.device)
-    if is_uniform_state(model):  # the server's batched rows run the masked loop only
-        raise ModelLoadError(f"difflm serve serves masked diffusion LMs; {config.model} is a uniform-state model "
-                             f"(UDLM, Duo): decode it with `difflm generate --model {config.model}`")
-    return model
+        raise ModelLoadError("difflm serve serves discrete diffusion LMs, masked diffusion or uniform-state (a DLM "
+                             f"checkpoint or a DLM adapter); {config.model} is {what}: {advice}")
+    return formats.load_diffusion_lm(config.model, device=config.device)
 
 
 class Server:
@@ -68,6 +65,7 @@ class Server:
         self.text: TokenText | None = None
         self.defaults: SamplerOptions | None = None
         self.batcher: RequestBatcher | None = None
+        self.whole = False  # the model's requests run whole through `denoise` (a uniform-state model)
         self.started = time.time()
 
     @contextlib.asynccontextmanager
@@ -80,6 +78,7 @@ class Server:
         # fails the start, not each request
         self.defaults = model_options(self.model)
         self.text = TokenText(self.model.tokenizer)
+        self.whole = decodes_whole(self.model)
         self.batcher = RequestBatcher(self.model, self.text, max_batch=self.config.max_batch,
                                       max_queue=self.config.max_queue, metrics=self.metrics,
                                       batch_window=self.config.batch_window_ms / 1000)
@@ -106,8 +105,11 @@ class Server:
                            code="invalid_api_key")
 
     def make_job(self, request: Any, specs: list, loop: asyncio.AbstractEventLoop) -> Job:
-        """A `Job` with one `Row` per spec (400 on a bad option or template)."""
+        """A `Job` with one `Row` per spec (400 on a bad option or template); of a model whose requests run
+        whole, one `WholeRow` per spec."""
         options = sampler_options(request, self.defaults)
+        if self.whole:
+            check_fields(self.model, request.sampler_overrides(), options)
         choices = []
         for index, spec in enumerate(specs):
             generator = torch.Generator()
@@ -115,6 +117,10 @@ class Server:
                 generator.seed()  # a fresh, non-deterministic stream
             else:
                 generator.manual_seed(spec.seed)
+            if self.whole:
+                text = whole_choice_text(self.text, spec.stop_ids, spec.stops)
+                choices.append(Choice(index, WholeRow(spec.template, generator), text, spec.prompt_tokens))
+                continue
             try:
                 row = Row(self.model, spec.template, options, generator=generator)
             except InputError as exc:
@@ -122,7 +128,7 @@ class Server:
             text = ChoiceText(self.text, self.model.config.mask_token_id, spec.stop_ids, spec.stops)
             choices.append(Choice(index, row, text, spec.prompt_tokens))
         return Job(choices, loop, asyncio.Queue(), time.perf_counter() + self.config.request_timeout,
-                   stream_steps=request.stream_steps)
+                   stream_steps=request.stream_steps, options=options if self.whole else None)
 
     async def respond(self, request: Request, body: Any, specs: list, endpoint: str) -> Response:
         job = self.make_job(body, specs, asyncio.get_running_loop())
@@ -330,8 +336,9 @@ def create_app(config: ServerConfig, model: Any = None) -> FastAPI:
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
         server.authorize(request)
+        # "process" (difflm's): "masked" or "uniform" - the page draws the canvas of each its own way
         return {"object": "list", "data": [{"id": config.served_name, "object": "model", "created": int(server.started),
-                                            "owned_by": "difflm"}]}
+                                            "owned_by": "difflm", "process": "uniform" if server.whole else "masked"}]}
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

@@ -11,6 +11,11 @@ final (`Row.settled_tokens`: with token editing or remasking the current block i
 it ends); a row leaves as soon as its text has ended (stop token, stop string, complete canvas), its
 client went away, or its request timed out. Results go back to the request's asyncio queue with
 ``loop.call_soon_threadsafe``: the event loop never waits on the model.
+
+A job of a model that the masked row loop cannot decode (a uniform-state model: ``Job.options`` set,
+its choices `WholeRow`s) runs whole instead, between two rounds of the batches, through the sampler's
+own `denoise` (`difflm.serve.whole.WholeRun`): its callback posts each step and stops the run on a
+cancel, a timeout or shutdown.
 """
 
 from __future__ import annotations
@@ -24,17 +29,20 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..sampling import Row, RowBatch
-from .protocol import APIError
+from ..errors import InputError
+from ..sampling import Row, RowBatch, SamplerOptions
+from .protocol import APIError, sampler_error
 from .streaming import ChoiceText, TokenText, canvas_cells
+from .whole import Stopped, WholeRow, WholeRun
 
 
 @dataclass
 class Choice:
-    """One row of a request: its `Row` (difflm.sampling), its text, and its step count."""
+    """One row of a request: its `Row` (difflm.sampling; a `WholeRow` in a job run whole), its text, and its
+    step count."""
 
     index: int
-    row: Row
+    row: Row | WholeRow
     text: ChoiceText
     prompt_tokens: int
     model_calls: int = 0
@@ -43,13 +51,15 @@ class Choice:
 @dataclass
 class Job:
     """A request in flight. Messages put on ``queue`` (in the event loop's thread):
-    ("delta", choice, text, step_info or None), ("end", choice), ("error", APIError)."""
+    ("delta", choice, text, step_info or None), ("end", choice), ("error", APIError). ``options``: set for
+    a job run whole through `denoise` (its choices' rows are `WholeRow`s), None for `RowBatch` rows."""
 
     choices: list[Choice]
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue
     deadline: float
     stream_steps: bool = False
+    options: SamplerOptions | None = None
     cancelled: bool = False
     finished: bool = False
     submitted: float = field(default_factory=time.perf_counter)
@@ -84,6 +94,9 @@ class RequestBatcher:
         self.batch_window = batch_window
         self._born: dict[int, float] = {}  # id(batch) -> when it was made (for the cohort window)
         self._pending: collections.deque[Job] = collections.deque()
+        self._whole: collections.deque[Job] = collections.deque()  # admitted jobs to run whole, in order
+        self._running: Job | None = None  # the job run whole now
+        self._stop_reason = "the server is shutting down"
         self._batches: list[RowBatch] = []
         self._jobs: dict[int, Job] = {}  # id(row) -> job, for rows in a batch
         self._wake = threading.Condition()
@@ -97,14 +110,14 @@ class RequestBatcher:
     def stop(self, reason: str = "the server is shutting down") -> None:
         """Cancel everything in flight (each job gets a 503 error) and end the thread."""
         with self._wake:
-            self._stopping = True
+            self._stopping, self._stop_reason = True, reason
             self._wake.notify()
         self._thread.join(timeout=30)
-        error = APIError(503, reason, type="server_error", code="shutting_down")
-        for job in {id(j): j for j in [*self._pending, *self._jobs.values()]}.values():
-            if not job.finished:
-                job.finished = True
-                job.post("error", error)
+        with self._wake:
+            for job in self._in_flight():
+                if not job.finished:
+                    job.finished = True
+                    job.post("error", APIError(503, reason, type="server_error", code="shutting_down"))
 
     def drain(self, seconds: float) -> None:
         """Shutdown began: refuse new jobs (503) and end every job still in flight ``seconds`` from
@@ -132,19 +145,29 @@ class RequestBatcher:
             self._wake.notify()
 
     # -- the thread ----------------------------------------------------------------------------
+    def _in_flight(self) -> list[Job]:
+        """Every job queued, admitted or running, once each."""
+        jobs = [*self._pending, *self._jobs.values(), *self._whole, *([self._running] if self._running else [])]
+        return list({id(job): job for job in jobs}.values())
+
     def _loop(self) -> None:
         while True:
             with self._wake:
-                while not self._stopping and not self._pending and not self._batches:
+                while not self._stopping and not self._pending and not self._batches and not self._whole:
                     self._wake.wait()
                 if self._stopping:
                     return
                 self._expire(time.perf_counter())
                 self._admit()
+                whole = self._whole.popleft() if self._whole else None
                 ready, wait = self._ready(time.perf_counter())
-                if not ready and wait is not None:  # only young cohorts: let more rows arrive (or the window end)
+                if whole is None and not ready and wait is not None:  # only young cohorts: let more rows arrive
                     self._wake.wait(wait)
                     continue
+            if whole is not None and whole.cancelled:  # its client went away while it waited
+                whole.finished = True
+            elif whole is not None and not whole.finished:
+                self._run_whole(whole)
             for batch in ready:
                 try:
                     self._step(batch)
@@ -173,7 +196,7 @@ class RequestBatcher:
         return ready, (min(waits) if waits else None)
 
     def _active_rows(self) -> int:
-        return sum(len(b) for b in self._batches)
+        return sum(len(b) for b in self._batches) + (len(self._running.choices) if self._running else 0)
 
     def _admit(self) -> None:
         """Move waiting jobs into batches, oldest first, while their rows fit (a job's rows join
@@ -183,6 +206,9 @@ class RequestBatcher:
             if job.cancelled:
                 self._pending.popleft()
                 job.finished = True
+                continue
+            if job.options is not None:  # runs whole, in its turn (`_run_whole`); its rows never join a batch
+                self._whole.append(self._pending.popleft())
                 continue
             if self._active_rows() and self._active_rows() + len(job.choices) > self.max_batch:
                 return
@@ -203,11 +229,11 @@ class RequestBatcher:
         if self._drain_deadline is not None and now > self._drain_deadline:
             error = APIError(503, "the server is shutting down; the request did not finish within "
                              "--shutdown-timeout", type="server_error", code="shutting_down")
-            for job in [*self._pending, *self._jobs.values()]:
+            for job in self._in_flight():
                 if not job.finished:
                     job.cancelled = job.finished = True
                     job.post("error", error)
-        for job in [*self._pending, *self._jobs.values()]:
+        for job in self._in_flight():
             if not job.finished and now > job.deadline:
                 job.cancelled = job.finished = True
                 job.post("error", APIError(408, "the request timed out before it finished; ask for fewer tokens or "
@@ -251,6 +277,41 @@ class RequestBatcher:
                 job.post("end", choice)
                 job.finished = all(c.text.ended for c in job.choices)
                 self._leave(batch, row)
+
+    def _run_whole(self, job: Job) -> None:
+        """Run ``job`` through `denoise`, ``max_batch`` choices at a time (`WholeRun`); a cancel, its deadline
+        or shutdown ends it after the step in progress. An `InputError` of the sampler (an option it refuses)
+        is the job's 400; anything else its 500, as a failed batch's."""
+
+        def should_stop() -> bool:
+            with self._wake:
+                if self._stopping and not job.finished:
+                    job.cancelled = job.finished = True
+                    job.post("error", APIError(503, self._stop_reason, type="server_error", code="shutting_down"))
+                self._expire(time.perf_counter())
+            return job.cancelled or job.finished
+
+        self._running = job
+        self._gauges()
+        try:
+            for start in range(0, len(job.choices), self.max_batch):
+                WholeRun(self.model, self.text, job, job.choices[start:start + self.max_batch],
+                         should_stop=should_stop, metrics=self.metrics).run()
+                if should_stop():
+                    break
+        except Stopped:
+            pass
+        except InputError as exc:
+            job.cancelled = job.finished = True
+            job.post("error", sampler_error(exc))
+        except Exception as exc:  # a bug or out of memory: fail this request, keep serving
+            traceback.print_exc(file=sys.stderr)
+            job.cancelled = job.finished = True
+            job.post("error", APIError(500, f"internal error while denoising ({type(exc).__name__}); see the server "
+                                       "log", type="server_error", code="internal_error"))
+        finally:
+            with self._wake:
+                self._running = None
 
     def _fail(self, batch: RowBatch, exc: Exception) -> None:
         error = APIError(500, f"internal error while denoising ({type(exc).__name__}); see the server log",

@@ -8,21 +8,25 @@ honour (logprobs, echo, best_of, penalties, logit_bias, tools) is a 400 with an 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, create_model
 
 from ..errors import InputError
+from ..sampling.options import SamplerOptions
 
 Int = Annotated[int, Strict()]  # "32" or true is not a number of tokens
 Bool = Annotated[bool, Strict()]
 
-# difflm's decoding options accepted as extra body fields (`SamplerOptions` fields, by name).
-DECODING_FIELDS = ("steps", "strategy", "block_length", "threshold", "cfg_scale", "cache", "alg_temp", "top_k",
-                   "gumbel", "attention", "schedule", "filter_order", "stop_at_eos", "suppress_eos",
-                   "sub_block_length", "editing_threshold", "remask", "max_edits", "post_edit_steps")
+# difflm's decoding options accepted as extra body fields: every `SamplerOptions` field, by name, read off the
+# dataclass (a new sampler option is a request field without a second list to keep in step) - but temperature and
+# top_p, OpenAI's own fields (`CommonFields`), and speculative, which the batcher cannot run (refused).
+DECODING_FIELDS = tuple(name for name in SamplerOptions.names() if name not in ("temperature", "top_p", "speculative"))
+# the request type of a `SamplerOptions` annotation ("int | None" -> Int); SamplerOptions checks values again
+_FIELD_TYPES: dict[str, Any] = {"int": Int, "float": float, "bool": Bool, "str": str}
 
 
 class APIError(Exception):
@@ -37,34 +41,26 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
-class DecodingFields(BaseModel):
-    """difflm's extras: the `SamplerOptions` a request may set, and the step stream switch.
-    Numbers must be finite (``Infinity``, ``NaN`` and ``1e400`` are refused)."""
-
+class _DecodingBase(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    steps: Int | None = None
-    strategy: str | None = None
-    block_length: Int | None = None
-    threshold: float | None = None
-    cfg_scale: float | None = None
-    cache: str | None = None
-    alg_temp: float | None = None
-    top_k: Int | None = None
-    gumbel: Bool | None = None
-    attention: str | None = None
-    schedule: str | None = None
-    filter_order: str | None = None
-    stop_at_eos: Bool | None = None
-    suppress_eos: Bool | None = None
-    sub_block_length: Int | None = None
-    editing_threshold: float | None = None
-    remask: float | None = None
-    max_edits: Int | None = None
-    post_edit_steps: Int | None = None
-    # not a DECODING_FIELDS entry: self-speculation runs rows one by one, which the batcher cannot (refused)
-    speculative: Bool | None = None
-    stream_steps: Bool = False  # stream every denoising step (canvas, commits) for visualisers
+
+def _request_type(spec: dataclasses.Field) -> Any:
+    """The type a request may send for the `SamplerOptions` field ``spec``: its one kind of value besides None
+    ("str | Strategy": a strategy's name), strict for numbers and booleans ("32" and true are no numbers)."""
+    kinds = [k.strip() for k in str(spec.type).split("|") if k.strip() != "None"]
+    return _FIELD_TYPES.get(kinds[0], Any) if kinds else Any
+
+
+# difflm's extras: the `SamplerOptions` a request may set (each optional: None = the model's or the sampler's
+# default), `speculative` (refused in `CommonFields.check_unsupported`) and the step stream switch. Numbers must
+# be finite (``Infinity``, ``NaN`` and ``1e400`` are refused).
+DecodingFields = create_model(
+    "DecodingFields", __base__=_DecodingBase,
+    **{spec.name: (_request_type(spec) | None, None) for spec in dataclasses.fields(SamplerOptions) if spec.name in DECODING_FIELDS},
+    speculative=(Bool | None, None),
+    stream_steps=(Bool, False),  # stream every denoising step (canvas, commits) for visualisers
+)
 
 
 class StreamOptions(BaseModel):
@@ -72,7 +68,7 @@ class StreamOptions(BaseModel):
     include_usage: Bool = False  # usage is always in the final chunk; accepted for compatibility
 
 
-class CommonFields(DecodingFields):
+class CommonFields(DecodingFields):  # type: ignore[misc,valid-type]
     """Fields both endpoints share (OpenAI's names and meanings)."""
 
     model: str

@@ -70,12 +70,13 @@ class ChoiceText:
 
     Args:
         text: the shared `TokenText`.
-        mask_id: the mask token id (marks positions not yet generated).
+        mask_id: the mask token id (marks positions not yet generated); None for a canvas without masks (a
+            uniform-state model's, whose text is final only when its run ends).
         stop_ids: token ids that end the text (EOS, pad, a chat end of turn).
         stops: stop strings; the text ends before the first one.
     """
 
-    def __init__(self, text: TokenText, mask_id: int, stop_ids: list[int], stops: list[str]) -> None:
+    def __init__(self, text: TokenText, mask_id: int | None, stop_ids: list[int], stops: list[str]) -> None:
         self.text, self.mask_id = text, mask_id
         self.stop_ids, self.stops = set(stop_ids), stops
         self.sent = ""  # text emitted so far
@@ -126,8 +127,9 @@ class ChoiceText:
         return text
 
 
-def canvas_cells(text: TokenText, tokens: list[int], mask_id: int) -> list[str | None]:
-    """The generated positions as the step stream sends them: each token's text, None if masked."""
+def canvas_cells(text: TokenText, tokens: list[int], mask_id: int | None) -> list[str | None]:
+    """The generated positions as the step stream sends them: each token's text, None if masked (never, with
+    ``mask_id`` None)."""
     return [None if tok == mask_id else text.piece(tok) for tok in tokens]
 
 

@@ -1,4 +1,6 @@
 // difflm's page: one streamed /v1/completions request with stream_steps, drawn step by step.
+// A masked model's canvas fills in (masked cells become tokens); a uniform-state model's canvas holds a
+// token everywhere from the first step, and each step changes some of them (highlighted).
 // Plain JS, no build step and nothing fetched from another host.
 "use strict";
 
@@ -6,6 +8,7 @@ const $ = (id) => document.getElementById(id);
 const MASK = "\u2591\u2591";  // what a masked cell shows
 let controller = null;         // AbortController of the request in flight
 let modelId = null;
+let uniform = false;           // the model is uniform-state (GET /v1/models says "process": "uniform")
 
 function apiHeaders() {
   const headers = { "Content-Type": "application/json" };
@@ -20,7 +23,12 @@ async function loadModel() {
     const body = await response.json();
     if (!response.ok) throw new Error(body.error ? body.error.message : response.statusText);
     modelId = body.data[0].id;
-    $("model").textContent = "model: " + modelId;
+    uniform = body.data[0].process === "uniform";
+    $("model").textContent = "model: " + modelId + (uniform ? " (uniform-state)" : "");
+    // options of masked decoding (strategy, blocks, cache) mean nothing to a uniform-state sampler
+    document.querySelectorAll(".masked-only").forEach((el) => { el.hidden = uniform; });
+    document.querySelectorAll(".uniform-only").forEach((el) => { el.hidden = !uniform; });
+    $("label-tpc").textContent = uniform ? "changes per call" : "tokens per call";
   } catch (err) {
     $("model").textContent = "model: unknown (" + err.message + ")";
   }
@@ -37,10 +45,14 @@ function requestBody() {
   const body = {
     model: modelId, prompt: $("prompt").value, max_tokens: numberOrNull("max-tokens", parseInt),
     temperature: numberOrNull("temperature"), top_p: numberOrNull("top-p"), seed: numberOrNull("seed", parseInt),
-    strategy: $("strategy").value, cache: $("cache").value, stream: true, stream_steps: true,
+    stream: true, stream_steps: true,
   };
-  const extras = { steps: numberOrNull("steps", parseInt), block_length: numberOrNull("block-length", parseInt),
-                   threshold: $("strategy").value === "threshold" ? numberOrNull("threshold") : null };
+  const extras = { steps: numberOrNull("steps", parseInt) };
+  if (!uniform) {
+    Object.assign(body, { strategy: $("strategy").value, cache: $("cache").value });
+    Object.assign(extras, { block_length: numberOrNull("block-length", parseInt),
+                            threshold: $("strategy").value === "threshold" ? numberOrNull("threshold") : null });
+  }
   for (const [name, value] of Object.entries(extras)) if (value !== null) body[name] = value;
   for (const name of Object.keys(body)) if (body[name] === null) delete body[name];
   if (infill) body.suffix = $("suffix").value;
@@ -56,6 +68,7 @@ function resetView(body) {
   canvas.textContent = "";
   canvas.dataset.frames = "0";
   canvas.dataset.maxMasked = "0";
+  canvas.dataset.changed = "0";
   const prefix = document.createElement("span");
   prefix.className = "fixed";
   prefix.textContent = body.prompt;
@@ -77,10 +90,12 @@ function drawFrame(step) {
   const fresh = new Set(step.committed);
   while (cells.children.length < step.canvas.length) cells.append(document.createElement("span"));
   let masked = 0;
+  // uniform-state: no cell is masked; `committed` lists the cells this step changed
+  const [freshClass, keptClass] = step.process === "uniform" ? ["changed", "kept"] : ["new", "done"];
   step.canvas.forEach((token, i) => {
     const cell = cells.children[i];
     if (token === null) { masked += 1; cell.className = "cell masked"; cell.textContent = MASK; return; }
-    cell.className = "cell " + (fresh.has(i) ? "new" : "done");
+    cell.className = "cell " + (fresh.has(i) ? freshClass : keptClass);
     cell.textContent = token;
   });
   view.count += 1;
@@ -89,6 +104,7 @@ function drawFrame(step) {
   const canvas = $("canvas");
   canvas.dataset.frames = String(view.count);
   canvas.dataset.maxMasked = String(view.maxMasked);
+  canvas.dataset.changed = String(view.committed);
   $("stat-step").textContent = (step.step + 1) + " / " + step.total_steps;
   $("stat-block").textContent = String(step.block);
   $("stat-calls").textContent = String(step.model_calls);
@@ -97,7 +113,8 @@ function drawFrame(step) {
   $("stat-batch").textContent = String(step.batch_size);
   const bar = document.createElement("div");
   bar.className = "bar";
-  bar.title = "step " + (step.step + 1) + ": " + step.step_ms.toFixed(1) + " ms, " + step.committed.length + " committed";
+  bar.title = "step " + (step.step + 1) + ": " + step.step_ms.toFixed(1) + " ms, " + step.committed.length +
+    (step.process === "uniform" ? " changed" : " committed");
   bar.style.height = Math.max(2, Math.min(62, step.step_ms * 2)) + "px";
   $("timeline").append(bar);
 }
