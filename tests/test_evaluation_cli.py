@@ -91,7 +91,7 @@ def test_a_layout_a_stock_class_cannot_load_is_not_forced_to_ar(model_dirs, tmp_
     (["--n-samples", "0"], "argument --n-samples: must be an integer >= 1, got 0"),
     (["--model", "/nonexistent/model"], "no model at /nonexistent/model"),
     (["--threads", "0"], "argument --threads: must be an integer >= 1, got 0"),
-    (["--format", "diffulama"], "unknown format 'diffulama'; choose one of difflm, diffugpt, llada, dream, sdar, diffullama, llada2, mdlm, causal-lm"),
+    (["--format", "diffulama"], "unknown format 'diffulama'; choose one of difflm, diffugpt, llada, dream, sdar, diffullama, llada2, mdlm, diffusion-gemma, causal-lm"),
     (["--format", "llada"], "is not in the LLaDA layout"),  # a layout the checkpoint is not in
 ])
 def test_bad_input_is_one_line_and_exit_code_2(model_dirs, tmp_path, capsys, args, message):  # noqa: F811

@@ -96,12 +96,13 @@ def test_a_plain_dlm_invocation_is_no_familys(name, command):
 
 
 def test_the_masked_flags_are_the_masked_groups():
-    """What a family is told it may refuse is exactly the masked sampler's group, as given on the command line
-    (a flag left out is None: the model's saved setting or the sampler's default)."""
+    """What a family is told it may refuse is exactly the discrete samplers' groups (masked, and the renoising
+    sampler of uniform-state models), as given on the command line (a flag left out is None: the model's saved
+    setting or the sampler's default)."""
     parser = _subcommand("generate")
-    group = next(g for g in parser._action_groups if g.title == "masked diffusion sampler")
+    groups = [g for g in parser._action_groups if g.title in ("masked diffusion sampler", "renoising sampler")]
     recorded = {flag for flag, _, _ in parser.get_default(family_module.MASKED_FLAGS_KEY)}
-    assert recorded == {a.option_strings[0] for a in group._group_actions}
+    assert len(groups) == 2 and recorded == {a.option_strings[0] for g in groups for a in g._group_actions}
     assert {"--strategy", "--cache", "--chat"} <= recorded and not recorded & {"--steps", "--cfg-scale", "--seed"}
     args = parser.parse_args(["hi", "--strategy", "threshold", "--top-p", "1.0", "--cache", "dual", "--steps", "3"])
     assert family_module.masked_flags_given(args) == ("--strategy", "--top-p", "--cache")

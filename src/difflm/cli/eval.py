@@ -9,6 +9,8 @@ from ..io import require_model
 from ..registry import (CACHE_MODES as CACHE_MODE_NAMES, EVAL_TASKS as TASK_NAMES, FORMATS as FORMAT_NAMES,
                         STRATEGIES as STRATEGY_NAMES)
 from . import choice, device_name, integer, number
+from .generate import given_options
+from .precheck import check_sampler_flags
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -80,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
 
     _check_task_names(args.tasks)  # before torch loads: a typo answers at once
     require_model(args.model)
+    # the sampler flags over the model's saved defaults, as far as its files tell (the run checks them again below)
+    check_sampler_flags(args.model, given_options(args), renoising=False)
     from ..evaluation import EvalSettings, load_eval_lm, parse_tasks, print_report, run_evaluation, write_report
     from ..evaluation.loading import check_format, scoring_summary
 

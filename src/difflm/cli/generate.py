@@ -29,6 +29,7 @@ from ..io import require_model
 from ..registry import ATTENTION_OVERRIDES, CACHE_MODES, FILTER_ORDERS, REVEAL_SCHEDULES, STRATEGIES
 from . import choice, device_name, integer, number
 from .family import MASKED_FLAGS_KEY, GenerationJob, add_family_arguments, claiming_family, masked_flags_given
+from .precheck import check_sampler_flags, no_preset_error
 from .renoising import add_renoising_arguments
 
 if TYPE_CHECKING:
@@ -174,8 +175,7 @@ def saved_defaults(name_or_path: str, preset: str | None = None) -> GenerationDe
     if preset is not None:
         presets = generation_presets(path) if path.is_dir() else {}
         if preset not in presets:
-            offered = f"its presets: {', '.join(presets)}" if presets else "it offers none"
-            raise InputError(f"--preset {preset!r}: {name_or_path} has no such decoding preset ({offered})")
+            raise no_preset_error(name_or_path, preset, list(presets))
         return presets[preset]
     return saved_generation_defaults(path) if path.is_dir() else None
 
@@ -255,6 +255,8 @@ def run_generate(args: argparse.Namespace) -> int:
     _check_run_args(args)
     if family is not None and args.preset is not None:
         raise InputError(f"--preset applies to masked DLMs; {args.model} is decoded by the {family.name} family's sampler")
+    check_sampler_flags(args.model, given_options(args), preset=args.preset, fallback=_base_options(None, defaults),  # torch-free
+                        model_defaults=family is None, renoising=family is None)
     saved = None if family is not None else saved_defaults(args.model, args.preset)  # generation_config.json
     base = _base_options(saved, defaults)
     length_given = args.length is not None
@@ -316,6 +318,8 @@ def run_infill(args: argparse.Namespace) -> int:
     family = claiming_family(args)
     if family is not None and args.preset is not None:
         raise InputError(f"--preset applies to masked DLMs; {args.model} is decoded by the {family.name} family's sampler")
+    check_sampler_flags(args.model, given_options(args), preset=args.preset,  # torch-free
+                        model_defaults=family is None, renoising=family is None)
     saved = None if family is not None else saved_defaults(args.model, args.preset)  # generation_config.json
     options = sampler_options(args, _base_options(saved, None))
     check_device(args.device)

@@ -1,22 +1,31 @@
 """Sampling from diffusion LMs: the denoising loop, the one decoding step it shares with the server's
-batch, commit strategies, token sampling and the block-wise KV cache."""
+batch, commit strategies, token sampling and the block-wise KV cache.
 
-from ..registry import CACHE_MODES, FILTER_ORDERS, REVEAL_SCHEDULES, STRATEGIES
-from .batch import Row, RowBatch, batch_key
-from .canvas import block_masks, decoding_blocks, decoding_groups, build_canvas, template_canvas
-from .denoiser import Denoiser
-from .options import SamplerOptions
-from .sampler import Generation, denoise, fill, generate, infill
-from .step import (
-    BlockSchedule, DecodingStep, SamplerStep, StepInput, StepOutput, commit_step, stop_token_ids, trim_at_stop,
-)
-from .strategies import (
-    Entropy, LowConfidence, MaskGITPlus, RandomOrder, StepContext, Strategy, Threshold, TopKMargin, commit_counts,
-    commit_schedule, dream_commit_count, get_strategy,
-)
-from .tokens import gumbel_max, sample_tokens, top_k_filter, top_p_filter
+Importing this package loads no torch: `SamplerOptions` (`difflm.sampling.options`) and the infilling
+templates (`difflm.sampling.templates`) are torch-free, so the command line validates sampler flags and
+templates before torch loads; every other name below is imported on first use.
+"""
+
+from __future__ import annotations
+
+from ..registry import CACHE_MODES, FILTER_ORDERS, REVEAL_SCHEDULES, STRATEGIES, lazy_attributes
 
 SCHEDULES = REVEAL_SCHEDULES  # the old name ("schedule" also names the noise schedule)
+
+# name -> the module of this package that defines it (imported on first access)
+LAZY = {
+    **dict.fromkeys(("Row", "RowBatch", "batch_key"), ".batch"),
+    **dict.fromkeys(("block_masks", "decoding_blocks", "decoding_groups", "build_canvas", "template_canvas"), ".canvas"),
+    "Denoiser": ".denoiser",
+    "SamplerOptions": ".options",
+    **dict.fromkeys(("Generation", "denoise", "fill", "generate", "infill"), ".sampler"),
+    **dict.fromkeys(("BlockSchedule", "DecodingStep", "SamplerStep", "StepInput", "StepOutput", "commit_step",
+                     "stop_token_ids", "trim_at_stop"), ".step"),
+    **dict.fromkeys(("Entropy", "LowConfidence", "MaskGITPlus", "RandomOrder", "StepContext", "Strategy", "Threshold",
+                     "TopKMargin", "commit_counts", "commit_schedule", "dream_commit_count", "get_strategy"), ".strategies"),
+    **dict.fromkeys(("gumbel_max", "sample_tokens", "top_k_filter", "top_p_filter"), ".tokens"),
+}
+__getattr__ = lazy_attributes(__name__, LAZY)
 
 __all__ = [
     "BlockSchedule", "CACHE_MODES", "DecodingStep", "Denoiser", "Entropy", "FILTER_ORDERS", "Generation",
@@ -26,3 +35,7 @@ __all__ = [
     "decoding_groups", "denoise", "dream_commit_count", "fill", "generate", "get_strategy", "gumbel_max", "infill",
     "sample_tokens", "stop_token_ids", "template_canvas", "top_k_filter", "top_p_filter", "trim_at_stop",
 ]
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -8,17 +8,20 @@ validated again). The object is frozen: once validated it travels unchanged.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, fields, replace
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError, ModelLoadError
-from ..registry import ATTENTION_OVERRIDES, CACHE_MODES, FILTER_ORDERS, RANDOM_STREAMS, REVEAL_SCHEDULES
-from .strategies import Strategy, get_strategy
-from .tokens import check_sampling_args
+from ..registry import ATTENTION_OVERRIDES, CACHE_MODES, FILTER_ORDERS, RANDOM_STREAMS, REVEAL_SCHEDULES, STRATEGIES
+
+if TYPE_CHECKING:  # this module is torch-free (the command line checks flags with it before torch loads)
+    from .strategies import Strategy
 
 __all__ = ["ATTENTION_OVERRIDES", "FAMILY_DEFAULTS", "FILTER_ORDERS", "GENERIC_DEFAULTS", "MAX_CFG_SCALE", "RANDOM_STREAMS", "SamplerOptions",
-           "defaults_options", "model_length", "model_options", "over_model"]
+           "check_renoising_applies", "check_sampling_args", "check_strategy", "defaults_options", "model_length",
+           "model_options", "over_model"]
 
 # The conventions of a model family (``DiffusionConfig.family``) that apply where an option is None.
 FAMILY_DEFAULTS: dict[str, dict[str, str]] = {
@@ -145,7 +148,8 @@ class SamplerOptions:
         if self.post_edit_steps and self.editing_threshold is None:  # never silently ignored
             raise InputError("post_edit_steps edits a filled block: it needs editing_threshold")
         self._check_renoising()
-        self.commit_strategy  # noqa: B018 - validates strategy, threshold and alg_temp now
+        if isinstance(self.strategy, str):  # a Strategy instance was checked when it was made
+            check_strategy(self.strategy, self.threshold, self.alg_temp)
 
     def _check_renoising(self) -> None:
         """The renoising sampler's options: ranges, and the pairs that only make sense together."""
@@ -175,8 +179,11 @@ class SamplerOptions:
 
     @cached_property
     def commit_strategy(self) -> Strategy:
-        """The `Strategy` instance that ``strategy`` (with ``threshold``, ``alg_temp``) names."""
-        return get_strategy(self.strategy, threshold=self.threshold, alg_temp=self.alg_temp)
+        """The `Strategy` instance that ``strategy`` (with ``threshold``, ``alg_temp``) names (imports the
+        strategy, and with it torch, on first use: the checks ran torch-free in ``__post_init__``)."""
+        if not isinstance(self.strategy, str):
+            return self.strategy
+        return STRATEGIES.get(self.strategy, InputError).from_options(threshold=self.threshold, alg_temp=self.alg_temp)
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -187,7 +194,7 @@ class SamplerOptions:
         hold ``"temperature": "hot"``): the range checks below assume numbers, strings and booleans."""
         for spec in fields(self):
             value, kinds = getattr(self, spec.name), [k.strip() for k in str(spec.type).split("|")]
-            if (value is None and "None" in kinds) or ("Strategy" in kinds and isinstance(value, Strategy)):
+            if (value is None and "None" in kinds) or ("Strategy" in kinds and _is_strategy(value)):
                 continue
             allowed = tuple(t for k in kinds for t in _VALUE_TYPES.get(k, ()))
             if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
@@ -219,6 +226,48 @@ class SamplerOptions:
         defaults = FAMILY_DEFAULTS.get(family or "", GENERIC_DEFAULTS)
         missing = {name: value for name, value in defaults.items() if getattr(self, name) is None}
         return replace(self, **missing) if missing else self
+
+
+def _is_strategy(value: Any) -> bool:
+    """Whether ``value`` is a `Strategy` instance, without importing the strategies (torch): an instance
+    exists only once their module has been imported."""
+    module = sys.modules.get(f"{__package__}.strategies")
+    return module is not None and isinstance(value, module.Strategy)
+
+
+def check_sampling_args(temperature: float, top_p: float, top_k: int = 0) -> None:
+    """Raise `InputError` unless temperature is finite and >= 0, top_p in (0, 1] and top_k >= 0."""
+    if not 0 <= temperature < math.inf:
+        raise InputError(f"temperature must be a finite number >= 0, got {temperature}")
+    if not 0.0 < top_p <= 1.0:
+        raise InputError(f"top_p must be in (0, 1], got {top_p}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise InputError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
+
+
+def check_strategy(strategy: str, threshold: float | None = None, alg_temp: float = 0.0) -> None:
+    """`InputError` unless ``strategy`` names a strategy of `difflm.registry.STRATEGIES` that takes these
+    values: ``threshold`` (in (0, 1]) belongs to "threshold" only, ``alg_temp`` to the scoring strategies
+    (not "random"). Torch-free: the names come from the registry's table, no strategy is imported."""
+    if not isinstance(strategy, str) or strategy not in STRATEGIES:
+        raise InputError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if threshold is not None and strategy != "threshold":
+        raise InputError(f"threshold applies to strategy 'threshold' only, not {strategy!r}")
+    if threshold is not None and not 0.0 < threshold <= 1.0:
+        raise InputError(f"threshold must be in (0, 1], got {threshold}")
+    if alg_temp and strategy == "random":
+        raise InputError("alg_temp applies to the scoring strategies, not 'random'")
+
+
+def check_renoising_applies(options: SamplerOptions, *, uniform_state: bool) -> None:
+    """`InputError` when ``options`` set renoising options that a model does not decode with: every
+    model but a uniform-state one given ``entropy_bound`` (an encoder-decoder model such as DiffusionGemma
+    always renoises and is not asked). ``uniform_state``: the model is a uniform-state DLM. Torch-free, so
+    that the command line refuses the flags from the model's config files before the weights load."""
+    if options.renoising_options() and not (uniform_state and options.entropy_bound is not None):  # never ignored
+        kind = "a uniform-state model without entropy_bound" if uniform_state else "a masked diffusion model"
+        raise InputError(f"option(s) {', '.join(options.renoising_options())} belong to the renoising sampler of "
+                         f"uniform-state models (set entropy_bound); they do not apply to {kind}")
 
 
 # -- a model's own defaults (generation_config.json, `difflm.formats.generation`) ------------------------------

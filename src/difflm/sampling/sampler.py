@@ -20,7 +20,7 @@ from .. import rng
 from ..errors import InputError
 from .canvas import TokenIds, as_rows, build_canvas, template_canvas
 from .denoiser import Denoiser
-from .options import SamplerOptions, model_length, model_options, over_model
+from .options import SamplerOptions, check_renoising_applies, model_length, model_options, over_model
 from .renoise import renoise_denoise, uses_renoising
 from .speculative import speculative_denoise
 from .step import BlockSchedule, DecodingStep, LogitsProcessor, SamplerStep, commit_step, stop_token_ids, trim_at_stop
@@ -111,10 +111,7 @@ def denoise(
         return Generation(*renoise_denoise(model, canvas, generate_mask, attention_mask, options=opts, generator=generator,
                                            callback=callback, output_history=output_history,
                                            logits_processor=logits_processor))
-    if opts.renoising_options():  # never silently ignored
-        kind = "a uniform-state model without entropy_bound" if is_uniform_state(model) else "a masked diffusion model"
-        raise InputError(f"option(s) {', '.join(opts.renoising_options())} belong to the renoising sampler of "
-                         f"uniform-state models (set entropy_bound); they do not apply to {kind}")
+    check_renoising_applies(opts, uniform_state=is_uniform_state(model))  # never silently ignored
     if is_uniform_state(model):  # UDLM / Duo: no mask token to commit; their reverse process (sampling/uniform.py)
         return Generation(*uniform_denoise(model, canvas, generate_mask, attention_mask, options=opts, generator=generator,
                                            callback=callback, output_history=output_history,

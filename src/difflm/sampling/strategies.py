@@ -34,6 +34,7 @@ import torch
 from .. import rng
 from ..errors import InputError
 from ..registry import REVEAL_SCHEDULES, STRATEGIES
+from .options import check_strategy
 
 SCHEDULES = REVEAL_SCHEDULES  # the old name ("schedule" also names the noise schedule); prefer REVEAL_SCHEDULES
 DREAM_EPS = 1e-3  # the end of Dream's time grid linspace(1, eps, steps + 1)
@@ -154,6 +155,12 @@ class Strategy:
             raise InputError(f"alg_temp must be >= 0, got {alg_temp}")
         self.alg_temp = float(alg_temp)
 
+    @classmethod
+    def from_options(cls, *, threshold: float | None = None, alg_temp: float = 0.0) -> Strategy:
+        """The instance that `SamplerOptions` fields ask for (checked already: `check_strategy`); a
+        strategy with a parameter of its own (`Threshold`) takes it here."""
+        return cls(alg_temp)
+
     def score(self, ctx: StepContext) -> torch.Tensor:
         """FloatTensor [B, L]: higher = commit sooner (values outside candidates are ignored)."""
         raise NotImplementedError
@@ -229,6 +236,10 @@ class Threshold(Strategy):
             raise InputError(f"threshold must be in (0, 1], got {threshold}")
         self.threshold = float(threshold)
 
+    @classmethod
+    def from_options(cls, *, threshold: float | None = None, alg_temp: float = 0.0) -> Strategy:
+        return cls(0.9 if threshold is None else threshold, alg_temp)  # Fast-dLLM's recommended threshold
+
     def score(self, ctx: StepContext) -> torch.Tensor:
         return ctx.raw_confidence
 
@@ -277,16 +288,8 @@ def get_strategy(strategy: str | Strategy, *, threshold: float | None = None, al
     """
     if isinstance(strategy, Strategy):
         return strategy
-    cls = STRATEGIES.get(strategy, InputError) if isinstance(strategy, str) else None
-    if cls is None:
-        raise InputError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
-    if threshold is not None and strategy != "threshold":
-        raise InputError(f"threshold applies to strategy 'threshold' only, not {strategy!r}")
-    if alg_temp and strategy == "random":
-        raise InputError("alg_temp applies to the scoring strategies, not 'random'")
-    if strategy == "threshold":
-        return cls(0.9 if threshold is None else threshold, alg_temp)
-    return cls(alg_temp)
+    check_strategy(strategy, threshold, alg_temp)
+    return STRATEGIES.get(strategy, InputError).from_options(threshold=threshold, alg_temp=alg_temp)
 
 
 def commit_counts(num_masked: int, steps: int) -> list[int]:

@@ -7,25 +7,12 @@ stream wherever the model runs.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .. import rng
-from ..errors import InputError
 
 # How many of the N rows of a draw belong to each batch row: LongTensor [B] or ints (see `rng.RowGenerators`).
 RowCounts = torch.Tensor | list[int]
-
-
-def check_sampling_args(temperature: float, top_p: float, top_k: int = 0) -> None:
-    """Raise `InputError` unless temperature is finite and >= 0, top_p in (0, 1] and top_k >= 0."""
-    if not 0 <= temperature < math.inf:
-        raise InputError(f"temperature must be a finite number >= 0, got {temperature}")
-    if not 0.0 < top_p <= 1.0:
-        raise InputError(f"top_p must be in (0, 1], got {top_p}")
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-        raise InputError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
 
 
 def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
