@@ -159,6 +159,13 @@ def test_saved_by_difflm_it_reloads_and_decodes_the_same(tmp_path):
     torch.manual_seed(2)
     got = again.model.generate(PROMPTS, return_dict=True, random_stream="transformers")
     assert torch.equal(got.sequences[:, : expected.sequences.shape[1]], expected.sequences)
+    # transformers reads what difflm saved: its own class, its generation config, the same tokens
+    from transformers import DiffusionGemmaForBlockDiffusion
+
+    theirs = DiffusionGemmaForBlockDiffusion.from_pretrained(tmp_path / "saved").eval()
+    ids, mask = left_padded(PROMPTS)
+    torch.manual_seed(2)
+    assert torch.equal(theirs.generate(ids, attention_mask=mask).sequences, expected.sequences)
 
 
 def test_difflm_stream_is_seeded_and_draws_the_canvas_live(tmp_path):

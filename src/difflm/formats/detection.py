@@ -14,6 +14,7 @@ plain causal LM last); `register_format` adds one from outside difflm.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -96,11 +97,25 @@ def detect_format(path: str | os.PathLike) -> str:
 def published_generation(found: Detection) -> tuple[GenerationDefaults | None, dict[str, GenerationDefaults]]:
     """How checkpoints of this layout decode when their directory saved no settings (the layout module's
     optional ``generation_defaults(ckpt)``), and its named presets (``generation_presets(ckpt)``); from
-    config.json alone. Layouts without them: (None, {})."""
-    module = FORMATS.get(found.format, ModelLoadError)
+    config.json alone. Layouts without them: (None, {}). A directory in difflm's own layout whose
+    difflm_config.json names a published family (a converted checkpoint) decodes as that family's layout does."""
+    name = found.format
+    if name == "difflm":
+        family = _saved_family(found.checkpoint)
+        name = family if family in FORMATS and family != "difflm" else name
+    module = FORMATS.get(name, ModelLoadError)
     defaults = getattr(module, "generation_defaults", None)
     presets = getattr(module, "generation_presets", None)
     return (defaults(found.checkpoint) if defaults else None), (presets(found.checkpoint) if presets else {})
+
+
+def _saved_family(ckpt: Checkpoint) -> str | None:
+    """``family`` of the directory's difflm_config.json (None when unreadable: the loader says why)."""
+    try:
+        family = json.loads((ckpt.path / "difflm_config.json").read_text("utf-8")).get("family")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return family if isinstance(family, str) else None
 
 
 def plan_checkpoint(found: Detection, overrides: dict[str, Any]) -> tuple[LoadPlan, Any]:

@@ -70,7 +70,7 @@ def generation_defaults(ckpt: Checkpoint) -> GenerationDefaults:
     options: dict[str, Any] = {_OPTION_NAMES[k]: values[k] for k in _OPTION_NAMES}
     options["stop_at_eos"] = bool(_stop_ids(ckpt, given))
     source = str(ckpt.path / GENERATION_CONFIG) if given else "DiffusionGemma's generate() defaults"
-    return GenerationDefaults(options, values["max_new_tokens"], source)
+    return GenerationDefaults(options, values["max_new_tokens"], source, from_layout=True)
 
 
 def _stop_ids(ckpt: Checkpoint, generation: dict[str, Any]) -> list[int]:

@@ -36,11 +36,15 @@ class GenerationDefaults:
     options: `SamplerOptions` fields by name (validated by `difflm.sampling.options.model_options`).
     max_new_tokens: the recommended number of new tokens (None: no recommendation).
     source: the file it was read from (for messages), None when built in code.
+    from_layout: read off a layout's own transformers fields (DiffusionGemma's generation config), which a save
+        keeps as they are: `write_generation_defaults` then writes no ``difflm`` section (transformers' strict
+        generation config classes refuse one), and a reload reads the same fields again.
     """
 
     options: dict[str, Any] = field(default_factory=dict)
     max_new_tokens: int | None = None
     source: str | None = None
+    from_layout: bool = False
 
     def __post_init__(self) -> None:
         where = self.source or "generation defaults"
@@ -101,8 +105,11 @@ def read_generation_config(directory: str | os.PathLike) -> dict[str, Any] | Non
 
 def write_generation_defaults(directory: str | os.PathLike, defaults: GenerationDefaults) -> Path:
     """Write ``defaults`` as the ``difflm`` section of ``directory``/generation_config.json, keeping
-    what else the file holds (transformers' own fields)."""
+    what else the file holds (transformers' own fields); defaults read off the layout's own fields
+    (``from_layout``) are those fields, and are not written again."""
     path = Path(directory) / GENERATION_CONFIG
+    if defaults.from_layout:
+        return path
     data: dict[str, Any] = {}
     if path.is_file():
         try:

@@ -24,6 +24,7 @@ from .. import backbones  # noqa: F401  (registers difflm's native backbones wit
 from ..config import DiffusionConfig
 from ..errors import ConfigError, ModelLoadError
 from .checkpoint import Checkpoint, iter_tensors
+from .generation import SECTION, read_generation_config
 
 KeyMap = Callable[[str], "str | None"]
 DTYPES = {
@@ -191,11 +192,27 @@ def load_backbone(
             model.load_state_dict(chunk, strict=False, assign=True)
             del chunk
     model.tie_weights()
+    keep_generation_config(model, ckpt)
     still_empty = [name for name, p in model.named_parameters() if p.is_meta]
     if still_empty:  # plan_key_mapping should have caught it; never hand out a half-empty model
         raise ModelLoadError(f"{ckpt.path}: no weights for {', '.join(still_empty[:3])}")
     model.config.dtype = target_dtype
     return model.eval()
+
+
+def keep_generation_config(model: PreTrainedModel, ckpt: Checkpoint) -> None:
+    """The checkpoint's generation_config.json (transformers' fields; difflm's own section left out) as the
+    backbone's ``generation_config``, as ``from_pretrained`` reads it - so a model difflm saves again keeps them
+    (DiffusionGemma's decoding settings live there). A file the backbone's generation config class refuses
+    leaves the default: difflm reads its decoding settings from the file itself (`formats.generation`)."""
+    data = read_generation_config(ckpt.path)
+    if not data:
+        return
+    try:
+        model.generation_config = type(model.generation_config).from_dict(
+            {k: v for k, v in data.items() if k != SECTION})
+    except (ValueError, TypeError, KeyError, AttributeError):
+        pass
 
 
 def parameter_count(model: PreTrainedModel) -> int:
