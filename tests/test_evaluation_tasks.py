@@ -15,7 +15,8 @@ from difflm.bundled import BUNDLED_DIR
 from difflm.errors import InputError
 from difflm.evaluation import EvalSettings, build_task, load_eval_lm, parse_tasks
 from difflm.evaluation import EvalLM, data
-from difflm.evaluation.metrics import extract_answer, numbers_match, rouge
+from difflm.evaluation.metrics import rouge
+from difflm.tasks.gsm import extract_answer, numbers_match
 from difflm.evaluation.text_tasks import GSM8KTask, MultipleChoiceTask
 from evaluation_fixtures import bundled_tokenizer, model_dirs  # noqa: F401  (fixture)
 

@@ -19,7 +19,7 @@ from difflm.cli.demo_tasks import GSM_LENGTH, ar_answer, dlm_answer, gsm_options
 from difflm.tasks import make_examples
 from difflm.tasks.formatting import GSM_PROMPT
 from difflm.evaluation.data import gsm8k_final_answer
-from difflm.evaluation.metrics import extract_answer, numbers_match
+from difflm.tasks.gsm import extract_answer, numbers_match
 from difflm.tasks.model_task import read_model_task
 from difflm.tasks.sudoku import parse_grid, solves, sudoku_prompt
 

@@ -27,6 +27,7 @@ from .errors import ConfigError, DiffLMError
 __all__ = [
     "ATTENTION_OVERRIDES", "CACHE_MODES", "DATA_SPLITS", "DECODING", "DATA_TASKS", "EVAL_TASKS", "Entry", "FAMILIES",
     "FILTER_ORDERS", "FORMATS", "GSM_SUMS", "MODEL_KINDS", "OBJECTIVES", "RANDOM_STREAMS", "Registry", "REVEAL_SCHEDULES",
+    "REWARDS",
     "STRATEGIES", "lazy_attributes",
 ]
 
@@ -185,6 +186,22 @@ DATA_TASKS = Registry("data task", {
     "gsm": "difflm.tasks.gsm:GENERATOR",
     "sudoku": "difflm.tasks.sudoku:GENERATOR",
     "countdown": "difflm.tasks.countdown:GENERATOR",
+})
+
+# -- verifiable rewards for RL: `reward(prompt, completion, **example_fields) -> float` (difflm.rewards; a YAML
+# -- names these or a user "module:function"); meta "range": the values each returns (tests hold them to it)
+_UNIT = {"range": (0.0, 1.0)}
+REWARDS = Registry("reward", {
+    "correct": ("difflm.rewards.tasks:task_correct", _UNIT),  # the example's task, told by its fields
+    "format": ("difflm.rewards.tasks:task_format", _UNIT),
+    "gsm_correct": ("difflm.rewards.tasks:gsm_correct", _UNIT),
+    "gsm_format": ("difflm.rewards.tasks:gsm_format", _UNIT),
+    "sudoku_solved": ("difflm.rewards.tasks:sudoku_solved", _UNIT),
+    "sudoku_valid": ("difflm.rewards.tasks:sudoku_valid", _UNIT),
+    "sudoku_cells": ("difflm.rewards.tasks:sudoku_cells", _UNIT),
+    "sudoku_format": ("difflm.rewards.tasks:sudoku_format", _UNIT),
+    "countdown_solved": ("difflm.rewards.tasks:countdown_solved", _UNIT),
+    "countdown_format": ("difflm.rewards.tasks:countdown_format", _UNIT),
 })
 
 # -- model families beyond the masked core: each registers its CLI flags, generation runner and

@@ -76,7 +76,7 @@ def show_task_models(console: Any, model_dir: Any) -> None:
     from ..model import DiffusionLM
     from ..tasks import make_examples
     from ..evaluation.data import gsm8k_final_answer
-    from ..evaluation.metrics import extract_answer, numbers_match
+    from ..tasks.gsm import extract_answer, numbers_match
     from ..tasks.model_task import sudoku_verdict
     from ..tasks.sudoku import sudoku_prompt
     from ..visualize import DenoisingView

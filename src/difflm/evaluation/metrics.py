@@ -1,4 +1,4 @@
-"""Text metrics: ROUGE-1/2/L (F1) and numeric exact match with GSM8K answer extraction.
+"""Text metrics: ROUGE-1/2/L (F1). (GSM8K's answer extraction and numeric match: `difflm.tasks.gsm`.)
 
 ROUGE follows the `rouge_score` package's defaults (lower-case, every run of characters other than
 a-z and 0-9 separates tokens, no stemming), so numbers compare with published ones; a test checks the
@@ -11,7 +11,6 @@ import re
 from collections import Counter
 
 _NON_ALNUM = re.compile(r"[^a-z0-9]+")
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
 def rouge_tokens(text: str) -> list[str]:
@@ -54,28 +53,3 @@ def rouge(prediction: str, reference: str) -> dict[str, float]:
     """{"rouge1", "rouge2", "rougeL"} F1 scores in [0, 1]."""
     return {"rouge1": rouge_n(prediction, reference, 1), "rouge2": rouge_n(prediction, reference, 2),
             "rougeL": rouge_l(prediction, reference)}
-
-
-def _canonical_number(text: str) -> str:
-    text = text.replace(",", "").replace("$", "").strip().rstrip(".")
-    try:
-        value = float(text)
-    except ValueError:
-        return text
-    return str(int(value)) if value.is_integer() else repr(value)
-
-
-def extract_answer(generation: str) -> str | None:
-    """The final answer of a GSM8K-style generation: the number after the first '####' if there is
-    one, else the last number in the text; None when there is no number."""
-    if "####" in generation:
-        found = _NUMBER.search(generation.split("####", 1)[1])
-        if found:
-            return _canonical_number(found.group())
-    numbers = _NUMBER.findall(generation)
-    return _canonical_number(numbers[-1]) if numbers else None
-
-
-def numbers_match(prediction: str | None, reference: str) -> bool:
-    """Exact match of two numbers written differently ("1,000", "1000.0", "$1000")."""
-    return prediction is not None and _canonical_number(prediction) == _canonical_number(reference)

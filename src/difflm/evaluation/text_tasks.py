@@ -17,10 +17,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ..tasks.gsm import extract_answer, numbers_match
 from .data import ChoiceExample, InfillExample, LastWordExample, QAExample
 from .likelihood import ScoreRequest
 from .lm import EvalLM, grouped
-from .metrics import extract_answer, numbers_match, rouge
+from .metrics import rouge
 from .stats import Estimate, mean_stderr
 from .task_base import Outcome, Task, estimate_kind, fit_context
 

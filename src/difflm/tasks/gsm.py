@@ -23,6 +23,7 @@ operations), not its names or objects.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -237,3 +238,33 @@ def generate_gsm(rng: random.Random, settings: GSMSettings, accept) -> tuple[str
 
 # what `difflm data make gsm` runs (difflm.registry.DATA_TASKS)
 GENERATOR = TaskGenerator(GSMSettings, generate_gsm)
+
+
+# -- reading an answer: the gsm8k evaluation's metric and the RL reward (difflm.evaluation.metrics, difflm.rewards)
+NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def canonical_number(text: str) -> str:
+    """A number as one canonical string ("1,000", "1000.0", "$1000" -> "1000"); text that is no number as given."""
+    text = text.replace(",", "").replace("$", "").strip().rstrip(".")
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
+def extract_answer(generation: str) -> str | None:
+    """The final answer of a GSM8K-style generation: the number after the first '####' if there is
+    one, else the last number in the text; None when there is no number."""
+    if "####" in generation:
+        found = NUMBER.search(generation.split("####", 1)[1])
+        if found:
+            return canonical_number(found.group())
+    numbers = NUMBER.findall(generation)
+    return canonical_number(numbers[-1]) if numbers else None
+
+
+def numbers_match(prediction: str | None, reference: str) -> bool:
+    """Exact match of two numbers written differently ("1,000", "1000.0", "$1000")."""
+    return prediction is not None and canonical_number(prediction) == canonical_number(reference)
