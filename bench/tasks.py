@@ -49,7 +49,7 @@ from training_report import machine, replace_section  # noqa: E402
 from difflm.bundled import resolve_model  # noqa: E402
 from difflm.evaluation import DiffusionEvalLM, EvalSettings, load_eval_lm, mean_stderr  # noqa: E402
 from difflm.evaluation.data import gsm8k_final_answer  # noqa: E402
-from difflm.evaluation.metrics import extract_answer, numbers_match  # noqa: E402
+from difflm.tasks.gsm import extract_answer, numbers_match  # noqa: E402
 from difflm.evaluation.stats import paired_comparison  # noqa: E402
 from difflm.evaluation.sudoku import SudokuExample, SudokuTask  # noqa: E402
 from difflm.evaluation.text_tasks import GSM8KTask  # noqa: E402
