@@ -180,6 +180,13 @@ def deepspeed_stand_in_launch(tmp_path, monkeypatch):
         yield deepspeed_stand_in.CALLS
     finally:
         torch.distributed.destroy_process_group()
+        # accelerate keeps its process state process-wide: leave none of the stand-in launch's (DeepSpeed on a
+        # process group) to the tests after this one
+        from accelerate.state import AcceleratorState, GradientState, PartialState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+        PartialState._reset_state()
 
 
 DS_RUN = ["objective=diffusion", "max_steps=3", "eval_every=3", "save_every=3", "batch_size=4", "grad_accum=2",

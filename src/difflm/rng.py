@@ -119,3 +119,13 @@ def integers(high: int, shape: Sequence[int] | torch.Size, *, generator: torch.G
         return torch.randint(high, tuple(shape), device=device)
     values = torch.randint(high, tuple(shape), generator=generator, device=generator.device)
     return values.to(device) if device is not None else values
+
+
+def multinomial(probs: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One index per row of ``probs`` [N, V] (LongTensor [N, 1], on ``probs``' device) by torch's own
+    ``multinomial`` - the draws transformers' samplers make, so a stream can follow theirs - drawn like
+    `uniform` (on the generator's device, or from torch's global RNG on ``probs``' device)."""
+    if generator is None:
+        return torch.multinomial(probs, num_samples=1)
+    values = torch.multinomial(probs.to(generator.device), num_samples=1, generator=generator)
+    return values.to(probs.device)

@@ -87,7 +87,7 @@ class TokenDraws:
     def tokens(self, batch: int, width: int) -> torch.Tensor:
         """LongTensor [B, W], uniform over the vocabulary."""
         if self.stream == "transformers":
-            return torch.randint(0, self.vocab, (batch, width), device=self.device, generator=self.generator)
+            return rng.integers(self.vocab, (batch, width), generator=self.generator, device=self.device)
         return (self._uniforms(batch, width) * self.vocab).long().clamp_(max=self.vocab - 1).view(batch, width)
 
     def sample(self, probs: torch.Tensor) -> torch.Tensor:
@@ -95,7 +95,7 @@ class TokenDraws:
         batch, width, vocab = probs.shape
         flat = probs.reshape(-1, vocab)
         if self.stream == "transformers":
-            return torch.multinomial(flat, num_samples=1, generator=self.generator).view(batch, width)
+            return rng.multinomial(flat, generator=self.generator).view(batch, width)
         return inverse_cdf(flat, self._uniforms(batch, width)).view(batch, width)
 
 
