@@ -40,7 +40,7 @@ def replace_section(text: str, section: str, body: str) -> str:
 
 
 # The text models trained on the corpus (other bundled models, e.g. the multimodal one, report elsewhere).
-TEXT_MODELS = ("ar-base", "dlm-adapted", "dlm-scratch", "dlm-block", "dlm-continuous")
+TEXT_MODELS = ("ar-base", "dlm-adapted", "dlm-scratch", "dlm-block", "dlm-continuous", "dlm-uniform")
 # The first bundled generation (2.3 M LLaMA, 2026-11-23, fp32 on an AVX2-only CPU; in git history before
 # 2026-11-29): final validation nats/token on the same 8 blocks, kept for the before/after comparison.
 BEFORE = {"ar-base": 5.170, "dlm-adapted": 5.852, "dlm-scratch": 6.755, "dlm-block": 5.743}
@@ -70,6 +70,15 @@ def reading(summaries: dict) -> list[str]:
     if "dlm-continuous" in final:
         lines.append(f"- continuous (embedding-space) DLM at the scratch DLM's budget: variational bound "
                      f"{final['dlm-continuous']:.2f} nats/token.")
+    if "dlm-uniform" in final and "dlm-scratch" in final:
+        gap = final["dlm-uniform"] - final["dlm-scratch"]
+        lines.append(f"- uniform-state DLM at the scratch DLM's architecture, data, batch and steps: uniform-state ELBO "
+                     f"bound {math.exp(final['dlm-uniform']):.0f} ({gap:+.2f} nats/token against the masked one): "
+                     + ("within 0.05 nats/token: the two processes are not told apart on these 8 fixed batches "
+                        "(UDLM and Duo report the masked bound tighter at scale)." if abs(gap) < 0.05 else
+                        "masked diffusion gives the tighter bound at equal compute, as UDLM and Duo report."
+                        if gap > 0 else "the uniform-state bound is the tighter one here.")
+                     + " Few-step generation: \"Uniform-state vs masked diffusion\" below.")
     split_file = ROOT / "bench" / "results" / "validation_split.json"
     if split_file.is_file():  # bench/validation_split.py: the whole split, not 8 batches
         split = json.loads(split_file.read_text())
@@ -108,7 +117,8 @@ def main() -> int:
     rows = []
     for name, s in summaries.items():
         final = s["validation_nats_per_token"][-1][1]
-        kind = {"ar": "NLL", "continuous": "variational bound"}.get(s["objective"], "ELBO bound")
+        kind = {"ar": "NLL", "continuous": "variational bound", "uniform": "uniform-state ELBO bound"}.get(
+            s["objective"], "ELBO bound")
         rows.append(f"| `{name}` | `{s['command']}` | {s['objective']} | {s['steps']} | {s['tokens']:,} | "
                     f"{s['tokens_including_init']:,} | {s['wall_time_s'] / 60:.1f} | {s['tokens_per_s']:,.0f} | "
                     f"{final:.3f} {kind} | {math.exp(final):,.0f} |")
@@ -126,7 +136,8 @@ def main() -> int:
         "DLMs: the ELBO bound with fixed noise (antithetic t, linear schedule, 'tokens' normalisation: an "
         "unbiased per-token estimate); dlm-block: the block ELBO (each block given the clean blocks before it); "
         "dlm-continuous: the continuous-time variational bound of its Gaussian embedding diffusion (docs/continuous.md). "
-        "All were trained on 2026-11-29 on a 2-core CPU with AVX-512-BF16 (bf16 autocast) and stored in bf16 "
+        "dlm-uniform: the uniform-state ELBO bound (Duo's continuous-time bound, same fixed-draw protocol). "
+        "All but dlm-uniform (2026-12-07) were trained on 2026-11-29 on a 2-core CPU with AVX-512-BF16 (bf16 autocast) and stored in bf16 "
         "(ar-base: 0.0001 nats/token from the fp32 weights). Other work shared the machine (helpers' tests, "
         "runs side by side), so wall times are upper bounds and tokens/s vary between runs.",
         "",

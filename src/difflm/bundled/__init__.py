@@ -15,6 +15,7 @@ MODELS = {
     "dlm-adapted": MODELS_DIR / "dlm-adapted",  # the DLM adapted from ar-base (DiffuLLaMA recipe)
     "dlm-scratch": MODELS_DIR / "dlm-scratch",  # a DLM trained from scratch on the same token budget
     "dlm-block": MODELS_DIR / "dlm-block",  # a block diffusion model (blocks of 8) adapted from ar-base, same compute
+    "dlm-uniform": MODELS_DIR / "dlm-uniform",  # a uniform-state DLM (no [MASK]): dlm-scratch's backbone, data and steps
     "dlm-continuous": MODELS_DIR / "dlm-continuous",  # an embedding-space (continuous) DLM, dlm-scratch's size and budget
     "dlm-digits": MODELS_DIR / "dlm-digits",  # multimodal: text + image codes, scikit-learn's digits (docs/multimodal.md)
     # task models (docs/tasks.md): an AR model trained by SFT, then adapted into a DLM or kept AR at equal compute
