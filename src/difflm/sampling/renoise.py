@@ -202,7 +202,8 @@ def renoise_denoise(
     blocks: list[torch.Tensor] = []
     history: list[torch.Tensor] | None = [] if output_history else None
     calls, total_steps = 0, steps * len(denoiser.block_sizes)
-    shown = denoiser.view([], None)  # what the callback saw last (undecided positions: the placeholder)
+    # what the callback saw last (undecided positions: the placeholder)
+    shown = denoiser.view([], None) if callback is not None else None
     for b, width in enumerate(denoiser.block_sizes):
         denoiser.start_block(b)
         x = draws.tokens(batch, width)
@@ -228,7 +229,8 @@ def renoise_denoise(
                     processed = torch.where(stopped[:, None, None], self_cond, processed)
                 stopped = stopped | stopper(new_draft, processed)
             x, draft, self_cond = new_x, new_draft, processed
-            view = denoiser.view(blocks, x)
+            # the whole canvas is assembled only for who looks at it: none of it on an ordinary step
+            view = denoiser.view(blocks, x) if history is not None or callback is not None else None
             if history is not None:
                 history.append(view.clone())
             if callback is not None:  # no mask to show: the positions this step changed (`difflm.visualize`)
@@ -242,7 +244,8 @@ def renoise_denoise(
             tokens, done = _end_at_stop(tokens, done, stop_ids, fill_id)
         denoiser.end_block(b, tokens)
         blocks.append(tokens)
-        shown = denoiser.view(blocks, None)  # a finished block shows its draft: not a change of the next block's steps
+        if callback is not None:  # a finished block shows its draft: not a change of the next block's steps
+            shown = denoiser.view(blocks, None)
         if stop_ids.numel() and bool(done.all()):
             break
     sequences = denoiser.view(blocks, None, fill_id=fill_id)
